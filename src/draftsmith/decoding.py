@@ -1,0 +1,202 @@
+"""The one decoding loop: prefill -> propose -> verify -> commit.
+
+    prefill(prompt)                      # the target's cache holds every token but the last
+    while not done:
+        draft  = drafter.propose(ctx)    # k tokens continuing the committed ones
+        logits = target(last + draft)    # ONE target forward: [1, k+1, V]
+        result = verifier.verify(draft, logits)   # accepted prefix + one bonus token
+        commit(result)                   # cut at EOS / stop / budget, roll back the cache
+        drafter.observe(result)
+
+Plain autoregressive decoding is this same loop with a drafter that proposes nothing
+(`NoDrafter`), so the reference and every speculative method share one code path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .drafters import DraftContext, Drafter, build_drafter
+from .errors import DraftsmithError
+from .target import CausalLM
+from .types import GenerationResult, RunStats, SamplingParams, VerifyResult
+from .verify import GreedyVerifier, RejectionVerifier
+
+
+@dataclass
+class StreamChunk:
+    """One step's output while streaming. The last chunk has `result` set."""
+
+    text: str  # new text since the previous chunk ("" when held back, e.g. a partial character)
+    token_ids: list[int]  # tokens committed this step
+    result: GenerationResult | None = None
+
+
+class _TextTracker:
+    """Incremental detokenisation and stop strings over the generated ids."""
+
+    def __init__(self, target: CausalLM, stop: tuple[str, ...]):
+        self.target, self.stop = target, stop
+        self.emitted = 0  # characters of text already streamed
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def find_stop(self, ids: list[int], prev_len: int) -> int | None:
+        """If a stop string appears in the text of `ids`, return how many tokens to keep: up
+        to the one that completes it (`prev_len` tokens were already checked)."""
+        text = self.target.decode(ids)
+        starts = [(i, s) for s in self.stop if (i := text.find(s)) >= 0]
+        if not starts:
+            return None
+        _, s = min(starts)
+        for m in range(prev_len + 1, len(ids) + 1):  # the first token that completes the stop string
+            if s in self.target.decode(ids[:m]):
+                return m
+        return len(ids)
+
+    def delta(self, text: str, final: bool) -> str:
+        """New text to stream; hold back a partial character or a possible partial stop string."""
+        end = len(text)
+        if not final:
+            if text.endswith("\ufffd"):
+                end = len(text.rstrip("\ufffd"))
+            end = max(self.emitted, end - self.hold)
+        out = text[self.emitted : end]
+        self.emitted = max(self.emitted, end)
+        return out
+
+
+class SpeculativeDecoder:
+    """Generate with `target`, drafting with `drafter`. Greedy verification at temperature 0,
+    lossless rejection sampling otherwise."""
+
+    def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, **drafter_options):
+        """`verifier` overrides the default rule (greedy at temperature 0, rejection sampling
+        otherwise); a rule with `lossless = False` is reported as lossy in the output."""
+        if not isinstance(target, CausalLM):
+            raise DraftsmithError("target must come from draftsmith.load_target(...)")
+        self.target = target
+        self.verifier = verifier
+        self.drafter = build_drafter(drafter, **drafter_options)
+        self.drafter.bind(target)
+
+    # ----- public API ------------------------------------------------------------------
+    def generate(self, prompt, params: SamplingParams | None = None,
+                 generator: torch.Generator | None = None) -> GenerationResult:
+        """Generate a continuation of `prompt` (text, chat messages or token ids)."""
+        for chunk in self.stream(prompt, params, generator, text=False):
+            if chunk.result is not None:
+                return chunk.result
+        raise AssertionError("the decoding loop ended without a result")
+
+    def stream(self, prompt, params: SamplingParams | None = None,
+               generator: torch.Generator | None = None, *, text: bool = True) -> Iterator[StreamChunk]:
+        """Like `generate`, yielding a chunk per step as tokens are accepted."""
+        params = params or SamplingParams()
+        prompt_ids = self.target.encode(prompt)
+        self._check_length(prompt_ids, params)
+        tracker = _TextTracker(self.target, params.stop)
+        want_text = text and self.target.tokenizer is not None
+        steps = self._steps(prompt_ids, params, generator, tracker)
+        generated: list[int] = []
+        while True:
+            try:
+                new = next(steps)
+            except StopIteration as end:
+                stats = end.value
+                break
+            generated += new
+            if want_text:
+                yield StreamChunk(tracker.delta(self._text(generated, params), final=False), new)
+        out_text = self._text(generated, params) if self.target.tokenizer is not None else None
+        result = GenerationResult(generated, out_text, stats)
+        tail = tracker.delta(out_text, final=True) if want_text else ""
+        yield StreamChunk(tail, [], result)
+
+    # ----- the loop --------------------------------------------------------------------
+    def _steps(self, prompt_ids: list[int], params: SamplingParams, generator, tracker: _TextTracker):
+        """Yield the tokens committed at each step; return the RunStats."""
+        target, drafter = self.target, self.drafter
+        verifier = self.verifier or (GreedyVerifier() if params.greedy else RejectionVerifier())
+        eos = set() if params.ignore_eos else target.eos_token_ids
+        stats = RunStats()
+        t_start = time.perf_counter()
+
+        ids = list(prompt_ids)
+        track_stop = bool(params.stop) and target.tokenizer is not None
+        target.reset()
+        if len(ids) > 1:
+            target.forward(ids[:-1], last_only=True)  # the cache holds all but the last token
+        t0 = time.perf_counter()
+        drafter.prefill(ids)
+        stats.drafter_time += time.perf_counter() - t0
+        stats.prefill_time = time.perf_counter() - t_start
+        step_time = None
+
+        while True:
+            budget = params.max_new_tokens - stats.new_tokens
+            room = target.max_length - len(ids)
+            t0 = time.perf_counter()
+            draft = drafter.propose(DraftContext(ids, min(budget, room) - 1, params, generator, step_time))
+            stats.drafter_time += time.perf_counter() - t0
+            if draft.parents is not None:
+                raise DraftsmithError(f"drafter {drafter.name!r} proposed a tree; this engine verifies chains")
+
+            t0 = time.perf_counter()
+            step_ids = torch.cat([torch.tensor([[ids[-1]]]), draft.token_ids.cpu()], dim=-1)  # [1, k+1]
+            logits = target.forward(step_ids).logits  # [1, k+1, V]
+            result = verifier.verify(draft, logits, params, generator)
+            dt = time.perf_counter() - t0
+            step_time = dt if step_time is None else 0.8 * step_time + 0.2 * dt
+
+            target.crop(len(ids) + result.num_accepted)  # keep accepted drafts; the bonus is fed next step
+            new = result.tokens[0].tolist()
+            done = False
+            for i, tok in enumerate(new):  # EOS inside the block: stop there, count nothing after
+                if tok in eos:
+                    new, done = new[: i + 1], True
+                    stats.finish_reason = "stop"
+                    break
+            if len(new) >= budget:
+                new, done = new[:budget], True
+            if track_stop and (keep := tracker.find_stop(ids[len(prompt_ids):] + new, stats.new_tokens)) is not None:
+                new, done = new[: keep - stats.new_tokens], True
+                stats.finish_reason = "stop"
+            ids += new
+            stats.steps += 1
+            stats.drafted += result.num_drafted
+            stats.accepted += min(result.num_accepted, len(new))
+            stats.accepted_per_step.append(min(result.num_accepted, len(new)))
+            stats.new_tokens += len(new)
+
+            t0 = time.perf_counter()
+            drafter.observe(result)
+            stats.drafter_time += time.perf_counter() - t0
+
+            yield new
+            if done:
+                stats.wall_time = time.perf_counter() - t_start
+                return stats
+
+    # ----- helpers ---------------------------------------------------------------------
+    def _text(self, ids: list[int], params: SamplingParams) -> str:
+        text = self.target.decode(ids)
+        for s in params.stop:  # the returned text ends before the first stop string
+            i = text.find(s)
+            if i >= 0:
+                text = text[:i]
+        return text
+
+    def _check_length(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        limit = self.target.max_length
+        if len(prompt_ids) >= limit:
+            raise DraftsmithError(f"prompt has {len(prompt_ids)} tokens; {self.target.name} takes at most {limit - 1} "
+                                  "(its context length leaves no room to generate)")
+        if len(prompt_ids) + params.max_new_tokens > limit:
+            raise DraftsmithError(
+                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
+                f"context length of {self.target.name} ({limit}); lower max_new_tokens to at most "
+                f"{limit - len(prompt_ids)}")

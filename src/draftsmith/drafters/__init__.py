@@ -1,0 +1,45 @@
+"""Drafters by name. `build_drafter("ngram", k=5)`; register your own with `register`."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from ..errors import DraftsmithError
+from .base import DraftContext, Drafter, NoDrafter
+from .draft_model import DraftModelDrafter
+from .ngram import NgramDrafter
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Make a drafter class buildable by its `name`."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter):
+    register(_cls)
+
+
+def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
+    """A drafter by registered name with its options, or an instance passed through."""
+    if not isinstance(name, str):
+        if options:
+            raise DraftsmithError("options go to the drafter's constructor, not with an instance")
+        return name
+    cls = REGISTRY.get(name)
+    if cls is None:
+        near = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise DraftsmithError(f"unknown drafter {name!r}; known: {', '.join(sorted(REGISTRY))}.{hint}")
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = [o for o in options if o not in accepted]
+    if unknown:
+        known = [p for p in accepted if p != "self"]
+        raise DraftsmithError(f"drafter {name!r} has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}")
+    return cls(**options)
+
+
+__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "build_drafter", "register", "REGISTRY"]

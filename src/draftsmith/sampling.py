@@ -1,0 +1,37 @@
+"""Logits -> probabilities, and sampling with an explicit torch.Generator.
+
+The same `probs` function shapes the target's p and the drafter's q, so temperature, top-k and
+top-p are applied identically to both (required for lossless rejection sampling).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .types import SamplingParams
+
+
+def probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """[..., V] logits -> [..., V] float32 probabilities after temperature, top-k, top-p.
+
+    Greedy params give the one-hot of the argmax."""
+    logits = logits.float()
+    if params.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]  # [..., 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_p = sorted_logits.softmax(-1)
+        # drop a token when the tokens strictly before it already reach top_p
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def sample(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """[B, V] probabilities -> [B] token ids."""
+    return torch.multinomial(p, 1, generator=generator).squeeze(-1)

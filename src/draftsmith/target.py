@@ -1,0 +1,195 @@
+"""A Hugging Face causal LM with a KV cache we can extend and roll back.
+
+`CausalLM` serves both the target and a draft model: `forward` appends tokens to the cache and
+returns their logits; `crop` rolls the cache back to a length. The cache always holds exactly
+the tokens in `self.length` positions, so positions never drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from .errors import DraftsmithError, ModelNotFoundError
+
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise DraftsmithError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}") from None
+
+
+@dataclass
+class ForwardOut:
+    logits: torch.Tensor  # [B, n, V]
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # each [B, n, H]
+
+
+class CausalLM:
+    """A causal LM plus its KV cache (batch 1)."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer=None, name: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.cache: DynamicCache | None = None
+
+    # ----- facts about the model -------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the logits."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence (prompt + generated) the model's positions allow."""
+        cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
+        return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (getattr(self.model, "generation_config", None), self.config, self.tokenizer):
+            value = getattr(src, "eos_token_id", None) if src is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+
+    # ----- text <-> ids ----------------------------------------------------------------
+    def encode(self, prompt, *, chat: bool | None = None) -> list[int]:
+        """Text (wrapped in the chat template when the model has one), a list of chat
+        messages, or token ids -> token ids."""
+        if isinstance(prompt, torch.Tensor):
+            prompt = prompt.flatten().tolist()
+        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+            ids = [int(t) for t in prompt]
+            vocab = self.vocab_size
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise DraftsmithError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+        else:
+            if self.tokenizer is None:
+                raise DraftsmithError(f"{self.name} has no tokenizer: pass the prompt as token ids")
+            messages = prompt if isinstance(prompt, (list, tuple)) else None
+            if messages is None and not isinstance(prompt, str):
+                raise DraftsmithError(f"prompt must be text, chat messages or token ids, got {type(prompt).__name__}")
+            use_chat = self.has_chat_template if chat is None else chat
+            if messages is not None or use_chat:
+                if not self.has_chat_template:
+                    raise DraftsmithError(f"{self.name} has no chat template: pass plain text")
+                messages = messages or [{"role": "user", "content": prompt}]
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                    ids = ids["input_ids"]
+                ids = list(ids)
+            else:
+                ids = self.tokenizer.encode(prompt)
+            if isinstance(prompt, str) and not prompt.strip():
+                raise DraftsmithError("prompt is empty")
+        if not ids:
+            raise DraftsmithError("prompt is empty")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ----- the cache -------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length() if self.cache is not None else 0
+
+    def reset(self) -> None:
+        self.cache = DynamicCache(config=self.config)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor | list[int], *, last_only: bool = False,
+                hidden_states: bool = False) -> ForwardOut:
+        """Append `ids` ([B, n] or a list) to the cache; return their logits ([B, n, V], or
+        [B, 1, V] for the last token with `last_only`)."""
+        if self.cache is None:
+            self.reset()
+        if not isinstance(ids, torch.Tensor):
+            ids = torch.tensor([ids], dtype=torch.long)
+        ids = ids.to(self.device)  # [B, n]
+        start = self.length
+        positions = torch.arange(start, start + ids.shape[1], device=self.device)
+        out = self.model(
+            input_ids=ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            position_ids=positions.unsqueeze(0),
+            cache_position=positions,
+            logits_to_keep=1 if last_only else 0,
+            output_hidden_states=hidden_states,
+        )
+        return ForwardOut(out.logits, out.hidden_states if hidden_states else None)
+
+    def crop(self, length: int) -> None:
+        """Roll the cache back so that it holds the first `length` tokens."""
+        extra = self.length - length
+        if extra < 0:
+            raise ValueError(f"cannot crop a cache of {self.length} tokens to {length}")
+        if extra:
+            self.cache.crop(-extra)  # transformers 5: a negative count of tokens to remove
+
+
+def load_causal_lm(name_or_path: str, dtype: str | torch.dtype = "bfloat16", device: str = "cpu",
+                   progress: bool = True) -> CausalLM:
+    """Load a pack name, a local Hugging Face folder or a hub id."""
+    from .models import resolve_model
+
+    torch_dtype = parse_dtype(dtype)
+    path = resolve_model(name_or_path, progress=progress)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"could not load model {name_or_path!r}: {str(exc).splitlines()[0]}\n"
+            "Give a pack name (`draftsmith models list`), a local Hugging Face folder, or a hub id "
+            "reachable from this machine."
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        tokenizer = None
+    return CausalLM(model, tokenizer, name=name_or_path)
+
+
+def load_target(name_or_path: str, dtype: str | torch.dtype = "bfloat16", device: str = "cpu",
+                progress: bool = True) -> CausalLM:
+    """The target: a pack name (fetched on first use), a local folder or a hub id."""
+    return load_causal_lm(name_or_path, dtype=dtype, device=device, progress=progress)

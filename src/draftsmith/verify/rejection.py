@@ -1,0 +1,57 @@
+"""Lossless speculative sampling (Leviathan et al. 2023; Chen et al. 2023), chain drafts.
+
+For draft token x_i drawn from q_i, accept with probability min(1, p_i(x_i) / q_i(x_i)). At the
+first rejection, the bonus token is drawn from the residual norm(max(0, p_i - q_i)); if every
+draft token is accepted, the bonus is drawn from p_{N}. The emitted tokens are then distributed
+exactly as the target's own samples. A deterministic draft (q = None) is a one-hot q: accept
+with probability p_i(x_i), residual = p_i with x_i removed.
+
+p and q are both shaped by the same SamplingParams (temperature, top-k, top-p), so the
+guarantee is with respect to the target's *processed* distribution, as in plain sampling.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..sampling import probs, sample
+from ..types import Draft, SamplingParams, VerifyResult
+
+
+class RejectionVerifier:
+    lossless: ClassVar[bool] = True
+
+    def verify(
+        self,
+        draft: Draft,
+        target_logits: torch.Tensor,  # [B, N+1, V]
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+    ) -> VerifyResult:
+        n_draft = draft.size
+        x = draft.token_ids  # [B, N]
+        p = probs(target_logits, params)  # [B, N+1, V]
+        p_x = p[:, :n_draft].gather(-1, x.unsqueeze(-1)).squeeze(-1)  # [B, N]
+        if draft.q is None:
+            q_x = torch.ones_like(p_x)
+        else:
+            q_x = draft.q.gather(-1, x.unsqueeze(-1)).squeeze(-1).float()  # [B, N]
+        r = torch.rand(p_x.shape, generator=generator, device=p_x.device)  # [B, N]
+        accept = r * q_x < p_x  # r < p/q, without dividing by q
+        n = int(accept.long().cumprod(-1).sum(-1)[0])
+
+        if n < n_draft:
+            if draft.q is None:
+                residual = p[:, n].scatter(-1, x[:, n : n + 1], 0.0)  # [B, V]
+            else:
+                residual = (p[:, n] - draft.q[:, n].float()).clamp_min(0.0)  # [B, V]
+            mass = residual.sum(-1, keepdim=True)
+            # p == q up to rounding leaves no residual mass; p itself is then the right law
+            residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p[:, n])
+            bonus = sample(residual, generator)  # [B]
+        else:
+            bonus = sample(p[:, n_draft], generator)  # [B]
+        tokens = torch.cat([x[:, :n], bonus.unsqueeze(-1)], dim=-1)  # [B, n+1]
+        return VerifyResult(tokens=tokens, num_accepted=n, num_drafted=n_draft)
