@@ -1,0 +1,105 @@
+"""Sampling is lossless: sequences generated with speculation follow the target's own
+distribution, exactly enumerated on a tiny vocabulary. A verifier that always accepts (the
+negative control) must fail the same test."""
+
+import itertools
+import math
+from typing import ClassVar
+
+import pytest
+import torch
+
+from draftsmith import Draft, SamplingParams, SpeculativeDecoder, VerifyResult, build_drafter
+from draftsmith.sampling import probs
+from tests.conftest import tiny_model
+
+V, NEW, SAMPLES = 5, 3, 2000
+PROMPT = [1, 2, 3, 1, 2]
+
+
+def exact_distribution(target, params) -> dict[tuple, float]:
+    """P(x1..x3 | prompt) under the target's processed distribution, by enumeration."""
+    seqs = list(itertools.product(range(V), repeat=NEW))
+    ids = torch.tensor([PROMPT + list(s) for s in seqs])  # [V^3, P+3]
+    with torch.no_grad():
+        logits = target.model(ids).logits[:, len(PROMPT) - 1 : -1]  # [V^3, 3, V]
+    p = probs(logits, params)  # [V^3, 3, V]
+    chosen = p.gather(-1, ids[:, len(PROMPT) :].unsqueeze(-1)).squeeze(-1)  # [V^3, 3]
+    return dict(zip(seqs, chosen.prod(-1).tolist()))
+
+
+def chi_square_fails(counts: dict[tuple, int], exact: dict[tuple, float], n: int) -> tuple[bool, float, float]:
+    """Pearson chi-square with cells of expected count < 5 pooled; the bound is the chi-square
+    quantile at about 3e-5 (normal approximation: df + 4 sqrt(2 df))."""
+    stat, df, pool_obs, pool_exp = 0.0, -1, 0, 0.0
+    for seq, p in exact.items():
+        exp, obs = n * p, counts.get(seq, 0)
+        if exp < 5:
+            pool_obs, pool_exp = pool_obs + obs, pool_exp + exp
+        else:
+            stat, df = stat + (obs - exp) ** 2 / exp, df + 1
+    if pool_exp > 0:
+        stat, df = stat + (pool_obs - pool_exp) ** 2 / pool_exp, df + 1
+    bound = df + 4 * math.sqrt(2 * df)
+    return stat > bound, stat, bound
+
+
+def sample_counts(decoder, params, n=SAMPLES, seed=0) -> dict[tuple, int]:
+    g = torch.Generator().manual_seed(seed)
+    counts: dict[tuple, int] = {}
+    for _ in range(n):
+        seq = tuple(decoder.generate(PROMPT, params, g).token_ids)
+        assert len(seq) == NEW
+        counts[seq] = counts.get(seq, 0) + 1
+    return counts
+
+
+class AlwaysAccept:
+    """Negative control: keeps every draft token (lossy), then samples the bonus from p."""
+
+    lossless: ClassVar[bool] = False
+
+    def verify(self, draft: Draft, target_logits, params, generator=None) -> VerifyResult:
+        p = probs(target_logits[:, draft.size], params)  # [1, V]
+        bonus = torch.multinomial(p, 1, generator=generator)  # [1, 1]
+        return VerifyResult(torch.cat([draft.token_ids, bonus], -1), draft.size, draft.size)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    target = tiny_model("llama", vocab=V, seed=0, std=0.5)
+    drafter_model = tiny_model("llama", vocab=V, seed=5, std=0.5)  # q differs from p
+    return target, drafter_model
+
+
+CASES = {
+    "t1": SamplingParams(temperature=1.0, max_new_tokens=NEW, ignore_eos=True),
+    "t0.7-topk3": SamplingParams(temperature=0.7, top_k=3, max_new_tokens=NEW, ignore_eos=True),
+    "topp0.8": SamplingParams(temperature=1.0, top_p=0.8, max_new_tokens=NEW, ignore_eos=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_draft_model_sampling_is_lossless(pair, case):
+    target, drafter_model = pair
+    params = CASES[case]
+    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False)
+    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
+    assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
+
+
+def test_deterministic_draft_sampling_is_lossless(pair):
+    """ngram drafts carry no q (one-hot): acceptance with p(x), residual p without x."""
+    target, _ = pair
+    params = CASES["t1"]
+    decoder = SpeculativeDecoder(target, build_drafter("ngram", k=3, max_ngram=2))
+    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
+    assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
+
+
+def test_negative_control_always_accept_fails(pair):
+    target, drafter_model = pair
+    params = CASES["t1"]
+    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, verifier=AlwaysAccept())
+    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
+    assert failed, f"the lossy control passed: chi-square {stat:.1f} <= {bound:.1f}"
