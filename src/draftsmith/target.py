@@ -172,8 +172,11 @@ def load_causal_lm(name_or_path: str, dtype: str | torch.dtype = "bfloat16", dev
     """Load a pack name, a local Hugging Face folder or a hub id."""
     from .models import resolve_model
 
+    from transformers.utils import logging as hf_logging
+
     torch_dtype = parse_dtype(dtype)
     path = resolve_model(name_or_path, progress=progress)
+    hf_logging.disable_progress_bar()  # loading a cached folder takes seconds; no bar needed
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
     except (OSError, ValueError) as exc:

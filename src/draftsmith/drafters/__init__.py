@@ -23,6 +23,27 @@ for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter):
     register(_cls)
 
 
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_spec(text: str) -> tuple[str, dict]:
+    """`NAME[:opt=val,...]` -> (name, options), values cast to int, float or bool where they read so."""
+    name, _, opts = text.partition(":")
+    options = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise DraftsmithError(f"{text!r}: options are written NAME:key=value,key=value")
+        options[key.strip()] = _value(val.strip())
+    return name.strip(), options
+
+
 def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
     """A drafter by registered name with its options, or an instance passed through."""
     if not isinstance(name, str):
@@ -42,4 +63,4 @@ def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "build_drafter", "register", "REGISTRY"]
+__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]

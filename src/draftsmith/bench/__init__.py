@@ -1,0 +1,1 @@
+"""A Spec-Bench-style harness: every method against plain decoding of the same target, same run."""

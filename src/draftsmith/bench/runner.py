@@ -1,0 +1,139 @@
+"""Run methods over questions: interleaved per question, warmed up, tokens counted as ids.
+
+A method is `NAME[:opt=val,...]`: any registered drafter (`none`, `ngram:k=5`,
+`draft_model:model=qwen2.5-coder-0.5b-instruct`), or a tool people use today on the same
+target and prompts: `hf_assisted:model=...` (Hugging Face `generate(assistant_model=...)`)
+and `hf_prompt_lookup:k=...` (`generate(prompt_lookup_num_tokens=...)`).
+
+Turn 2 of a multi-turn question continues from the `none` answer to turn 1 for every method,
+so every method sees the same prompt and outputs can be compared id for id.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..decoding import SpeculativeDecoder
+from ..drafters import REGISTRY, build_drafter, parse_spec
+from ..errors import DraftsmithError
+from ..target import CausalLM, load_causal_lm
+from ..types import SamplingParams
+from .datasets import Question
+
+HF_METHODS = ("hf_assisted", "hf_prompt_lookup")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    label: str  # as written on the command line: the row name in reports
+    name: str
+    options: dict = field(default_factory=dict, hash=False)
+
+    @staticmethod
+    def parse(text: str) -> MethodSpec:
+        name, options = parse_spec(text)
+        if name not in REGISTRY and name not in HF_METHODS:
+            known = sorted([*REGISTRY, *HF_METHODS])
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise DraftsmithError(f"unknown method {name!r}; known: {', '.join(known)}.{hint}")
+        return MethodSpec(text, name, options)
+
+
+class Method:
+    """Something that turns prompt ids into new ids, with stats where it has them."""
+
+    def __init__(self, spec: MethodSpec, target: CausalLM):
+        self.spec, self.target = spec, target
+        if spec.name == "hf_assisted":
+            model = spec.options.get("model")
+            if not model:
+                raise DraftsmithError("hf_assisted needs model=NAME_OR_PATH")
+            self.assistant = load_causal_lm(model, dtype=target.dtype)
+            self.decoder = None
+        elif spec.name == "hf_prompt_lookup":
+            self.decoder = None
+        else:
+            self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options))
+
+    def run(self, prompt_ids: list[int], params: SamplingParams) -> dict:
+        t0 = time.perf_counter()
+        if self.decoder is not None:
+            out = self.decoder.generate(prompt_ids, params)
+            wall = time.perf_counter() - t0
+            s = out.stats
+            return {"output_ids": out.token_ids, "new_tokens": s.new_tokens, "wall_time": wall, "steps": s.steps,
+                    "drafted": s.drafted, "accepted": s.accepted, "accepted_per_step": s.accepted_per_step,
+                    "drafter_time": s.drafter_time, "finish_reason": s.finish_reason}
+        ids = self._hf_generate(prompt_ids, params)
+        wall = time.perf_counter() - t0
+        return {"output_ids": ids, "new_tokens": len(ids), "wall_time": wall, "steps": None, "drafted": None,
+                "accepted": None, "accepted_per_step": None, "drafter_time": None, "finish_reason": None}
+
+    @torch.inference_mode()
+    def _hf_generate(self, prompt_ids: list[int], params: SamplingParams) -> list[int]:
+        if not params.greedy:
+            raise DraftsmithError(f"{self.spec.name} is run greedy only in this harness")
+        kwargs = {"do_sample": False, "max_new_tokens": params.max_new_tokens,
+                  "eos_token_id": sorted(self.target.eos_token_ids) or None,
+                  "pad_token_id": next(iter(self.target.eos_token_ids), 0)}
+        if self.spec.name == "hf_assisted":
+            kwargs["assistant_model"] = self.assistant.model
+            if "k" in self.spec.options:
+                kwargs["num_assistant_tokens"] = self.spec.options["k"]
+        else:
+            kwargs["prompt_lookup_num_tokens"] = self.spec.options.get("k", 10)
+            if "max_ngram" in self.spec.options:
+                kwargs["max_matching_ngram_size"] = self.spec.options["max_ngram"]
+        input_ids = torch.tensor([prompt_ids], device=self.target.device)
+        out = self.target.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        return out[0, len(prompt_ids):].tolist()
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token (a length difference counts), None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpec], params: SamplingParams,
+              repeats: int = 1, warmup: int = 1, progress=None) -> list[dict]:
+    """One record per (method, question, turn, repeat)."""
+    if not specs or specs[0].name != "none":
+        specs = [MethodSpec("none", "none"), *[s for s in specs if s.name != "none"]]
+    methods = [Method(s, target) for s in specs]
+    turns_total = sum(len(q.turns) for q in questions) * repeats * len(methods)
+
+    warm = SamplingParams(max_new_tokens=min(16, params.max_new_tokens), temperature=params.temperature)
+    warm_prompt = target.encode(questions[0].turns[0])
+    for _ in range(warmup):
+        for m in methods:
+            m.run(warm_prompt, warm)
+
+    records = []
+    for rep in range(repeats):
+        for q in questions:
+            history: list[dict] = []
+            for turn, text in enumerate(q.turns):
+                history.append({"role": "user", "content": text})
+                prompt_ids = target.encode(history) if target.has_chat_template else target.encode(
+                    "\n\n".join(h["content"] for h in history))
+                baseline = None
+                for m in methods:  # interleaved: drift hits every method alike
+                    r = m.run(prompt_ids, params)
+                    if baseline is None:
+                        baseline = r["output_ids"]
+                    div = first_divergence(r["output_ids"], baseline)
+                    records.append({"method": m.spec.label, "question_id": q.question_id, "category": q.category,
+                                    "turn": turn, "repeat": rep, "prompt_tokens": len(prompt_ids), **r,
+                                    "matches_baseline": div is None, "first_divergence": div})
+                    if progress:
+                        progress(1, turns_total)
+                history.append({"role": "assistant", "content": target.decode(baseline)})
+    return records

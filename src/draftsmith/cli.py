@@ -1,0 +1,186 @@
+"""draftsmith generate | bench | models"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+from .errors import DraftsmithError
+
+DEFAULT_QUESTIONS = "mtbench"
+
+
+def _sampling(args):
+    from .types import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens, stop=tuple(getattr(args, "stop", None) or ()))
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="pack name, local Hugging Face folder or hub id "
+                   f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="bf16", help="bf16 (default) or fp32")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .decoding import SpeculativeDecoder
+    from .drafters import build_drafter, parse_spec
+    from .target import load_target
+
+    params = _sampling(args)
+    name, options = parse_spec(args.drafter)
+    drafter = build_drafter(name, **options)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt or not prompt.strip():
+        raise DraftsmithError("prompt is empty")
+    target = load_target(args.model, dtype=args.dtype)
+    decoder = SpeculativeDecoder(target, drafter)
+    ids = target.encode(prompt, chat=False if args.no_chat else None)
+    generator = torch.Generator().manual_seed(args.seed)
+    result = None
+    for chunk in decoder.stream(ids, params, generator):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        result = chunk.result or result
+    sys.stdout.write("\n")
+    s = result.stats
+    if args.json:
+        print(json.dumps({"drafter": args.drafter, "model": args.model, **s.as_dict()}), file=sys.stderr)
+    else:
+        print(f"[{args.drafter}] {s.new_tokens} tokens in {s.steps} steps: τ {s.tau:.2f}, acceptance "
+              f"{s.acceptance_rate:.2f}, {s.tokens_per_second:.1f} tok/s, drafter {100 * s.drafter_share:.0f}% of "
+              f"time, finish: {s.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from tqdm import tqdm
+
+    from .bench import report
+    from .bench.datasets import load_questions
+    from .bench.runner import MethodSpec, run_bench
+    from .target import load_target
+
+    params = _sampling(args)
+    specs = [MethodSpec.parse(m) for m in (args.method or ["none", "ngram"])]
+    questions = load_questions(args.questions, args.categories, args.per_category, args.limit)
+    target = load_target(args.model, dtype=args.dtype)
+    bar = tqdm(desc="bench", unit="gen", file=sys.stderr)
+
+    def progress(n, total):
+        bar.total = total
+        bar.update(n)
+
+    records = run_bench(target, questions, specs, params, repeats=args.repeats, warmup=args.warmup, progress=progress)
+    bar.close()
+    rows = report.summarize(records)
+    mode = "greedy" if params.greedy else f"T={params.temperature}"
+    title = (f"{args.model} ({args.dtype}, {mode}, {params.max_new_tokens} new tokens), "
+             f"{len(questions)} questions from {Path(args.questions).name}")
+    report.print_table(rows, title)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "records.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        plots = report.plot(rows, records, out, title)
+        command = "draftsmith " + " ".join(sys.argv[1:])
+        machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {_threads()}"
+        (out / "report.md").write_text(
+            f"# {title}\n\n`{command}`\n\n{dt.datetime.now().isoformat(timespec='seconds')}, {machine}\n\n"
+            f"{report.markdown(rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
+        print(f"wrote {out / 'records.jsonl'}, {out / 'report.md'}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def cmd_models(args) -> int:
+    from . import models
+
+    if args.action == "list":
+        for row in models.list_packs():
+            mark = "fetched" if row["fetched"] else "-"
+            print(f"{row['name']:32} {mark:8} {row.get('upstream', '')}")
+        return 0
+    path = models.fetch(args.name, force=args.force)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="draftsmith", description="Lossless speculative decoding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text, streaming it as it is accepted")
+    _add_model_args(g)
+    g.add_argument("--drafter", default="ngram", help="NAME[:opt=val,...], e.g. ngram:k=5, none, "
+                   "draft_model:model=qwen2.5-coder-0.5b-instruct (default: ngram)")
+    g.add_argument("--prompt", required=True, help="text (chat template applied when the model has one); - reads stdin")
+    g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true", help="print the stats as JSON")
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="compare methods against plain decoding on a question set")
+    _add_model_args(b)
+    b.add_argument("--questions", default=DEFAULT_QUESTIONS, help="Spec-Bench-format JSONL path, or a packaged set: "
+                   "mtbench, humaneval, gsm8k (default: mtbench)")
+    b.add_argument("--method", action="append", help="NAME[:opt=val,...] (repeatable); `none` is always run first")
+    b.add_argument("--categories", nargs="+", help="only these categories")
+    b.add_argument("--per-category", type=int, help="first N questions of each category")
+    b.add_argument("--limit", type=int, help="first N questions overall")
+    b.add_argument("--repeats", type=int, default=1)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--out", help="folder for records.jsonl, report.md and plots")
+    b.set_defaults(func=cmd_bench)
+
+    m = sub.add_parser("models", help="list or fetch model packs")
+    m.add_argument("action", choices=["list", "fetch"])
+    m.add_argument("name", nargs="?")
+    m.add_argument("--force", action="store_true")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "models" and args.action == "fetch" and not args.name:
+        print("error: models fetch needs a pack name (see `draftsmith models list`)", file=sys.stderr)
+        return 2
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return args.func(args)
+    except DraftsmithError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
