@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  make bench  (the main job)  and  make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Spec-Bench development questions where this checkout sits beside them, else the packaged MT-bench set
+SPEC_BENCH := ../shared/data/spec_bench/question.jsonl
+QUESTIONS ?= $(if $(wildcard $(SPEC_BENCH)),$(SPEC_BENCH),mtbench)
+PER_CATEGORY ?= 1
+MAX_NEW_TOKENS ?= 128
+
+.PHONY: install bench test test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+bench: install
+	$(VENV)/bin/draftsmith bench --questions $(QUESTIONS) --per-category $(PER_CATEGORY) \
+		--max-new-tokens $(MAX_NEW_TOKENS) --method none --method ngram --out runs/bench
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

