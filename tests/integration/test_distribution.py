@@ -88,6 +88,15 @@ def test_draft_model_sampling_is_lossless(pair, case):
     assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
 
 
+def test_confidence_stopped_drafts_are_lossless(pair):
+    """A draft length that depends on the drafter's own confidence keeps the target's law."""
+    target, drafter_model = pair
+    params = CASES["t1"]
+    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0.5)
+    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
+    assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
+
+
 def test_deterministic_draft_sampling_is_lossless(pair):
     """ngram drafts carry no q (one-hot): acceptance with p(x), residual p without x."""
     target, _ = pair

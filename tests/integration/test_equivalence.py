@@ -23,12 +23,14 @@ def drafters(target, arch):
         "draft_model-self": lambda: build_drafter("draft_model", model=CausalLM(target.model), k=6, adaptive=False),
         "draft_model-other": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4, adaptive=False),
         "draft_model-adaptive": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4),
+        "draft_model-confidence": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=6,
+                                                        adaptive=False, confidence=0.3),
         "wrong": lambda: WrongDrafter(target, k=4),
     }
 
 
 @pytest.mark.parametrize("name", ["ngram-k1", "ngram-k4", "ngram-k8-n4", "draft_model-self", "draft_model-other",
-                                  "draft_model-adaptive", "wrong"])
+                                  "draft_model-adaptive", "draft_model-confidence", "wrong"])
 def test_greedy_equals_autoregressive(arch, name):
     target = tiny_model(arch)
     for prompt in PROMPTS:

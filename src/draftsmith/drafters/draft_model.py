@@ -37,12 +37,17 @@ class DraftModelDrafter:
     needs_hidden_states: ClassVar[bool] = False
 
     def __init__(self, model: str | CausalLM | None = None, k: int = 5, adaptive: bool = True,
-                 dtype: str | torch.dtype | None = None):
+                 confidence: float = 0.0, dtype: str | torch.dtype | None = None):
+        """k: longest draft. adaptive: choose k each step from the measured acceptance and cost
+        (see length.py). confidence: stop drafting once the draft model's top probability falls
+        below this (0 = off), as Hugging Face's assistant_confidence_threshold does."""
         if model is None:
             raise DraftsmithError("draft_model needs a model: build_drafter('draft_model', model=NAME_OR_PATH)")
         if not (isinstance(k, int) and k >= 1):
             raise DraftsmithError(f"draft_model: k (draft length) must be an integer >= 1, got {k!r}")
-        self.model_spec, self.k, self.adaptive, self.dtype = model, k, adaptive, dtype
+        if not 0.0 <= confidence < 1.0:
+            raise DraftsmithError(f"draft_model: confidence must be in [0, 1), got {confidence!r}")
+        self.model_spec, self.k, self.adaptive, self.confidence, self.dtype = model, k, adaptive, confidence, dtype
         self.draft: CausalLM | None = None
         self.length = AdaptiveLength(k)
         self.confirmed = 0  # leading tokens of the draft's cache known to be committed
@@ -99,8 +104,10 @@ class DraftModelDrafter:
                 q = self._q(logits, ctx.params)
                 qs.append(q)
                 tokens.append(int(sample(q, ctx.generator)))
+            if self.confidence and float(logits[0, -1].float().softmax(-1).max()) < self.confidence:
+                break  # the draft model is unsure: more tokens would likely be rejected
         self.confirmed, self.tail = len(ctx.ids), tokens[:-1]
-        per_token = (time.perf_counter() - t0) / k
+        per_token = (time.perf_counter() - t0) / len(tokens)
         self.token_time = per_token if not self.token_time else 0.8 * self.token_time + 0.2 * per_token
         q = torch.stack(qs, dim=1) if qs else None  # [1, k, V]
         return Draft(torch.tensor([tokens], dtype=torch.long), q=q)

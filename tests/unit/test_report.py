@@ -1,0 +1,48 @@
+"""Benchmark arithmetic: τ counts the bonus token, speedup is the mean of per-question
+tokens/s over the baseline's (Spec-Bench), with total tokens / total time beside it."""
+
+import pytest
+
+from draftsmith.bench.report import ALL, markdown, summarize
+from draftsmith.bench.runner import first_divergence
+
+
+def rec(method, cat, tokens, wall, steps=None, drafted=None, accepted=None, same=True, div=None):
+    return {"method": method, "category": cat, "new_tokens": tokens, "wall_time": wall, "steps": steps,
+            "drafted": drafted, "accepted": accepted, "drafter_time": 0.0 if steps else None,
+            "matches_baseline": same, "first_divergence": div, "accepted_per_step": None}
+
+
+RECORDS = [
+    rec("none", "a", 100, 10.0, steps=100, drafted=0, accepted=0),
+    rec("none", "a", 10, 0.5, steps=10, drafted=0, accepted=0),
+    rec("ngram", "a", 100, 5.0, steps=40, drafted=80, accepted=60),
+    rec("ngram", "a", 10, 0.5, steps=10, drafted=10, accepted=0, same=False, div=3),
+]
+
+
+def test_metrics_by_hand():
+    rows = {(r["method"], r["category"]): r for r in summarize(RECORDS)}
+    ngram = rows[("ngram", "a")]
+    # per-question tokens/s: none (10, 20) -> 15; ngram (20, 20) -> 20
+    assert ngram["speedup"] == pytest.approx(20 / 15)
+    # totals: none 110 / 10.5; ngram 110 / 5.5
+    assert ngram["speedup_total"] == pytest.approx((110 / 5.5) / (110 / 10.5))
+    assert ngram["tau"] == pytest.approx(110 / 50)  # tokens per step, bonus included
+    assert ngram["alpha"] == pytest.approx(60 / 90)
+    assert ngram["identical"] == 1 and ngram["first_divergence"] == 3
+    assert rows[("none", "a")]["tau"] == 1.0 and rows[("none", "a")]["speedup"] == 1.0
+    assert rows[("ngram", ALL)]["turns"] == 2
+    assert "| ngram | a | 1.33x |" in markdown(summarize(RECORDS))
+
+
+def test_hf_rows_have_no_tau():
+    rows = summarize([RECORDS[0], rec("hf_assisted", "a", 100, 5.0)])
+    hf = next(r for r in rows if r["method"] == "hf_assisted")
+    assert hf["tau"] is None and hf["alpha"] is None and hf["speedup"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("a, b, expected", [([1, 2, 3], [1, 2, 3], None), ([1, 2, 3], [1, 5, 3], 1),
+                                            ([1, 2], [1, 2, 3], 2), ([], [], None)])
+def test_first_divergence(a, b, expected):
+    assert first_divergence(a, b) == expected
