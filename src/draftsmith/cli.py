@@ -76,7 +76,10 @@ def cmd_bench(args) -> int:
     from .target import load_target
 
     params = _sampling(args)
-    specs = [MethodSpec.parse(m) for m in (args.method or ["none", "ngram"])]
+    methods = list(args.method or [])
+    if args.config:
+        methods += _config_methods(args.config)
+    specs = [MethodSpec.parse(m) for m in (methods or ["none", "ngram"])]
     questions = load_questions(args.questions, args.categories, args.per_category, args.limit)
     target = load_target(args.model, dtype=args.dtype)
     bar = tqdm(desc="bench", unit="gen", file=sys.stderr)
@@ -106,6 +109,31 @@ def cmd_bench(args) -> int:
             f"{report.markdown(rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
         print(f"wrote {out / 'records.jsonl'}, {out / 'report.md'}, " + ", ".join(str(p) for p in plots))
     return 0
+
+
+def _config_methods(path: str) -> list[str]:
+    """Methods from a YAML or JSON file: `methods: [ngram:k=5, {name: ngram, k: 8}]`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+    except FileNotFoundError:
+        raise DraftsmithError(f"config file {path!r} not found") from None
+    except yaml.YAMLError as exc:
+        raise DraftsmithError(f"config file {path!r} is not valid YAML/JSON: {exc}") from None
+    items = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise DraftsmithError(f"config file {path!r} needs a non-empty list under `methods`")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            opts = ",".join(f"{k}={v}" for k, v in item.items() if k != "name")
+            out.append(f"{item['name']}:{opts}" if opts else item["name"])
+        else:
+            raise DraftsmithError(f"config file {path!r}: a method is a string or a mapping with `name`, got {item!r}")
+    return out
 
 
 def _threads() -> int:
@@ -147,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--questions", default=DEFAULT_QUESTIONS, help="Spec-Bench-format JSONL path, or a packaged set: "
                    "mtbench, humaneval, gsm8k (default: mtbench)")
     b.add_argument("--method", action="append", help="NAME[:opt=val,...] (repeatable); `none` is always run first")
+    b.add_argument("--config", help="YAML or JSON file with a `methods` list (added to --method)")
     b.add_argument("--categories", nargs="+", help="only these categories")
     b.add_argument("--per-category", type=int, help="first N questions of each category")
     b.add_argument("--limit", type=int, help="first N questions overall")

@@ -170,6 +170,7 @@ class SpeculativeDecoder:
             stats.drafted += result.num_drafted
             stats.accepted += min(result.num_accepted, len(new))
             stats.accepted_per_step.append(min(result.num_accepted, len(new)))
+            stats.drafted_per_step.append(result.num_drafted)
             stats.new_tokens += len(new)
 
             t0 = time.perf_counter()

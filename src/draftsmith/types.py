@@ -94,6 +94,7 @@ class RunStats:
     prefill_time: float = 0.0
     drafter_time: float = 0.0  # s spent in drafter.propose / observe
     accepted_per_step: list[int] = field(default_factory=list)
+    drafted_per_step: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "length" | "stop" (EOS or stop string)
 
     @property

@@ -135,3 +135,17 @@ def test_bench_end_to_end_on_tiny_model(capsys, tmp_path, folder):
     assert all(r["matches_baseline"] for r in records)  # fp32 greedy: every method equals none
     assert (out / "speedup.png").stat().st_size > 0 and (out / "report.md").exists()
     assert "ngram:k=3" in capsys.readouterr().out
+
+
+def test_bench_methods_from_config(capsys, tmp_path, folder):
+    qs = tmp_path / "q.jsonl"
+    qs.write_text('{"question_id": 1, "category": "a", "turns": ["hello world"]}\n')
+    cfg = tmp_path / "methods.yaml"
+    cfg.write_text("methods:\n  - none\n  - {name: ngram, k: 2, max_ngram: 2}\n")
+    out = tmp_path / "out"
+    assert main(["bench", "--model", folder, "--dtype", "fp32", "--questions", str(qs), "--max-new-tokens", "6",
+                 "--config", str(cfg), "--out", str(out)]) == 0
+    assert "ngram:k=2,max_ngram=2" in (out / "report.md").read_text()
+    cfg.write_text("methods: 3\n")
+    code, err = run_cli(capsys, "bench", "--model", folder, "--questions", str(qs), "--config", str(cfg))
+    assert code == 2 and "non-empty list" in err

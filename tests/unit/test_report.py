@@ -36,6 +36,23 @@ def test_metrics_by_hand():
     assert "| ngram | a | 1.33x |" in markdown(summarize(RECORDS))
 
 
+def test_acceptance_per_position():
+    from draftsmith.bench.report import position_acceptance
+
+    steps = {"drafted_per_step": [3, 3, 2, 0], "accepted_per_step": [3, 1, 0, 0]}
+    # position 1: reached 3 times (the empty draft does not count), kept twice
+    # position 2: reached by steps 1 and 2, kept once; position 3: reached once (step 1), kept
+    assert position_acceptance([steps], positions=4) == [2 / 3, 1 / 2, 1.0, None]
+
+
+def test_spread_across_repeats():
+    recs = [dict(r, repeat=0) for r in RECORDS] + [
+        dict(rec("none", "a", 100, 10.0, steps=100, drafted=0, accepted=0), repeat=1),
+        dict(rec("ngram", "a", 100, 2.5, steps=40, drafted=80, accepted=60), repeat=1)]
+    ngram = next(r for r in summarize(recs) if r["method"] == "ngram" and r["category"] == "a")
+    assert ngram["speedup_std"] == pytest.approx(((20 / 15 - 4.0) ** 2 / 2) ** 0.5)
+
+
 def test_hf_rows_have_no_tau():
     rows = summarize([RECORDS[0], rec("hf_assisted", "a", 100, 5.0)])
     hf = next(r for r in rows if r["method"] == "hf_assisted")

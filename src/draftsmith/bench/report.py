@@ -6,6 +6,9 @@ Metrics (per method and category, `none` in the same run as the baseline):
     tau            total new tokens / total steps (bonus included; tokens cut by EOS or the
                    length limit are not counted)
     alpha          accepted draft tokens / drafted tokens
+    alpha@i        per draft position i: of the steps that drafted a token at position i and
+                   accepted every token before it, the share that accepted position i too
+    ± spread       the standard deviation of speedup across repeats (with --repeats > 1)
     identical      outputs equal to `none`'s, id for id
 """
 
@@ -20,6 +23,23 @@ ALL = "overall"
 def _mean(xs):
     xs = list(xs)
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def position_acceptance(records: list[dict], positions: int = 4) -> list[float | None]:
+    reached, kept = [0] * positions, [0] * positions
+    for r in records:
+        for drafted, accepted in zip(r.get("drafted_per_step") or [], r.get("accepted_per_step") or []):
+            for i in range(min(drafted, accepted + 1, positions)):
+                reached[i] += 1
+                kept[i] += accepted > i
+    return [k / n if n else None for k, n in zip(kept, reached)]
+
+
+def _std(xs: list[float]) -> float | None:
+    if len(xs) < 2:
+        return None
+    m = _mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -50,14 +70,19 @@ def summarize(records: list[dict]) -> list[dict]:
             wall = sum(r["wall_time"] for r in rs)
             drafter = [r["drafter_time"] for r in rs if r["drafter_time"] is not None]
             divs = [r["first_divergence"] for r in rs if r["first_divergence"] is not None]
+            repeats = sorted({r.get("repeat", 0) for r in rs})
+            per_repeat = [tps([r for r in rs if r.get("repeat", 0) == k]) / tps([r for r in base if r.get("repeat", 0) == k])
+                          for k in repeats]
             rows.append({
                 "method": m, "category": cat, "turns": len(rs),
                 "new_tokens": sum(r["new_tokens"] for r in rs),
                 "tokens_per_s": tps(rs),
                 "speedup": tps(rs) / tps(base),
+                "speedup_std": _std(per_repeat),
                 "speedup_total": total_tps(rs) / total_tps(base),
                 "tau": sum(r["new_tokens"] for r in rs) / sum(steps) if steps else None,
                 "alpha": sum(r["accepted"] or 0 for r in rs) / drafted if drafted else None,
+                "alpha_pos": position_acceptance(rs) if drafted else None,
                 "drafter_share": sum(drafter) / wall if drafter and wall else None,
                 "identical": sum(r["matches_baseline"] for r in rs),
                 "first_divergence": min(divs) if divs else None,
@@ -72,10 +97,11 @@ def _fmt(v, spec=".2f"):
 COLUMNS = [
     ("method", "method", str),
     ("category", "category", str),
-    ("speedup", "speedup", lambda v: _fmt(v) + "x"),
+    ("speedup", "speedup", None),
     ("speedup_total", "speedup (total)", lambda v: _fmt(v) + "x"),
     ("tau", "τ", _fmt),
     ("alpha", "α", _fmt),
+    ("alpha_pos", "α@1/2/3/4", lambda v: "-" if v is None else "/".join(_fmt(a) for a in v)),
     ("tokens_per_s", "tok/s", lambda v: _fmt(v, ".1f")),
     ("drafter_share", "drafter share", lambda v: "-" if v is None else f"{100 * v:.0f}%"),
     ("identical", "= none", None),
@@ -88,7 +114,13 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
     for r in rows:
         cells = []
         for key, _, fmt in COLUMNS:
-            cells.append(f"{r['identical']}/{r['turns']}" if key == "identical" else fmt(r[key]))
+            if key == "identical":
+                cells.append(f"{r['identical']}/{r['turns']}")
+            elif key == "speedup":
+                spread = f" ±{r['speedup_std']:.2f}" if r.get("speedup_std") is not None else ""
+                cells.append(f"{r['speedup']:.2f}x{spread}")
+            else:
+                cells.append(fmt(r[key]))
         out.append(cells)
     return out
 

@@ -68,11 +68,12 @@ class Method:
             s = out.stats
             return {"output_ids": out.token_ids, "new_tokens": s.new_tokens, "wall_time": wall, "steps": s.steps,
                     "drafted": s.drafted, "accepted": s.accepted, "accepted_per_step": s.accepted_per_step,
-                    "drafter_time": s.drafter_time, "finish_reason": s.finish_reason}
+                    "drafted_per_step": s.drafted_per_step, "drafter_time": s.drafter_time,
+                    "finish_reason": s.finish_reason}
         ids = self._hf_generate(prompt_ids, params)
         wall = time.perf_counter() - t0
         return {"output_ids": ids, "new_tokens": len(ids), "wall_time": wall, "steps": None, "drafted": None,
-                "accepted": None, "accepted_per_step": None, "drafter_time": None, "finish_reason": None}
+                "accepted": None, "accepted_per_step": None, "drafted_per_step": None, "drafter_time": None, "finish_reason": None}
 
     @torch.inference_mode()
     def _hf_generate(self, prompt_ids: list[int], params: SamplingParams) -> list[int]:
