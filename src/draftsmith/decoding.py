@@ -83,6 +83,11 @@ class SpeculativeDecoder:
         self.drafter = build_drafter(drafter, **drafter_options)
         self.drafter.bind(target)
 
+    @property
+    def lossless(self) -> bool:
+        """False when a lossy acceptance rule was chosen: outputs may then differ from the target's."""
+        return getattr(self.verifier, "lossless", True) if self.verifier is not None else True
+
     # ----- public API ------------------------------------------------------------------
     def generate(self, prompt, params: SamplingParams | None = None,
                  generator: torch.Generator | None = None) -> GenerationResult:

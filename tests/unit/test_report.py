@@ -53,6 +53,11 @@ def test_spread_across_repeats():
     assert ngram["speedup_std"] == pytest.approx(((20 / 15 - 4.0) ** 2 / 2) ** 0.5)
 
 
+def test_lossy_methods_are_flagged():
+    recs = [RECORDS[0], dict(RECORDS[2], method="typical", lossless=False)]
+    assert {r["method"] for r in summarize(recs)} == {"none", "typical (lossy)"}
+
+
 def test_hf_rows_have_no_tau():
     rows = summarize([RECORDS[0], rec("hf_assisted", "a", 100, 5.0)])
     hf = next(r for r in rows if r["method"] == "hf_assisted")

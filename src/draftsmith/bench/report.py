@@ -58,6 +58,7 @@ def summarize(records: list[dict]) -> list[dict]:
     def total_tps(rs):
         return sum(r["new_tokens"] for r in rs) / sum(r["wall_time"] for r in rs)
 
+    lossy = {r["method"] for r in records if r.get("lossless") is False}
     rows = []
     for cat in categories:
         base = groups[(baseline, cat)]
@@ -74,7 +75,7 @@ def summarize(records: list[dict]) -> list[dict]:
             per_repeat = [tps([r for r in rs if r.get("repeat", 0) == k]) / tps([r for r in base if r.get("repeat", 0) == k])
                           for k in repeats]
             rows.append({
-                "method": m, "category": cat, "turns": len(rs),
+                "method": f"{m} (lossy)" if m in lossy else m, "category": cat, "turns": len(rs),
                 "new_tokens": sum(r["new_tokens"] for r in rs),
                 "tokens_per_s": tps(rs),
                 "speedup": tps(rs) / tps(base),
@@ -161,7 +162,7 @@ def plot(rows: list[dict], records: list[dict], out_dir: Path, title: str) -> li
     categories = list(dict.fromkeys(r["category"] for r in rows))
     by = {(r["method"], r["category"]): r for r in rows}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(categories) * max(1, len(methods) / 2)), 4))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.3 * len(categories) * len(methods))), 4.5))
     for i, m in enumerate(methods):
         xs = [c + (i - (len(methods) - 1) / 2) * width for c in range(len(categories))]
         ax.bar(xs, [by[(m, c)]["speedup"] if (m, c) in by else 0 for c in categories], width, label=m)

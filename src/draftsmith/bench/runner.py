@@ -60,6 +60,10 @@ class Method:
         else:
             self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options))
 
+    @property
+    def lossless(self) -> bool:
+        return self.decoder.lossless if self.decoder is not None else True
+
     def run(self, prompt_ids: list[int], params: SamplingParams) -> dict:
         t0 = time.perf_counter()
         if self.decoder is not None:
@@ -131,7 +135,7 @@ def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpe
                     if baseline is None:
                         baseline = r["output_ids"]
                     div = first_divergence(r["output_ids"], baseline)
-                    records.append({"method": m.spec.label, "question_id": q.question_id, "category": q.category,
+                    records.append({"method": m.spec.label, "lossless": m.lossless, "question_id": q.question_id, "category": q.category,
                                     "turn": turn, "repeat": rep, "prompt_tokens": len(prompt_ids), **r,
                                     "matches_baseline": div is None, "first_divergence": div})
                     if progress:
