@@ -139,23 +139,19 @@ class SpeculativeDecoder:
         drafter.prefill(ids)
         stats.drafter_time += time.perf_counter() - t0
         stats.prefill_time = time.perf_counter() - t_start
-        step_time = None
 
         while True:
             budget = params.max_new_tokens - stats.new_tokens
             room = target.max_length - len(ids)
             t0 = time.perf_counter()
-            draft = drafter.propose(DraftContext(ids, min(budget, room) - 1, params, generator, step_time))
+            draft = drafter.propose(DraftContext(ids, min(budget, room) - 1, params, generator))
             stats.drafter_time += time.perf_counter() - t0
             if draft.parents is not None:
                 raise DraftsmithError(f"drafter {drafter.name!r} proposed a tree; this engine verifies chains")
 
-            t0 = time.perf_counter()
             step_ids = torch.cat([torch.tensor([[ids[-1]]]), draft.token_ids.cpu()], dim=-1)  # [1, k+1]
             logits = target.forward(step_ids).logits  # [1, k+1, V]
             result = verifier.verify(draft, logits, params, generator)
-            dt = time.perf_counter() - t0
-            step_time = dt if step_time is None else 0.8 * step_time + 0.2 * dt
 
             target.crop(len(ids) + result.num_accepted)  # keep accepted drafts; the bonus is fed next step
             new = result.tokens[0].tolist()

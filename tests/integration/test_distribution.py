@@ -83,7 +83,7 @@ CASES = {
 def test_draft_model_sampling_is_lossless(pair, case):
     target, drafter_model = pair
     params = CASES[case]
-    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False)
+    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0)
     failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
     assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
 
@@ -109,6 +109,6 @@ def test_deterministic_draft_sampling_is_lossless(pair):
 def test_negative_control_always_accept_fails(pair):
     target, drafter_model = pair
     params = CASES["t1"]
-    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, verifier=AlwaysAccept())
+    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0, verifier=AlwaysAccept())
     failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
     assert failed, f"the lossy control passed: chi-square {stat:.1f} <= {bound:.1f}"

@@ -20,8 +20,8 @@ def drafters(target, arch):
         "ngram-k1": lambda: build_drafter("ngram", k=1),
         "ngram-k4": lambda: build_drafter("ngram", k=4, max_ngram=2),
         "ngram-k8-n4": lambda: build_drafter("ngram", k=8, max_ngram=4, min_ngram=2),
-        "draft_model-self": lambda: build_drafter("draft_model", model=CausalLM(target.model), k=6, adaptive=False),
-        "draft_model-other": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4, adaptive=False),
+        "draft_model-self": lambda: build_drafter("draft_model", model=CausalLM(target.model), k=6, adaptive=False, confidence=0),
+        "draft_model-other": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4, adaptive=False, confidence=0),
         "draft_model-adaptive": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4),
         "draft_model-confidence": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=6,
                                                         adaptive=False, confidence=0.3),
@@ -44,7 +44,7 @@ def test_greedy_equals_autoregressive(arch, name):
 
 def test_always_right_drafter_accepts_everything(arch):
     target = tiny_model(arch)
-    out = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=5, adaptive=False).generate(
+    out = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=5, adaptive=False, confidence=0).generate(
         PROMPTS[0], SamplingParams(max_new_tokens=36))
     assert out.stats.acceptance_rate == 1.0
     assert out.stats.tau == 6.0  # 5 accepted + the bonus, every step
@@ -62,7 +62,7 @@ def test_always_wrong_drafter_accepts_nothing(arch):
 def test_max_new_tokens_smaller_than_draft_length(arch, max_new):
     target = tiny_model(arch)
     ref = reference(target, PROMPTS[0], max_new_tokens=max_new)
-    out = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=8, adaptive=False).generate(
+    out = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=8, adaptive=False, confidence=0).generate(
         PROMPTS[0], SamplingParams(max_new_tokens=max_new))
     assert out.token_ids == ref.token_ids and len(out.token_ids) == max_new
     assert out.stats.new_tokens == max_new and out.stats.steps == 1
@@ -76,7 +76,7 @@ def test_eos_inside_accepted_block(arch):
     target.model.generation_config.eos_token_id = free[pos]
     ref = reference(target, PROMPTS[2], max_new_tokens=30)
     assert ref.token_ids == free[: pos + 1] and ref.stats.finish_reason == "stop"
-    out = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=8, adaptive=False).generate(
+    out = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=8, adaptive=False, confidence=0).generate(
         PROMPTS[2], SamplingParams(max_new_tokens=30))
     assert out.token_ids == ref.token_ids  # stops at EOS, nothing after it
     assert out.stats.new_tokens == pos + 1  # tokens drafted past EOS are not counted

@@ -37,7 +37,7 @@ def test_stop_string_ends_output_before_it(target, drafter):
     ref = SpeculativeDecoder(target, "none").generate("hello world", params)
     stop = ref.text[20:24]
     assert stop.strip() and ref.text.find(stop) >= 4
-    d = build_drafter("draft_model", model=CausalLM(target.model, target.tokenizer), k=6, adaptive=False) \
+    d = build_drafter("draft_model", model=CausalLM(target.model, target.tokenizer), k=6, adaptive=False, confidence=0) \
         if drafter == "self" else build_drafter(drafter)
     dec = SpeculativeDecoder(target, d)
     out = dec.generate("hello world", SamplingParams(max_new_tokens=60, ignore_eos=True, stop=(stop,)))

@@ -21,7 +21,6 @@ class DraftContext:
     max_tokens: int  # propose at most this many (budget and context left)
     params: SamplingParams
     generator: torch.Generator | None = None
-    target_step_time: float | None = None  # s, recent mean of one target forward (for cost-aware k)
 
 
 @runtime_checkable

@@ -3,7 +3,6 @@ tokens autoregressively (sampled from q when sampling, argmax when greedy)."""
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 import torch
@@ -32,19 +31,33 @@ def check_same_vocabulary(target: CausalLM, draft: CausalLM) -> None:
         )
 
 
+def _weights_read_per_token(lm: CausalLM) -> int:
+    """Parameters a one-token forward reads: all but the input embedding table (one row of it),
+    the LM head included even when it shares that table."""
+    embed, head = lm.model.get_input_embeddings().weight, lm.model.get_output_embeddings().weight
+    return lm.model.num_parameters() - embed.numel() + (head.numel() if head is embed else 0)
+
+
 class DraftModelDrafter:
     name: ClassVar[str] = "draft_model"
     needs_hidden_states: ClassVar[bool] = False
 
     def __init__(self, model: str | CausalLM | None = None, k: int = 5, adaptive: bool = True,
-                 confidence: float = 0.0, dtype: str | torch.dtype | None = None):
-        """k: longest draft. adaptive: choose k each step from the measured acceptance and cost
-        (see length.py). confidence: stop drafting once the draft model's top probability falls
-        below this (0 = off), as Hugging Face's assistant_confidence_threshold does."""
+                 confidence: float = 0.4, cost_ratio: float | None = None, dtype: str | torch.dtype | None = None):
+        """k: longest draft. adaptive: choose k each step from the measured acceptance rate and
+        the cost of a draft token relative to a target step (see length.py). cost_ratio: that
+        cost; by default the ratio of the weights a one-token forward reads (decoding is
+        memory-bound, so a forward costs about its weight bytes). A fixed ratio rather than a live timing keeps runs
+        reproducible: same seed, same output. confidence: stop drafting once the draft model's
+        top probability falls below this (0 = off; 0.4 as in Hugging Face's
+        assistant_confidence_threshold)."""
         if model is None:
             raise DraftsmithError("draft_model needs a model: build_drafter('draft_model', model=NAME_OR_PATH)")
         if not (isinstance(k, int) and k >= 1):
             raise DraftsmithError(f"draft_model: k (draft length) must be an integer >= 1, got {k!r}")
+        if cost_ratio is not None and not (isinstance(cost_ratio, (int, float)) and cost_ratio >= 0):
+            raise DraftsmithError(f"draft_model: cost_ratio must be a number >= 0, got {cost_ratio!r}")
+        self.cost_ratio = cost_ratio
         if not 0.0 <= confidence < 1.0:
             raise DraftsmithError(f"draft_model: confidence must be in [0, 1), got {confidence!r}")
         self.model_spec, self.k, self.adaptive, self.confidence, self.dtype = model, k, adaptive, confidence, dtype
@@ -52,7 +65,6 @@ class DraftModelDrafter:
         self.length = AdaptiveLength(k)
         self.confirmed = 0  # leading tokens of the draft's cache known to be committed
         self.tail: list[int] = []  # draft tokens in the draft's cache beyond `confirmed`
-        self.token_time = 0.0  # EMA of seconds per draft forward
 
     def bind(self, target: CausalLM) -> None:
         if isinstance(self.model_spec, CausalLM):
@@ -60,6 +72,8 @@ class DraftModelDrafter:
         else:
             self.draft = load_causal_lm(self.model_spec, dtype=self.dtype or target.dtype, device=str(target.device))
         check_same_vocabulary(target, self.draft)
+        if self.cost_ratio is None:
+            self.cost_ratio = _weights_read_per_token(self.draft) / _weights_read_per_token(target)
         self.vocab = target.vocab_size
 
     def prefill(self, prompt_ids: list[int]) -> None:
@@ -88,11 +102,10 @@ class DraftModelDrafter:
 
     def propose(self, ctx: DraftContext) -> Draft:
         k = min(self.k, ctx.max_tokens)
-        if self.adaptive and ctx.target_step_time:
-            k = min(k, self.length.choose(self.token_time / ctx.target_step_time))
+        if self.adaptive:
+            k = min(k, self.length.choose(self.cost_ratio))
         if k <= 0:
             return Draft.empty()
-        t0 = time.perf_counter()
         logits = self._sync(ctx.ids)
         tokens, qs = [], []
         for i in range(k):
@@ -107,8 +120,6 @@ class DraftModelDrafter:
             if self.confidence and float(logits[0, -1].float().softmax(-1).max()) < self.confidence:
                 break  # the draft model is unsure: more tokens would likely be rejected
         self.confirmed, self.tail = len(ctx.ids), tokens[:-1]
-        per_token = (time.perf_counter() - t0) / len(tokens)
-        self.token_time = per_token if not self.token_time else 0.8 * self.token_time + 0.2 * per_token
         q = torch.stack(qs, dim=1) if qs else None  # [1, k, V]
         return Draft(torch.tensor([tokens], dtype=torch.long), q=q)
 

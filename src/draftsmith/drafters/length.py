@@ -1,8 +1,8 @@
 """Choosing the draft length k each step.
 
 `AdaptiveLength` picks the k that maximises expected tokens per unit of time, from the measured
-per-token acceptance rate alpha and the measured cost c of one draft token relative to one
-target step (Leviathan et al. 2023, section 3.4):
+per-token acceptance rate alpha and the cost c of one draft token relative to one target
+step (Leviathan et al. 2023, section 3.4):
 
     E[tau](k) = (1 - alpha^(k+1)) / (1 - alpha)        tokens per step, bonus included
     cost(k)   = 1 + c * k                              in target-step units
