@@ -2,9 +2,9 @@
 
     prefill(prompt)                      # the target's cache holds every token but the last
     while not done:
-        draft  = drafter.propose(ctx)    # k tokens continuing the committed ones
-        logits = target(last + draft)    # ONE target forward: [1, k+1, V]
-        result = verifier.verify(draft, logits)   # accepted prefix + one bonus token
+        draft  = drafter.propose(ctx)    # k tokens (a chain) or N nodes (a tree) continuing them
+        logits = target(last + draft)    # ONE target forward: [1, N+1, V], tree-masked for trees
+        result = verifier.verify(draft, logits)   # accepted prefix/path + one bonus token
         commit(result)                   # cut at EOS / stop / budget, roll back the cache
         drafter.observe(result)
 
@@ -23,6 +23,7 @@ import torch
 from .drafters import DraftContext, Drafter, build_drafter
 from .errors import DraftsmithError
 from .target import CausalLM
+from .tree import Tree
 from .types import GenerationResult, RunStats, SamplingParams, VerifyResult
 from .verify import GreedyVerifier, RejectionVerifier
 
@@ -146,14 +147,17 @@ class SpeculativeDecoder:
             t0 = time.perf_counter()
             draft = drafter.propose(DraftContext(ids, min(budget, room) - 1, params, generator))
             stats.drafter_time += time.perf_counter() - t0
-            if draft.parents is not None:
-                raise DraftsmithError(f"drafter {drafter.name!r} proposed a tree; this engine verifies chains")
+            tree = Tree.from_parents(draft.parents) if draft.parents is not None else None
 
-            step_ids = torch.cat([torch.tensor([[ids[-1]]]), draft.token_ids.cpu()], dim=-1)  # [1, k+1]
-            logits = target.forward(step_ids).logits  # [1, k+1, V]
+            step_ids = torch.cat([torch.tensor([[ids[-1]]]), draft.token_ids.cpu()], dim=-1)  # [1, N+1]
+            logits = target.forward(step_ids, tree=tree).logits  # [1, N+1, V]
             result = verifier.verify(draft, logits, params, generator)
 
-            target.crop(len(ids) + result.num_accepted)  # keep accepted drafts; the bonus is fed next step
+            # keep the accepted drafts in the cache; the bonus token is fed at the next step
+            if tree is None:
+                target.crop(len(ids) + result.num_accepted)
+            else:
+                target.keep(len(ids), result.path)  # root at len(ids) - 1, node i at len(ids) + i
             new = result.tokens[0].tolist()
             done = False
             for i, tok in enumerate(new):  # EOS inside the block: stop there, count nothing after

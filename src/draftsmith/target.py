@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
 from .errors import DraftsmithError, ModelNotFoundError
+from .tree import Tree
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -137,26 +138,43 @@ class CausalLM:
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor | list[int], *, last_only: bool = False,
-                hidden_states: bool = False) -> ForwardOut:
+                hidden_states: bool = False, tree: Tree | None = None) -> ForwardOut:
         """Append `ids` ([B, n] or a list) to the cache; return their logits ([B, n, V], or
-        [B, 1, V] for the last token with `last_only`)."""
+        [B, 1, V] for the last token with `last_only`). With a `tree`, `ids` are the root and
+        the tree's nodes, masked so that each sees only its ancestors (see tree.py)."""
         if self.cache is None:
             self.reset()
         if not isinstance(ids, torch.Tensor):
             ids = torch.tensor([ids], dtype=torch.long)
         ids = ids.to(self.device)  # [B, n]
         start = self.length
-        positions = torch.arange(start, start + ids.shape[1], device=self.device)
+        slots = torch.arange(start, start + ids.shape[1], device=self.device)
+        if tree is None:
+            positions, mask = slots.unsqueeze(0), None
+        else:
+            positions = tree.position_ids(start, self.device)
+            mask = tree.attention_mask(start, self.dtype, self.device)
         out = self.model(
             input_ids=ids,
             past_key_values=self.cache,
             use_cache=True,
-            position_ids=positions.unsqueeze(0),
-            cache_position=positions,
+            attention_mask=mask,
+            position_ids=positions,
+            cache_position=slots,
             logits_to_keep=1 if last_only else 0,
             output_hidden_states=hidden_states,
         )
         return ForwardOut(out.logits, out.hidden_states if hidden_states else None)
+
+    def keep(self, start: int, rows: list[int]) -> None:
+        """Keep the first `start` cached tokens, then the tokens at `start + r` for `rows`, in
+        that order (the accepted path of a tree); drop the rest."""
+        index = torch.tensor([start + r for r in rows], dtype=torch.long, device=self.device)
+        for layer in self.cache.layers:
+            if not hasattr(layer, "keys") or getattr(layer, "is_sliding", False):
+                raise DraftsmithError(f"{self.name}: tree drafts need a plain (non-sliding) KV cache")
+            layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
+            layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
 
     def crop(self, length: int) -> None:
         """Roll the cache back so that it holds the first `length` tokens."""

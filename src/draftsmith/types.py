@@ -79,6 +79,8 @@ class VerifyResult:
     tokens: torch.Tensor  # [B, n_accepted + 1]
     num_accepted: int
     num_drafted: int
+    path: list[int] | None = None  # tree drafts: the accepted nodes, root's child first
+    target_logits: torch.Tensor | None = None  # [B, N+1, V] the step's logits, for drafters that learn from them
 
 
 @dataclass

@@ -54,6 +54,47 @@ def sample_counts(decoder, params, n=SAMPLES, seed=0) -> dict[tuple, int]:
     return counts
 
 
+class SampledTree:
+    """Two root children drawn independently from q, each with one child drawn from q."""
+
+    name = "sampled-tree"
+    needs_hidden_states = False
+
+    def __init__(self, draft_lm):
+        self.lm = draft_lm
+
+    def bind(self, target):
+        pass
+
+    def prefill(self, prompt_ids):
+        pass
+
+    def _q(self, ids, params):
+        with torch.no_grad():
+            return probs(self.lm.model(torch.tensor([ids])).logits[0, -1], params)  # [V]
+
+    def propose(self, ctx):
+        if ctx.max_tokens < 2:
+            return Draft.empty()
+        q_root = self._q(ctx.ids, ctx.params)
+        firsts = torch.multinomial(q_root, 2, replacement=True, generator=ctx.generator).tolist()
+        tokens, parents, qs = [], [], []
+        for x in firsts:
+            q_child = self._q(ctx.ids + [x], ctx.params)
+            y = int(torch.multinomial(q_child, 1, generator=ctx.generator))
+            tokens += [x, y]
+            parents += [-1, len(tokens) - 2]
+            qs += [q_root, q_child]
+        order = [0, 2, 1, 3]  # topological order: both root children first
+        remap = {old: new for new, old in enumerate(order)}
+        return Draft(torch.tensor([[tokens[i] for i in order]]),
+                     q=torch.stack([qs[i] for i in order]).unsqueeze(0),
+                     parents=torch.tensor([-1 if parents[i] < 0 else remap[parents[i]] for i in order]))
+
+    def observe(self, result):
+        pass
+
+
 class AlwaysAccept:
     """Negative control: keeps every draft token (lossy), then samples the bonus from p."""
 
@@ -79,30 +120,30 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_draft_model_sampling_is_lossless(pair, case):
+DECODERS = {
+    "draft_model": lambda target, draft: SpeculativeDecoder(
+        target, "draft_model", model=draft, k=3, adaptive=False, confidence=0),
+    # a draft length that depends on the drafter's own confidence keeps the target's law
+    "draft_model-confidence": lambda target, draft: SpeculativeDecoder(
+        target, "draft_model", model=draft, k=3, adaptive=False, confidence=0.5),
+    # ngram drafts carry no q (one-hot): acceptance with p(x), residual p without x
+    "ngram": lambda target, draft: SpeculativeDecoder(target, build_drafter("ngram", k=3, max_ngram=2)),
+    # a deterministic tree of distinct siblings: recursive rejection with one-hot q
+    "recycling": lambda target, draft: SpeculativeDecoder(target, build_drafter("recycling", topk=3, branching="3-2-1")),
+    # a tree of siblings sampled independently from the drafter's q
+    "sampled-tree": lambda target, draft: SpeculativeDecoder(target, SampledTree(draft)),
+}
+
+
+@pytest.mark.parametrize("decoder, case", [("draft_model", "t1"), ("draft_model", "t0.7-topk3"),
+                                           ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
+                                           ("ngram", "t1"), ("recycling", "t1"), ("sampled-tree", "t1"),
+                                           ("sampled-tree", "t0.7-topk3")])
+def test_sampling_is_lossless(pair, decoder, case):
     target, drafter_model = pair
     params = CASES[case]
-    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0)
-    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
-    assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
-
-
-def test_confidence_stopped_drafts_are_lossless(pair):
-    """A draft length that depends on the drafter's own confidence keeps the target's law."""
-    target, drafter_model = pair
-    params = CASES["t1"]
-    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0.5)
-    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
-    assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
-
-
-def test_deterministic_draft_sampling_is_lossless(pair):
-    """ngram drafts carry no q (one-hot): acceptance with p(x), residual p without x."""
-    target, _ = pair
-    params = CASES["t1"]
-    decoder = SpeculativeDecoder(target, build_drafter("ngram", k=3, max_ngram=2))
-    failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
+    dec = DECODERS[decoder](target, drafter_model)
+    failed, stat, bound = chi_square_fails(sample_counts(dec, params), exact_distribution(target, params), SAMPLES)
     assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
 
 

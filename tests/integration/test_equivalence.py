@@ -26,11 +26,14 @@ def drafters(target, arch):
         "draft_model-confidence": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=6,
                                                         adaptive=False, confidence=0.3),
         "wrong": lambda: WrongDrafter(target, k=4),
+        "recycling": lambda: build_drafter("recycling"),
+        "recycling-narrow": lambda: build_drafter("recycling", topk=2, branching="2-1-1"),
     }
 
 
 @pytest.mark.parametrize("name", ["ngram-k1", "ngram-k4", "ngram-k8-n4", "draft_model-self", "draft_model-other",
-                                  "draft_model-adaptive", "draft_model-confidence", "wrong"])
+                                  "draft_model-adaptive", "draft_model-confidence", "wrong",
+                                  "recycling", "recycling-narrow"])
 def test_greedy_equals_autoregressive(arch, name):
     target = tiny_model(arch)
     for prompt in PROMPTS:

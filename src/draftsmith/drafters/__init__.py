@@ -9,6 +9,7 @@ from ..errors import DraftsmithError
 from .base import DraftContext, Drafter, NoDrafter
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
+from .recycling import RecyclingDrafter
 
 REGISTRY: dict[str, type] = {}
 
@@ -19,7 +20,7 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter):
+for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter):
     register(_cls)
 
 
@@ -63,4 +64,4 @@ def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]
+__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]

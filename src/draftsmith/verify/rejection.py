@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from ..sampling import probs, sample
+from ..tree import Tree
 from ..types import Draft, SamplingParams, VerifyResult
 
 
@@ -33,6 +34,8 @@ class RejectionVerifier:
         n_draft = draft.size
         x = draft.token_ids  # [B, N]
         p = probs(target_logits, params)  # [B, N+1, V]
+        if draft.parents is not None:
+            return self._verify_tree(draft, p, generator, target_logits)
         p_x = p[:, :n_draft].gather(-1, x.unsqueeze(-1)).squeeze(-1)  # [B, N]
         if draft.q is None:
             q_x = torch.ones_like(p_x)
@@ -54,4 +57,41 @@ class RejectionVerifier:
         else:
             bonus = sample(p[:, n_draft], generator)  # [B]
         tokens = torch.cat([x[:, :n], bonus.unsqueeze(-1)], dim=-1)  # [B, n+1]
-        return VerifyResult(tokens=tokens, num_accepted=n, num_drafted=n_draft)
+        return VerifyResult(tokens=tokens, num_accepted=n, num_drafted=n_draft, target_logits=target_logits)
+
+    @staticmethod
+    def _verify_tree(draft: Draft, p: torch.Tensor, generator, target_logits) -> VerifyResult:
+        """Recursive rejection sampling over sibling candidates (SpecInfer; Chen et al. 2023's
+        multi-draft form). At a node with target distribution p, try its children in order:
+        accept child x (drawn from q) with probability min(1, p(x) / q(x)); on rejection set
+        p <- norm(max(0, p - q)) and try the next sibling. If every child is rejected, the bonus
+        is drawn from what is left of p. Exact when the siblings were drawn independently from
+        their q, or are distinct deterministic candidates (q one-hot: p loses x each time)."""
+        tree = Tree.from_parents(draft.parents)
+        tokens = draft.token_ids[0].tolist()
+        node, path = -1, []
+        while True:
+            dist = p[0, node + 1]  # [V]
+            accepted = None
+            for c in tree.children[node]:
+                x = tokens[c]
+                q = None if draft.q is None else draft.q[0, c].float()  # [V]
+                q_x = 1.0 if q is None else float(q[x])
+                if float(torch.rand((), generator=generator)) * q_x < float(dist[x]):
+                    accepted = c
+                    break
+                dist = dist.clone()
+                if q is None:
+                    dist[x] = 0.0
+                else:
+                    dist = (dist - q).clamp_min(0.0)
+                mass = dist.sum()
+                dist = dist / mass if mass > 0 else p[0, node + 1]
+            if accepted is None:
+                bonus = int(sample(dist.unsqueeze(0), generator))
+                break
+            path.append(accepted)
+            node = accepted
+        out = torch.tensor([[tokens[i] for i in path] + [bonus]], device=p.device)
+        return VerifyResult(tokens=out, num_accepted=len(path), num_drafted=draft.size, path=path,
+                            target_logits=target_logits)
