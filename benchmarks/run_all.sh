@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 Q=${QUESTIONS:-../shared/data/spec_bench/question.jsonl}
 B=.venv/bin/draftsmith
 
-# default model, training-free drafters vs Hugging Face prompt lookup (issues 2, 3)
+# default model, training-free drafters vs Hugging Face prompt lookup (issues 2, 3, 4)
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category 2 --max-new-tokens 128 \
-  --method none --method ngram --method hf_prompt_lookup:k=10 --out benchmarks/smollm2-135m-bf16-specbench
+  --method none --method ngram --method recycling --method hf_prompt_lookup:k=10 \
+  --out benchmarks/smollm2-135m-bf16-specbench
 
 # the Qwen pair: draft model 0.5B -> 1.5B vs Hugging Face assisted generation (issues 2, 3)
 $B bench --model qwen2.5-coder-1.5b-instruct --dtype bf16 --questions "$Q" --per-category 1 --max-new-tokens 96 \
