@@ -31,6 +31,14 @@ def tiny_model(arch: str = "llama", vocab: int = 96, seed: int = 0, layers: int 
     return CausalLM(model, tokenizer=None, name=f"tiny-{arch}-{seed}")
 
 
+def argmax_logits(argmaxes: list[int], vocab: int) -> torch.Tensor:
+    """[1, len, vocab] logits whose argmax at each position is given."""
+    logits = torch.zeros(1, len(argmaxes), vocab)
+    for i, t in enumerate(argmaxes):
+        logits[0, i, t] = 5.0
+    return logits
+
+
 @pytest.fixture(params=sorted(ARCHS))
 def arch(request) -> str:
     return request.param

@@ -7,7 +7,7 @@ import torch
 from draftsmith import Draft, SamplingParams
 from draftsmith.tree import Tree
 from draftsmith.verify import GreedyVerifier, RejectionVerifier
-from tests.conftest import tiny_model
+from tests.conftest import argmax_logits, tiny_model
 
 TREES = {
     "chain": [-1, 0, 1, 2],
@@ -59,10 +59,7 @@ def test_bad_tree_is_a_clear_error():
 
 
 def logits_for(argmaxes, V=8):
-    logits = torch.zeros(1, len(argmaxes), V)
-    for i, t in enumerate(argmaxes):
-        logits[0, i, t] = 5.0
-    return logits
+    return argmax_logits(argmaxes, V)
 
 
 @pytest.mark.parametrize(

@@ -5,17 +5,14 @@ import torch
 
 from draftsmith import Draft, SamplingParams
 from draftsmith.verify import GreedyVerifier, RejectionVerifier
+from tests.conftest import argmax_logits
 
 V = 6
 GREEDY = SamplingParams(temperature=0.0)
 
 
 def logits_for(argmaxes: list[int]) -> torch.Tensor:
-    """[1, N+1, V] logits whose argmax at each position is given."""
-    logits = torch.zeros(1, len(argmaxes), V)
-    for i, t in enumerate(argmaxes):
-        logits[0, i, t] = 5.0
-    return logits
+    return argmax_logits(argmaxes, V)
 
 
 @pytest.mark.parametrize(
