@@ -56,12 +56,14 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Draft:
-    """One step's proposal. A chain: node i's parent is node i-1 (node 0 hangs off the last
-    committed token). `q` is None for deterministic proposals (treated as one-hot)."""
+    """One step's proposal: N nodes in topological order. With `parents` None it is a chain
+    (node i's parent is node i-1, node 0 hangs off the last committed token); otherwise a tree
+    (parent -1 = the last committed token; see tree.py). `q[:, i]` is the distribution node i
+    was drawn from; `q` is None for deterministic proposals (treated as one-hot)."""
 
     token_ids: torch.Tensor  # [B, N]
     q: torch.Tensor | None = None  # [B, N, V]
-    parents: torch.Tensor | None = None  # [N]; None = chain (trees come with tree verification)
+    parents: torch.Tensor | None = None  # [N]; None = chain
 
     @property
     def size(self) -> int:
