@@ -49,12 +49,12 @@ class _TextTracker:
         """If a stop string appears in the text of `ids`, return how many tokens to keep: up
         to the one that completes it (`prev_len` tokens were already checked)."""
         text = self.target.decode(ids)
-        starts = [(i, s) for s in self.stop if (i := text.find(s)) >= 0]
-        if not starts:
+        present = [s for s in self.stop if s in text]
+        if not present:
             return None
-        _, s = min(starts)
-        for m in range(prev_len + 1, len(ids) + 1):  # the first token that completes the stop string
-            if s in self.target.decode(ids[:m]):
+        for m in range(prev_len + 1, len(ids) + 1):  # the first token that completes any of them
+            prefix = self.target.decode(ids[:m])
+            if any(s in prefix for s in present):
                 return m
         return len(ids)
 
@@ -163,10 +163,11 @@ class SpeculativeDecoder:
             for i, tok in enumerate(new):  # EOS inside the block: stop there, count nothing after
                 if tok in eos:
                     new, done = new[: i + 1], True
-                    stats.finish_reason = "stop"
                     break
             if len(new) >= budget:
                 new, done = new[:budget], True
+            if new and new[-1] in eos:
+                stats.finish_reason = "stop"
             if track_stop and (keep := tracker.find_stop(ids[len(prompt_ids):] + new, stats.new_tokens)) is not None:
                 new, done = new[: keep - stats.new_tokens], True
                 stats.finish_reason = "stop"

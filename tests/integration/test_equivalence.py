@@ -85,6 +85,9 @@ def test_eos_inside_accepted_block(arch):
     assert out.stats.new_tokens == pos + 1  # tokens drafted past EOS are not counted
     assert out.stats.steps == 1 and out.stats.accepted == pos + 1  # EOS was a draft token: no bonus emitted
     assert out.stats.tau == pos + 1
+    cut = SpeculativeDecoder(target, "draft_model", model=CausalLM(target.model), k=8, adaptive=False,
+                             confidence=0).generate(PROMPTS[2], SamplingParams(max_new_tokens=pos))
+    assert cut.token_ids == free[:pos] and cut.stats.finish_reason == "length"  # the budget cut the EOS off
     assert out.stats.finish_reason == "stop"
 
 

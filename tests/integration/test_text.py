@@ -48,3 +48,17 @@ def test_stop_string_ends_output_before_it(target, drafter):
     streamed = "".join(c.text for c in dec.stream("hello world", SamplingParams(max_new_tokens=60, ignore_eos=True,
                                                                               stop=(stop,))))
     assert streamed == out.text  # a stop string is never streamed, even in part
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "self"])
+def test_overlapping_stop_strings_match_plain_decoding(target, drafter):
+    """The stop string that completes first wins, however many tokens a step commits."""
+    free = SpeculativeDecoder(target, "none").generate("hello world", SamplingParams(max_new_tokens=60, ignore_eos=True))
+    early_start, late_inner = free.text[20:28], free.text[24:25]  # the second completes before the first
+    assert late_inner.strip() and free.text.find(late_inner) >= 24
+    params = SamplingParams(max_new_tokens=60, ignore_eos=True, stop=(early_start, late_inner))
+    ref = SpeculativeDecoder(target, "none").generate("hello world", params)
+    d = build_drafter("draft_model", model=CausalLM(target.model, target.tokenizer), k=8, adaptive=False,
+                      confidence=0) if drafter == "self" else build_drafter(drafter)
+    out = SpeculativeDecoder(target, d).generate("hello world", params)
+    assert out.token_ids == ref.token_ids and out.text == ref.text

@@ -91,13 +91,18 @@ class DraftModelDrafter:
             if tok != committed:
                 break
             keep += 1
+        keep = min(keep, len(ids) - 1)  # always feed the last committed token: its logits are next
         self.draft.crop(keep)
         return self.draft.forward(ids[keep:], last_only=True).logits
 
     def _q(self, logits: torch.Tensor, params) -> torch.Tensor:
         q = probs(logits[:, -1], params)  # [1, V_draft]
         if q.shape[-1] != self.vocab:  # same tokenizer, differently padded embeddings
-            q = torch.nn.functional.pad(q, (0, self.vocab - q.shape[-1])) if q.shape[-1] < self.vocab else q[:, : self.vocab]
+            if q.shape[-1] < self.vocab:
+                q = torch.nn.functional.pad(q, (0, self.vocab - q.shape[-1]))
+            else:
+                q = q[:, : self.vocab]
+                q = q / q.sum(-1, keepdim=True)  # tokens the target cannot emit carry no draft mass
         return q
 
     def propose(self, ctx: DraftContext) -> Draft:
