@@ -23,7 +23,6 @@ import torch
 from .drafters import DraftContext, Drafter, build_drafter
 from .errors import DraftsmithError
 from .target import CausalLM
-from .tree import Tree
 from .types import GenerationResult, RunStats, SamplingParams, VerifyResult
 from .verify import GreedyVerifier, RejectionVerifier
 
@@ -147,7 +146,7 @@ class SpeculativeDecoder:
             t0 = time.perf_counter()
             draft = drafter.propose(DraftContext(ids, min(budget, room) - 1, params, generator))
             stats.drafter_time += time.perf_counter() - t0
-            tree = Tree.from_parents(draft.parents) if draft.parents is not None else None
+            tree = draft.tree
 
             step_ids = torch.cat([torch.tensor([[ids[-1]]]), draft.token_ids.cpu()], dim=-1)  # [1, N+1]
             logits = target.forward(step_ids, tree=tree).logits  # [1, N+1, V]

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from .errors import DraftsmithError
+from .tree import Tree
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ class Draft:
     @property
     def size(self) -> int:
         return self.token_ids.shape[-1]
+
+    @cached_property
+    def tree(self) -> Tree | None:
+        """The tree shape (checked once, shared by the forward and the verifier); None = chain."""
+        return Tree.from_parents(self.parents) if self.parents is not None else None
 
     @staticmethod
     def empty(batch: int = 1, device: torch.device | str = "cpu") -> Draft:

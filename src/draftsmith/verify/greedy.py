@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import torch
 
-from ..tree import Tree
 from ..types import Draft, SamplingParams, VerifyResult
 
 
@@ -33,7 +32,7 @@ class GreedyVerifier:
     @staticmethod
     def _verify_tree(draft: Draft, target_ids: torch.Tensor, target_logits: torch.Tensor) -> VerifyResult:
         """Follow the target's argmax down the tree as far as a child carries it."""
-        tree = Tree.from_parents(draft.parents)
+        tree = draft.tree
         want = target_ids[0].tolist()  # [N+1]: the target's choice after the root and after each node
         tokens = draft.token_ids[0].tolist()
         node, path = -1, []

@@ -17,7 +17,6 @@ from typing import ClassVar
 import torch
 
 from ..sampling import probs, sample
-from ..tree import Tree
 from ..types import Draft, SamplingParams, VerifyResult
 
 
@@ -67,7 +66,7 @@ class RejectionVerifier:
         p <- norm(max(0, p - q)) and try the next sibling. If every child is rejected, the bonus
         is drawn from what is left of p. Exact when the siblings were drawn independently from
         their q, or are distinct deterministic candidates (q one-hot: p loses x each time)."""
-        tree = Tree.from_parents(draft.parents)
+        tree = draft.tree
         tokens = draft.token_ids[0].tolist()
         node, path = -1, []
         while True:
