@@ -57,6 +57,12 @@ class _TextTracker:
                 return m
         return len(ids)
 
+    def text(self, ids: list[int]) -> str:
+        """The output text of `ids`: it ends before the earliest stop string."""
+        text = self.target.decode(ids)
+        cuts = [i for s in self.stop if (i := text.find(s)) >= 0]
+        return text[: min(cuts)] if cuts else text
+
     def delta(self, text: str, final: bool) -> str:
         """New text to stream; hold back a partial character or a possible partial stop string."""
         end = len(text)
@@ -115,8 +121,8 @@ class SpeculativeDecoder:
                 break
             generated += new
             if want_text:
-                yield StreamChunk(tracker.delta(self._text(generated, params), final=False), new)
-        out_text = self._text(generated, params) if self.target.tokenizer is not None else None
+                yield StreamChunk(tracker.delta(tracker.text(generated), final=False), new)
+        out_text = tracker.text(generated) if self.target.tokenizer is not None else None
         result = GenerationResult(generated, out_text, stats)
         tail = tracker.delta(out_text, final=True) if want_text else ""
         yield StreamChunk(tail, [], result)
@@ -188,14 +194,6 @@ class SpeculativeDecoder:
                 return stats
 
     # ----- helpers ---------------------------------------------------------------------
-    def _text(self, ids: list[int], params: SamplingParams) -> str:
-        text = self.target.decode(ids)
-        for s in params.stop:  # the returned text ends before the first stop string
-            i = text.find(s)
-            if i >= 0:
-                text = text[:i]
-        return text
-
     def _check_length(self, prompt_ids: list[int], params: SamplingParams) -> None:
         limit = self.target.max_length
         if len(prompt_ids) >= limit:
