@@ -1,4 +1,4 @@
-"""draftsmith generate | bench | models"""
+"""draftsmith generate | bench | train | models"""
 
 from __future__ import annotations
 
@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--out", help="folder for records.jsonl, report.md and plots")
     b.set_defaults(func=cmd_bench)
+
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)
 
     m = sub.add_parser("models", help="list or fetch model packs")
     m.add_argument("action", choices=["list", "fetch"])

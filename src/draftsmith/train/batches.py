@@ -1,0 +1,63 @@
+"""Training batches. A batch is `ids` [B, T], `attention` [B, T] (1 = real token) and `loss_mask`
+[B, T] (1 where the token at t+1 is a training target for position t)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor        # [B, T]
+    attention: torch.Tensor  # [B, T]
+    loss_mask: torch.Tensor  # [B, T]  position t predicts ids[t + 1]
+    prompts: list[list[int]] | None = None  # for on-policy resampling of the responses
+
+    @property
+    def tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def pack_texts(token_lists: Iterable[list[int]], seq_len: int, max_tokens: int) -> torch.Tensor:
+    """Concatenate documents (each already ending in EOS) and cut into rows of seq_len + 1
+    tokens: [R, seq_len + 1]; stops after `max_tokens` tokens."""
+    flat: list[int] = []
+    for ids in token_lists:
+        flat.extend(ids)
+        if len(flat) >= max_tokens:
+            break
+    rows = len(flat) // (seq_len + 1)
+    return torch.tensor(flat[: rows * (seq_len + 1)], dtype=torch.long).view(rows, seq_len + 1)
+
+
+def packed_batch(rows: torch.Tensor) -> Batch:
+    ids = rows  # [B, T]
+    mask = torch.ones_like(ids)
+    mask[:, -1] = 0
+    return Batch(ids, torch.ones_like(ids), mask)
+
+
+def rollout_batch(rows: list[dict], pad_id: int, max_len: int) -> Batch:
+    """Right-padded prompt + response; the loss covers the response tokens."""
+    seqs, masks, prompts = [], [], []
+    for row in rows:
+        prompt, response = list(row["prompt_ids"]), list(row["response_ids"])
+        seq = (prompt + response)[:max_len]
+        loss = [0] * len(seq)
+        for t in range(len(prompt) - 1, len(seq) - 1):  # position t predicts response token t+1
+            loss[t] = 1
+        seqs.append(seq)
+        masks.append(loss)
+        prompts.append(prompt)
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), T), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, (seq, loss) in enumerate(zip(seqs, masks)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        loss_mask[i, : len(seq)] = torch.tensor(loss)
+    return Batch(ids, attention, loss_mask, prompts)

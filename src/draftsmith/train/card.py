@@ -1,0 +1,49 @@
+"""A model card (README.md) for a trained drafter: what it is, how it was trained, how to use it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_card(out: Path, target, model, record: dict, results: str | None = None) -> Path:
+    cfg, extra = record["config"], record["config"].get("extra", {})
+    params = sum(p.numel() for p in model.parameters())
+    c = model.config
+    lines = [
+        "---", "library_name: transformers", "tags: [speculative-decoding, draft-model, draftsmith]", "---",
+        f"# Draft model for {target.name}", "",
+        f"A {params / 1e6:.1f}M-parameter Llama-style drafter ({c.num_hidden_layers} layers, width {c.hidden_size}, "
+        f"tied embeddings) that shares {target.name}'s tokenizer, trained with "
+        "[draftsmith](https://example.invalid/draftsmith) for speculative decoding. "
+        "Speculative decoding with it is lossless: the output distribution is the target's.", "",
+        "## Use", "", "```python",
+        "from draftsmith import load_target, build_drafter, SpeculativeDecoder",
+        f"target = load_target({target.name!r})",
+        f"drafter = build_drafter('draft_model', model='{out.name}')",
+        "print(SpeculativeDecoder(target, drafter).generate('Hello!').text)", "```", "",
+        "It is a plain `LlamaForCausalLM` folder: `AutoModelForCausalLM.from_pretrained` loads it, and "
+        "vLLM takes it as a draft model (`speculative_config={\"model\": PATH, \"num_speculative_tokens\": 5}`).", "",
+        "## Training", "",
+        f"- stage: {cfg['stage']}, loss: {cfg['loss']}, steps: {cfg['steps']}, batch: {cfg['batch_size']}, "
+        f"lr: {cfg['lr']}, seed: {cfg['seed']}",
+        f"- data: {extra.get('stage_data', '?')}",
+    ]
+    if cfg.get("on_policy"):
+        lines.append(f"- DistillSpec on-policy fraction {cfg['on_policy']} (drafter temperature {cfg['on_policy_temperature']})")
+    if cfg.get("adaspec_ref"):
+        lines.append(f"- AdaSPEC token selection: keep {cfg['adaspec_keep']} against reference {cfg['adaspec_ref']}")
+    for key in ("init", "init_from"):
+        if key in extra:
+            lines.append(f"- {key}: {extra[key]}")
+    if record.get("final_metrics"):
+        lines.append("- last logged: " + ", ".join(f"{k} {v:.4g}" for k, v in record["final_metrics"].items()))
+    if "held_out" in extra:
+        h = extra["held_out"]
+        lines.append(f"- held-out target rollouts ({h['tokens']} tokens): top-1 agreement {h['top1_agreement']}, "
+                     f"TVD(p, q) {h['tvd']} (one sampled draft token is accepted with probability 1 - TVD)")
+    lines += ["", "Never trained on any evaluation set (Spec-Bench, MT-bench, HumanEval, GSM8K).", ""]
+    if results:
+        lines += ["## Measured", "", results, ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path

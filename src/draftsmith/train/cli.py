@@ -1,0 +1,117 @@
+"""`draftsmith train data | pretrain | distill`: the drafter-alignment recipe, stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import DraftsmithError
+
+
+def _common(p: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) -> None:
+    from ..models import DEFAULT_MODEL
+
+    p.add_argument("--target", default=DEFAULT_MODEL, help=f"target model (default: {DEFAULT_MODEL})")
+    p.add_argument("--out", required=True, help="output folder (a Hugging Face model folder; reruns resume)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch, help="sequences per step per process")
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--no-bf16", action="store_true", help="train the drafter's forward in fp32")
+
+
+def add_train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a drafter for a target: data, pretrain, distill")
+    stages = t.add_subparsers(dest="stage", required=True)
+
+    d = stages.add_parser("data", help="the target answers ShareGPT instructions (distillation data)")
+    from ..models import DEFAULT_MODEL
+
+    d.add_argument("--target", default=DEFAULT_MODEL)
+    d.add_argument("--out", required=True, help="JSONL file (appended to; prompts already in it are skipped)")
+    d.add_argument("--sharegpt", help="ShareGPT JSON file (default: the packaged one)")
+    d.add_argument("--skip", type=int, default=0, help="skip the first N instructions")
+    d.add_argument("--limit", type=int, default=2000, help="instructions to answer")
+    d.add_argument("--batch-size", type=int, default=48)
+    d.add_argument("--max-new-tokens", type=int, default=192)
+    d.add_argument("--max-prompt-tokens", type=int, default=256)
+    d.add_argument("--temperature", type=float, default=0.8)
+    d.add_argument("--top-p", type=float, default=1.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_data)
+
+    p = stages.add_parser("pretrain", help="a new drafter, next-token loss on chat-formatted ShareGPT")
+    _common(p, steps=450, lr=1.5e-3, batch=8)
+    p.add_argument("--sharegpt", help="ShareGPT JSON file (default: the packaged one)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=384, help="width (default 384; at most the target's)")
+    p.add_argument("--init", default="target", choices=["target", "random"],
+                   help="target: start from the target's embeddings (and layers at equal width)")
+    p.set_defaults(func=cmd_pretrain)
+
+    k = stages.add_parser("distill", help="knowledge distillation on target rollouts")
+    _common(k, steps=400, lr=5e-4, batch=8)
+    k.add_argument("--drafter", required=True, help="drafter folder to start from (e.g. the pretrain output)")
+    k.add_argument("--data", required=True, help="rollouts JSONL from `draftsmith train data`")
+    k.add_argument("--loss", default="fkl", help="fkl | rkl | jsd | tvd | tvdpp (default fkl)")
+    k.add_argument("--max-len", type=int, default=512)
+    k.add_argument("--on-policy", type=float, default=0.0, help="DistillSpec: fraction of batches answered by the drafter")
+    k.add_argument("--on-policy-temperature", type=float, default=1.0)
+    k.add_argument("--adaspec-ref", help="AdaSPEC: reference drafter folder (e.g. a distilled drafter)")
+    k.add_argument("--adaspec-keep", type=float, default=0.4, help="AdaSPEC: fraction of tokens kept")
+    k.set_defaults(func=cmd_distill)
+
+
+def _config(args, stage: str, loss: str):
+    from .trainer import TrainConfig
+
+    cfg = TrainConfig(stage=stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      loss=loss, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
+                      bf16=not args.no_bf16)
+    if stage == "distill":
+        cfg.on_policy, cfg.on_policy_temperature = args.on_policy, args.on_policy_temperature
+        cfg.adaspec_ref, cfg.adaspec_keep = args.adaspec_ref, args.adaspec_keep
+    cfg.check()
+    return cfg
+
+
+def _target(name: str):
+    from ..target import load_target
+
+    return load_target(name, dtype="bfloat16")
+
+
+def cmd_data(args) -> int:
+    from .data import generate_rollouts, sharegpt_instructions, sharegpt_path
+
+    if args.limit < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        raise DraftsmithError("--limit, --batch-size and --max-new-tokens must be >= 1")
+    target = _target(args.target)
+    instructions = list(sharegpt_instructions(sharegpt_path(args.sharegpt), skip=args.skip, limit=args.limit))
+    summary = generate_rollouts(target, instructions, args.out, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                                batch_size=args.batch_size, seed=args.seed)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .pipeline import pretrain
+
+    cfg = _config(args, "pretrain", "ce")
+    out = pretrain(_target(args.target), cfg, sharegpt=args.sharegpt, seq_len=args.seq_len, layers=args.layers,
+                   hidden=args.hidden, init=args.init)
+    print(out)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from .pipeline import distill
+
+    cfg = _config(args, "distill", args.loss)
+    out = distill(_target(args.target), args.drafter, args.data, cfg, max_len=args.max_len)
+    print(out)
+    return 0

