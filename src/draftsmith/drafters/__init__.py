@@ -9,6 +9,8 @@ from ..errors import DraftsmithError
 from .base import DraftContext, Drafter, NoDrafter
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
+from .hierarchy import HierarchyDrafter
+from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
 
 REGISTRY: dict[str, type] = {}
@@ -20,7 +22,7 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter):
+for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter, HierarchyDrafter, LookaheadDrafter):
     register(_cls)
 
 
@@ -64,4 +66,5 @@ def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]
+__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "HierarchyDrafter",
+           "LookaheadDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]
