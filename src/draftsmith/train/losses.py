@@ -11,12 +11,13 @@ averages it. All are computed in float32 at temperature 1.
         probability 1 - TVD(p, q), so this is the loss that matches the acceptance rate.
 - tvdpp TVD++ (Goel et al. 2024, "Direct Alignment of Draft Model...", §3.3). The TVD gradient is
         a policy gradient: ∇ TVD = -E_{y~q}[ r(y) ∇ log q(y) ] with reward r(y) = 1{p(y) > q(y)}
-        (use Σ_y ∇q(y) = 0 to turn ½ Σ sign(q - p) ∇q into this form). TVD++ reduces its
-        variance by normalising the reward, r̃ = (r - μ) / σ, with μ and σ the mean and
-        standard deviation of r over the batch's tokens. What we implement: the estimator
-        over the training tokens y_t themselves (target-generated, so y_t ~ p, as the paper
-        does with its distillation data), surrogate loss -r̃(y_t) · log q(y_t) with r̃ held
-        constant. Its value is a surrogate, not a distance: `tvd` reports the distance.
+        (use Σ_y ∇q(y) = 0 to turn ½ Σ sign(q - p) ∇q into this form). TVD++ reduces the
+        variance of its sampled estimate by normalising the reward, r̃ = (r - μ) / σ, with μ and
+        σ the mean and standard deviation of the rewards in the batch. What we implement: at
+        every training position (teacher-forced on the data), draw `samples` tokens y ~ q with
+        an explicit generator, reward r = 1{p(y) > q(y)}, normalise over all of the batch's
+        samples, and take the surrogate -r̃ · log q(y) (r̃ held constant), averaged over the
+        samples. Its value is a surrogate, not a distance; `tvd` reports the distance.
 """
 
 from __future__ import annotations
@@ -50,27 +51,31 @@ def tvd(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor
     return 0.5 * (p - q).abs().sum(-1)
 
 
-def tvdpp(target_logits: torch.Tensor, draft_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """TVD++ surrogate per token; `tokens` [N] are the training tokens y_t."""
-    log_p = F.log_softmax(target_logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)  # [N]
-    log_q = F.log_softmax(draft_logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)  # [N]
-    reward = (log_p > log_q.detach()).float()  # [N]
+def tvdpp(target_logits: torch.Tensor, draft_logits: torch.Tensor, tokens: torch.Tensor | None = None,
+          generator: torch.Generator | None = None, samples: int = 4) -> torch.Tensor:
+    """TVD++ surrogate per position. `tokens` [N, S]: the sampled y ~ q (drawn here from
+    `generator` when None)."""
+    log_q_all = F.log_softmax(draft_logits.float(), -1)  # [N, V]
+    if tokens is None:
+        tokens = torch.multinomial(log_q_all.detach().exp(), samples, replacement=True, generator=generator)  # [N, S]
+    log_p = F.log_softmax(target_logits.float(), -1).gather(-1, tokens)  # [N, S]
+    log_q = log_q_all.gather(-1, tokens)  # [N, S]
+    reward = (log_p > log_q.detach()).float()  # [N, S]
     if reward.numel() > 1:
         reward = (reward - reward.mean()) / (reward.std() + 1e-6)
-    return -reward * log_q
+    return (-reward * log_q).mean(-1)  # [N]
 
 
 def per_token_loss(name: str, target_logits: torch.Tensor, draft_logits: torch.Tensor,
-                   tokens: torch.Tensor | None = None) -> torch.Tensor:
+                   tokens: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[N] losses. `tokens` and `generator` are for tvdpp only (its y ~ q samples)."""
     if name == "tvdpp":
-        if tokens is None:
-            raise DraftsmithError("tvdpp needs the training tokens")
-        return tvdpp(target_logits, draft_logits, tokens)
+        return tvdpp(target_logits, draft_logits, tokens, generator)
     if name not in LOSSES:
         raise DraftsmithError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     return {"fkl": fkl, "rkl": rkl, "jsd": jsd, "tvd": tvd}[name](target_logits, draft_logits)
 
 
 def distill_loss(name: str, target_logits: torch.Tensor, draft_logits: torch.Tensor,
-                 tokens: torch.Tensor | None = None) -> torch.Tensor:
-    return per_token_loss(name, target_logits, draft_logits, tokens).mean()
+                 tokens: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    return per_token_loss(name, target_logits, draft_logits, tokens, generator).mean()

@@ -145,7 +145,7 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
             with torch.inference_mode():
                 p_logits = teacher(batch.ids, batch.attention, select).float()  # [N, V]
             p_logits = p_logits.clone()  # inference tensors cannot enter autograd
-            per_token = per_token_loss(cfg.loss, p_logits, q_logits, labels)
+            per_token = per_token_loss(cfg.loss, p_logits, q_logits, generator=generator)
         else:
             per_token = F.cross_entropy(q_logits, labels, reduction="none")
         keep = torch.ones_like(per_token, dtype=torch.bool)
