@@ -1,4 +1,4 @@
-"""draftsmith generate | bench | train | models"""
+"""draftsmith generate | bench | train | serve | models"""
 
 from __future__ import annotations
 
@@ -155,6 +155,27 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .decoding import SpeculativeDecoder
+    from .drafters import build_drafter, parse_spec
+    from .serve import Engine, create_app
+    from .target import load_target
+
+    if not 0 < args.port < 65536:
+        raise DraftsmithError(f"--port must be in 1..65535, got {args.port}")
+    name, options = parse_spec(args.drafter)
+    drafter = build_drafter(name, **options)
+    target = load_target(args.model, dtype=args.dtype)
+    engine = Engine(SpeculativeDecoder(target, drafter))
+    app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body)
+    print(f"serving {args.model} with drafter {args.drafter} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    engine.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="draftsmith", description="Lossless speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parser
 
     add_train_parser(sub)
+
+    v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server")
+    from .models import DEFAULT_MODEL
+
+    v.add_argument("--model", default=DEFAULT_MODEL, help="pack name, local Hugging Face folder or hub id")
+    v.add_argument("--dtype", default="bf16")
+    v.add_argument("--drafter", default="ngram", help="NAME[:opt=val,...] (default: ngram)")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--served-name", help="the model id clients send (default: --model)")
+    v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
+    v.add_argument("--threads", type=int, help="torch threads")
+    v.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="list or fetch model packs")
     m.add_argument("action", choices=["list", "fetch"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -64,10 +65,10 @@ class Method:
     def lossless(self) -> bool:
         return self.decoder.lossless if self.decoder is not None else True
 
-    def run(self, prompt_ids: list[int], params: SamplingParams) -> dict:
+    def run(self, prompt_ids: list[int], params: SamplingParams, seed: int = 0) -> dict:
         t0 = time.perf_counter()
         if self.decoder is not None:
-            out = self.decoder.generate(prompt_ids, params)
+            out = self.decoder.generate(prompt_ids, params, generator=torch.Generator().manual_seed(seed))
             wall = time.perf_counter() - t0
             s = out.stats
             return {"output_ids": out.token_ids, "new_tokens": s.new_tokens, "wall_time": wall, "steps": s.steps,
@@ -130,8 +131,9 @@ def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpe
                 prompt_ids = target.encode(history) if target.has_chat_template else target.encode(
                     "\n\n".join(h["content"] for h in history))
                 baseline = None
+                seed = zlib.crc32(f"{q.question_id}/{turn}/{rep}".encode())  # same seed for every method
                 for m in methods:  # interleaved: drift hits every method alike
-                    r = m.run(prompt_ids, params)
+                    r = m.run(prompt_ids, params, seed)
                     if baseline is None:
                         baseline = r["output_ids"]
                     div = first_divergence(r["output_ids"], baseline)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write_card(out: Path, target, model, record: dict, results: str | None = None) -> Path:
+def write_card(out: Path, target, model, record: dict, results: str | None = None, name: str | None = None) -> Path:
+    """`name`: what `build_drafter(..., model=NAME)` takes (default: the folder's path)."""
     cfg, extra = record["config"], record["config"].get("extra", {})
     params = sum(p.numel() for p in model.parameters())
     c = model.config
@@ -19,10 +20,12 @@ def write_card(out: Path, target, model, record: dict, results: str | None = Non
         "## Use", "", "```python",
         "from draftsmith import load_target, build_drafter, SpeculativeDecoder",
         f"target = load_target({target.name!r})",
-        f"drafter = build_drafter('draft_model', model='{out.name}')",
+        f"drafter = build_drafter('draft_model', model={name or str(out)!r})",
         "print(SpeculativeDecoder(target, drafter).generate('Hello!').text)", "```", "",
-        "It is a plain `LlamaForCausalLM` folder: `AutoModelForCausalLM.from_pretrained` loads it, and "
-        "vLLM takes it as a draft model (`speculative_config={\"model\": PATH, \"num_speculative_tokens\": 5}`).", "",
+        "It is a plain `LlamaForCausalLM` folder with the target's tokenizer and vocabulary size: "
+        "`AutoModelForCausalLM.from_pretrained` loads it, and it is the shape vLLM's draft-model speculative "
+        "decoding takes (`speculative_config={\"model\": PATH, \"num_speculative_tokens\": 5}`; not run under vLLM "
+        "by this project, which has no GPU).", "",
         "## Training", "",
         f"- stage: {cfg['stage']}, loss: {cfg['loss']}, steps: {cfg['steps']}, batch: {cfg['batch_size']}, "
         f"lr: {cfg['lr']}, seed: {cfg['seed']}",

@@ -1,0 +1,185 @@
+"""The OpenAI-compatible server, as a real process on 127.0.0.1 serving a tiny random model
+(fp32, greedy unless said): the official `openai` client for the API, raw HTTP for malformed
+requests, cancellation, metrics and a bounded load test."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import tiny_model, tiny_tokenizer
+
+MODEL = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve") / "target"
+    tok = tiny_tokenizer()
+    lm = tiny_model("llama", vocab=len(tok), seed=5, eos=tok.eos_token_id)
+    lm.model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "draftsmith.cli", "serve", "--model", str(folder), "--served-name", MODEL,
+                             "--dtype", "fp32", "--drafter", "ngram:k=4", "--port", str(port), "--threads", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.3)
+    yield base
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+PROMPTS = ["the quick brown fox", "hello world, this is", "speculative decoding drafts", "the lazy dog jumps"]
+
+
+def complete(client, prompt, **kw):
+    kw = {"max_tokens": 24, "temperature": 0, **kw}
+    return client.completions.create(model=MODEL, prompt=prompt, **kw)
+
+
+def stream_text(client, prompt, **kw):
+    kw = {"max_tokens": 24, "temperature": 0, **kw}
+    return "".join(c.choices[0].text for c in client.completions.create(model=MODEL, prompt=prompt, stream=True, **kw))
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_completion_stream_equals_non_stream(client):
+    full = complete(client, PROMPTS[0])
+    assert full.choices[0].text and full.usage.completion_tokens == 24
+    spec = full.usage.model_extra["speculative"]
+    assert spec["steps"] <= 24 and spec["accepted_tokens"] + spec["steps"] == 24
+    assert stream_text(client, PROMPTS[0]) == full.choices[0].text
+
+
+def test_chat_stream_equals_non_stream(client):
+    messages = [{"role": "user", "content": "the quick brown fox"}]
+    full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0)
+    chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content and full.choices[0].finish_reason in ("stop", "length")
+
+
+def test_seed_reproduces_sampling(client):
+    a = complete(client, PROMPTS[1], temperature=1.0, seed=7).choices[0].text
+    b = complete(client, PROMPTS[1], temperature=1.0, seed=7).choices[0].text
+    assert a == b
+
+
+def test_sixteen_concurrent_streams_each_equal_their_single_output(client):
+    prompts = [f"{PROMPTS[i % 4]} {i}" for i in range(16)]
+    alone = {p: complete(client, p, max_tokens=16).choices[0].text for p in prompts}
+    with cf.ThreadPoolExecutor(16) as pool:
+        together = dict(zip(prompts, pool.map(lambda p: stream_text(client, p, max_tokens=16), prompts)))
+    assert together == alone
+
+
+def metric(server, name) -> float:
+    for line in httpx.get(f"{server}/metrics").text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_cancelled_stream_frees_the_worker(server, client):
+    body = {"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # one chunk, then hang up
+    deadline = time.time() + 30
+    while metric(server, 'draftsmith_requests_total{outcome="cancelled"}') < 1:
+        assert time.time() < deadline, "the cancelled request was not released"
+        time.sleep(0.2)
+    assert metric(server, "draftsmith_running") == 0
+    assert complete(client, PROMPTS[3], max_tokens=4).usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    (b"{not json", 400, "malformed JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"model": MODEL, "prompt": 42}, 400, "prompt"),
+    ({"model": MODEL, "prompt": ""}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "   "}, 400, "empty"),
+    ({"model": "gpt-9", "prompt": "hi"}, 404, "does not exist"),
+    ({"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "temperature"),
+    ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": 100000}, 400, "context"),
+    ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n"),
+    ({"model": MODEL}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "hi " * 400_000}, 413, "over the limit"),
+])
+def test_bad_requests_get_openai_style_4xx(server, body, status, needle):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(f"{server}/v1/completions", content=content, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"] and err["type"]
+
+
+def test_bad_chat_requests_and_routes(server):
+    r = httpx.post(f"{server}/v1/chat/completions", json={"model": MODEL, "messages": []}, timeout=30)
+    assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "robot", "content": "x"}]})
+    assert r.status_code == 400
+    r = httpx.get(f"{server}/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_metrics_are_prometheus_text(server, client):
+    complete(client, PROMPTS[0], max_tokens=8)
+    text = httpx.get(f"{server}/metrics").text
+    for name in ("draftsmith_requests_total", "draftsmith_generated_tokens_total", "draftsmith_tau",
+                 "draftsmith_acceptance_rate", "draftsmith_queue_depth", "draftsmith_tokens_per_second"):
+        assert name in text
+    assert metric(server, "draftsmith_tau") >= 1.0
+
+
+def test_bounded_load(client):
+    """24 requests from 4 clients, at most 120 s: every one completes with its full length."""
+    start = time.time()
+    with cf.ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: complete(client, f"{PROMPTS[i % 4]} {i}", max_tokens=12, temperature=1.0, seed=i),
+                             range(24), timeout=120))
+    assert time.time() - start < 120
+    assert all(o.usage.completion_tokens == 12 or o.choices[0].finish_reason == "stop" for o in outs)
