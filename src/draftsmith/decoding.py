@@ -75,6 +75,34 @@ class _TextTracker:
         return out
 
 
+def commit(ids: list[int], prompt_len: int, result: VerifyResult, stats: RunStats, budget: int, eos: set[int],
+           tracker: _TextTracker | None) -> tuple[list[int], bool]:
+    """Append a step's accepted tokens + bonus to `ids`, cut at EOS (nothing after it counts),
+    at the token budget and before a stop string (`tracker`); update `stats`. Returns the
+    committed tokens and whether the sequence is done."""
+    new = result.tokens[0].tolist()
+    done = False
+    for i, tok in enumerate(new):  # EOS inside the block: stop there, count nothing after
+        if tok in eos:
+            new, done = new[: i + 1], True
+            break
+    if len(new) >= budget:
+        new, done = new[:budget], True
+    if new and new[-1] in eos:
+        stats.finish_reason = "stop"
+    if tracker is not None and (keep := tracker.find_stop(ids[prompt_len:] + new, stats.new_tokens)) is not None:
+        new, done = new[: keep - stats.new_tokens], True
+        stats.finish_reason = "stop"
+    ids += new
+    stats.steps += 1
+    stats.drafted += result.num_drafted
+    stats.accepted += min(result.num_accepted, len(new))
+    stats.accepted_per_step.append(min(result.num_accepted, len(new)))
+    stats.drafted_per_step.append(result.num_drafted)
+    stats.new_tokens += len(new)
+    return new, done
+
+
 class SpeculativeDecoder:
     """Generate with `target`, drafting with `drafter`. Greedy verification at temperature 0,
     lossless rejection sampling otherwise."""
@@ -163,26 +191,7 @@ class SpeculativeDecoder:
                 target.crop(len(ids) + result.num_accepted)
             else:
                 target.keep(len(ids), result.path)  # root at len(ids) - 1, node i at len(ids) + i
-            new = result.tokens[0].tolist()
-            done = False
-            for i, tok in enumerate(new):  # EOS inside the block: stop there, count nothing after
-                if tok in eos:
-                    new, done = new[: i + 1], True
-                    break
-            if len(new) >= budget:
-                new, done = new[:budget], True
-            if new and new[-1] in eos:
-                stats.finish_reason = "stop"
-            if track_stop and (keep := tracker.find_stop(ids[len(prompt_ids):] + new, stats.new_tokens)) is not None:
-                new, done = new[: keep - stats.new_tokens], True
-                stats.finish_reason = "stop"
-            ids += new
-            stats.steps += 1
-            stats.drafted += result.num_drafted
-            stats.accepted += min(result.num_accepted, len(new))
-            stats.accepted_per_step.append(min(result.num_accepted, len(new)))
-            stats.drafted_per_step.append(result.num_drafted)
-            stats.new_tokens += len(new)
+            new, done = commit(ids, len(prompt_ids), result, stats, budget, eos, tracker if track_stop else None)
 
             t0 = time.perf_counter()
             drafter.observe(result)

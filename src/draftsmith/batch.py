@@ -1,0 +1,272 @@
+"""Batched speculative decoding with continuous batching.
+
+Several sequences (rows) share one target forward per step. Each row drafts on its own (its own
+drafter instance), and accepts its own number of tokens (ragged). The target's KV cache is one
+padded tensor per layer ([B, H, T, D]) plus a validity mask `valid` [B, T]: a row's committed
+tokens are its valid slots, wherever they sit. Positions are given explicitly per row (RoPE is
+applied when a key is written), and each query attends only to its row's valid slots and its own
+ancestors in this step's draft, so padding never shifts a row's positions ("padding drift").
+Rejected draft slots are marked invalid, and the cache is compacted when they pile up. Rows join
+(prefilled alone, then padded into the batch) and leave between steps.
+
+    while rows:
+        drafts = [row.drafter.propose(...) for row in rows]  # k per step from SmartSpec
+        logits = target(last + draft for every row)           # ONE forward, [B, 1+N_max, V]
+        for row: verify -> commit -> observe                  # exactly the single-row rules
+
+Goodput-aware speculation (SmartSpec, Liu et al. 2024): verification stops being nearly free as
+the batch grows. Each step picks the draft length k (0 = plain batched decoding) that maximises
+expected committed tokens per second: Σ_rows E[τ_row(k)] / cost(B·(k+1) tokens), with
+E[τ(k)] = 1 + α + ... + α^k from each row's measured acceptance rate and `cost` a forward-time
+curve measured once at start-up (fixed afterwards, so the same batch makes the same choices).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from .decoding import _TextTracker, commit
+from .drafters import DraftContext, Drafter
+from .errors import DraftsmithError
+from .target import CausalLM
+from .tree import Tree
+from .types import GenerationResult, RunStats, SamplingParams
+from .verify import GreedyVerifier, RejectionVerifier
+
+
+@dataclass
+class Row:
+    """One sequence in the batch."""
+
+    ids: list[int]
+    prompt_len: int
+    params: SamplingParams
+    generator: torch.Generator | None
+    drafter: Drafter
+    tracker: _TextTracker
+    stats: RunStats = field(default_factory=RunStats)
+    done: bool = False
+    cancelled: bool = False
+
+    @property
+    def new_ids(self) -> list[int]:
+        return self.ids[self.prompt_len:]
+
+    def result(self) -> GenerationResult:
+        text = self.tracker.text(self.new_ids) if self.tracker.target.tokenizer is not None else None
+        return GenerationResult(self.new_ids, text, self.stats)
+
+
+class BatchCache:
+    """Per-layer keys/values [B, H, T, D] with a validity mask [B, T]."""
+
+    def __init__(self, config):
+        self.config = config
+        self.cache: DynamicCache | None = None
+        self.valid = torch.zeros(0, 0, dtype=torch.bool)  # [B, T]
+
+    @property
+    def width(self) -> int:
+        return self.valid.shape[1]
+
+    def _layers(self):
+        return [layer for layer in self.cache.layers if hasattr(layer, "keys") and layer.keys is not None]
+
+    def add_row(self, cache: DynamicCache, length: int) -> None:
+        """Append a batch-1 cache holding `length` tokens as a new last row."""
+        if self.cache is None or self.valid.shape[0] == 0:
+            self.cache, self.valid = cache, torch.ones(1, length, dtype=torch.bool)
+            return
+        width = max(self.width, length)
+        self._pad_to(width)
+        for mine, theirs in zip(self._layers(), [l for l in cache.layers if hasattr(l, "keys")]):
+            k, v = theirs.keys, theirs.values
+            pad = width - k.shape[-2]
+            if pad:
+                k = torch.cat([k, k.new_zeros(*k.shape[:-2], pad, k.shape[-1])], dim=-2)
+                v = torch.cat([v, v.new_zeros(*v.shape[:-2], pad, v.shape[-1])], dim=-2)
+            mine.keys, mine.values = torch.cat([mine.keys, k]), torch.cat([mine.values, v])
+        row = torch.zeros(1, width, dtype=torch.bool)
+        row[0, :length] = True
+        self.valid = torch.cat([self.valid, row])
+
+    def _pad_to(self, width: int) -> None:
+        pad = width - self.width
+        if pad <= 0:
+            return
+        for layer in self._layers():
+            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(*layer.keys.shape[:-2], pad, layer.keys.shape[-1])], dim=-2)
+            layer.values = torch.cat([layer.values, layer.values.new_zeros(*layer.values.shape[:-2], pad, layer.values.shape[-1])], dim=-2)
+        self.valid = torch.cat([self.valid, torch.zeros(self.valid.shape[0], pad, dtype=torch.bool)], dim=1)
+
+    def keep_rows(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, dtype=torch.long)
+        for layer in self._layers():
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        self.valid = self.valid.index_select(0, index)
+
+    def compact(self) -> None:
+        """Move each row's valid slots to the front; drop the columns no row needs."""
+        counts = self.valid.sum(1)
+        width = int(counts.max()) if counts.numel() else 0
+        order = torch.argsort((~self.valid).to(torch.int8), dim=1, stable=True)[:, :width]  # [B, width] valid first
+        for layer in self._layers():
+            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, idx), layer.values.gather(2, idx)
+        self.valid = torch.arange(width)[None, :] < counts[:, None]
+
+
+class BatchDecoder:
+    """Decode many rows together. `make_drafter()` returns a fresh drafter for a new row."""
+
+    def __init__(self, target: CausalLM, make_drafter: Callable[[], Drafter], *, k_max: int = 8,
+                 smartspec: bool = True, cost_curve: dict[int, float] | None = None):
+        self.target, self.make_drafter, self.k_max, self.smartspec = target, make_drafter, k_max, smartspec
+        self.rows: list[Row] = []
+        self.kv = BatchCache(target.config)
+        self.cost_curve = cost_curve
+        self.last_k: int | None = None
+
+    # ----- rows join and leave -----------------------------------------------------------
+    @torch.inference_mode()
+    def add(self, prompt, params: SamplingParams | None = None, generator: torch.Generator | None = None) -> Row:
+        params = params or SamplingParams()
+        ids = self.target.encode(prompt)
+        if len(ids) + params.max_new_tokens > self.target.max_length:
+            raise DraftsmithError(f"prompt ({len(ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
+                                  f"context length of {self.target.name} ({self.target.max_length})")
+        drafter = self.make_drafter()
+        drafter.bind(self.target)
+        row = Row(list(ids), len(ids), params, generator, drafter, _TextTracker(self.target, params.stop))
+        t0 = time.perf_counter()
+        cache = DynamicCache(config=self.target.config)
+        if len(ids) > 1:  # the cache holds all but the last token, as in the single-row loop
+            self.target.model(input_ids=torch.tensor([ids[:-1]]), past_key_values=cache, use_cache=True,
+                              logits_to_keep=1)
+        drafter.prefill(list(ids))
+        row.stats.prefill_time = time.perf_counter() - t0
+        self.kv.add_row(cache, len(ids) - 1)
+        self.rows.append(row)
+        return row
+
+    def cancel(self, row: Row) -> None:
+        row.cancelled = row.done = True
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) != len(self.rows):
+            self.kv.keep_rows(keep)
+            self.rows = [self.rows[i] for i in keep]
+
+    # ----- SmartSpec ---------------------------------------------------------------------
+    def calibrate(self, sizes=(1, 4, 16, 32, 64, 128)) -> dict[int, float]:
+        """Forward time (s) by tokens per forward, measured once on a short cache."""
+        curve = {}
+        with torch.inference_mode():
+            for n in sizes:
+                ids = torch.zeros(1, n, dtype=torch.long)
+                self.target.model(input_ids=ids)  # warm
+                t0 = time.perf_counter()
+                self.target.model(input_ids=ids)
+                curve[n] = time.perf_counter() - t0
+        self.cost_curve = curve
+        return curve
+
+    def _cost(self, tokens: int) -> float:
+        pts = sorted(self.cost_curve.items())
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+            if tokens <= x1:
+                return y0 + (y1 - y0) * max(0, tokens - x0) / (x1 - x0)
+        (x0, y0), (x1, y1) = pts[-2], pts[-1]
+        return y1 + (y1 - y0) * (tokens - x1) / (x1 - x0)
+
+    def choose_k(self) -> int:
+        """The draft length for this step (the upper bound each row drafts to)."""
+        if not self.smartspec or self.cost_curve is None:
+            return self.k_max
+        alphas = []
+        for r in self.rows:
+            drafted = r.stats.drafted
+            alphas.append(min(0.95, r.stats.accepted / drafted) if drafted >= 8 else 0.5)
+        B, best_k, best = len(self.rows), 0, -1.0
+        for k in range(self.k_max + 1):
+            expected = sum(sum(a ** j for j in range(k + 1)) for a in alphas)
+            goodput = expected / self._cost(B * (k + 1))
+            if goodput > best * 1.0001:
+                best_k, best = k, goodput
+        return best_k
+
+    # ----- one step for every row ------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Row, list[int]]]:
+        """One target forward for all rows. Returns each row's committed tokens; finished rows
+        (done, or cancelled) leave the batch."""
+        if not self.rows:
+            return []
+        target, dtype = self.target, self.target.dtype
+        k = self.last_k = self.choose_k()
+        drafts = []
+        for r in self.rows:
+            budget = r.params.max_new_tokens - r.stats.new_tokens
+            room = target.max_length - len(r.ids)
+            t0 = time.perf_counter()
+            d = r.drafter.propose(DraftContext(r.ids, min(k, budget - 1, room - 1), r.params, r.generator))
+            r.stats.drafter_time += time.perf_counter() - t0
+            drafts.append(d)
+        trees = [d.tree or Tree.from_parents(list(range(-1, d.size - 1))) for d in drafts]
+        B, q, T = len(self.rows), 1 + max(d.size for d in drafts), self.kv.width
+        ids = torch.zeros(B, q, dtype=torch.long)  # [B, q]: last committed token + draft, padded
+        pos = torch.zeros(B, q, dtype=torch.long)
+        allow = torch.zeros(B, q, T + q, dtype=torch.bool)
+        allow[:, :, :T] = self.kv.valid[:, None, :]
+        for b, (r, d, tree) in enumerate(zip(self.rows, drafts, trees)):
+            n = d.size
+            ids[b, 0] = r.ids[-1]
+            ids[b, 1:n + 1] = d.token_ids[0]
+            pos[b, :n + 1] = tree.position_ids(len(r.ids) - 1)[0]
+            allow[b, :n + 1, T:T + n + 1] = tree.ancestry
+            allow[b, n + 1:, :] = False
+            allow[b, torch.arange(n + 1, q), T + torch.arange(n + 1, q)] = True  # padding sees itself only
+        mask = torch.zeros(B, 1, q, T + q, dtype=dtype).masked_fill_(~allow[:, None], torch.finfo(dtype).min)
+        logits = target.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.kv.cache,
+                              use_cache=True, cache_position=torch.arange(T, T + q)).logits  # [B, q, V]
+        new_valid = torch.zeros(B, q, dtype=torch.bool)
+        out = []
+        for b, (r, d) in enumerate(zip(self.rows, drafts)):
+            n = d.size
+            verifier = GreedyVerifier() if r.params.greedy else RejectionVerifier()
+            result = verifier.verify(d, logits[b:b + 1, :n + 1], r.params, r.generator)
+            path = result.path if d.parents is not None else list(range(result.num_accepted))
+            new_valid[b, 0] = True
+            new_valid[b, [1 + i for i in path]] = True
+            budget = r.params.max_new_tokens - r.stats.new_tokens
+            eos = set() if r.params.ignore_eos else target.eos_token_ids
+            new, done = commit(r.ids, r.prompt_len, result, r.stats, budget, eos,
+                               r.tracker if r.params.stop and target.tokenizer is not None else None)
+            r.drafter.observe(result)
+            r.done = done
+            out.append((r, new))
+        self.kv.valid = torch.cat([self.kv.valid, new_valid], dim=1)
+        self._drop_finished()
+        if self.rows and self.kv.width > 2 * int(self.kv.valid.sum(1).max()) + 32:
+            self.kv.compact()
+        return out
+
+    def generate(self, prompts: list, params: SamplingParams | list[SamplingParams] | None = None,
+                 generators: list[torch.Generator | None] | None = None) -> list[GenerationResult]:
+        """All prompts at once, to completion (a convenience over add/step)."""
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        gens = generators or [None] * len(prompts)
+        rows = [self.add(p, sp, g) for p, sp, g in zip(prompts, plist, gens)]
+        t0 = time.perf_counter()
+        while self.rows:
+            self.step()
+        for r in rows:
+            r.stats.wall_time = time.perf_counter() - t0
+        return [r.result() for r in rows]
