@@ -158,17 +158,17 @@ def cmd_models(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .decoding import SpeculativeDecoder
     from .drafters import build_drafter, parse_spec
-    from .serve import Engine, create_app
+    from .serve import Engine, create_app, drafter_factory
     from .target import load_target
 
     if not 0 < args.port < 65536:
         raise DraftsmithError(f"--port must be in 1..65535, got {args.port}")
     name, options = parse_spec(args.drafter)
-    drafter = build_drafter(name, **options)
+    build_drafter(name, **options)  # a bad drafter spec fails before the model loads
     target = load_target(args.model, dtype=args.dtype)
-    engine = Engine(SpeculativeDecoder(target, drafter))
+    engine = Engine(target, drafter_factory(name, options, target), max_batch=args.max_batch,
+                    smartspec=not args.no_smartspec)
     app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body)
     print(f"serving {args.model} with drafter {args.drafter} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--served-name", help="the model id clients send (default: --model)")
     v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
+    v.add_argument("--max-batch", type=int, default=16, help="rows decoded together (default 16)")
+    v.add_argument("--no-smartspec", action="store_true", help="always draft the full length, whatever the batch")
     v.add_argument("--threads", type=int, help="torch threads")
     v.set_defaults(func=cmd_serve)
 

@@ -105,12 +105,17 @@ def test_seed_reproduces_sampling(client):
     assert a == b
 
 
-def test_sixteen_concurrent_streams_each_equal_their_single_output(client):
+def test_sixteen_concurrent_streams_each_equal_their_single_output(server, client):
     prompts = [f"{PROMPTS[i % 4]} {i}" for i in range(16)]
     alone = {p: complete(client, p, max_tokens=16).choices[0].text for p in prompts}
+    single_steps = metric(server, "draftsmith_step_batch_size_count")
     with cf.ThreadPoolExecutor(16) as pool:
         together = dict(zip(prompts, pool.map(lambda p: stream_text(client, p, max_tokens=16), prompts)))
     assert together == alone
+    # they were decoded together: fewer target steps than running them one by one would take
+    batched_steps = metric(server, "draftsmith_step_batch_size_count") - single_steps
+    assert metric(server, 'draftsmith_step_batch_size_bucket{le="1.0"}') < metric(server, "draftsmith_step_batch_size_count")
+    assert batched_steps < 16 * 16
 
 
 def metric(server, name) -> float:

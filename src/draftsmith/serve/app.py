@@ -63,7 +63,7 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="draftsmith", docs_url=None, redoc_url=None)
-    target = engine.decoder.target
+    target = engine.target
     created = int(time.time())
     seeds = secrets.SystemRandom()  # a seed for requests that give none
 

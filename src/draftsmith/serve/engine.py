@@ -1,7 +1,6 @@
-"""The serving engine: requests queue up and a worker thread runs them through one
-SpeculativeDecoder, one at a time (batch 1; batched decoding is not built yet). Each request
-streams its chunks back to the asyncio side and can be cancelled between steps, which frees the
-worker for the next request."""
+"""The serving engine: a worker thread runs continuous batching over one BatchDecoder. Between
+steps it admits queued requests (up to `max_batch` rows) and drops cancelled ones, which frees
+their slots at once; each step's new text goes back to its request's asyncio queue."""
 
 from __future__ import annotations
 
@@ -9,12 +8,16 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..decoding import SpeculativeDecoder
+from ..batch import BatchDecoder, Row
+from ..drafters import Drafter
+from ..errors import DraftsmithError
+from ..target import CausalLM
 from ..types import SamplingParams
 
 
@@ -42,6 +45,10 @@ class Metrics:
         self.queue_depth = Gauge("draftsmith_queue_depth", "Requests waiting", registry=r)
         self.running = Gauge("draftsmith_running", "Requests being decoded", registry=r)
         self.tokens_per_second = Gauge("draftsmith_tokens_per_second", "Tokens/s of the last finished request", registry=r)
+        self.batch = Histogram("draftsmith_step_batch_size", "Rows per target step", buckets=(1, 2, 4, 8, 16, 32, 64),
+                               registry=r)
+        self.draft_length = Histogram("draftsmith_step_draft_length", "Draft length chosen per step (SmartSpec)",
+                                      buckets=(0, 1, 2, 4, 8, 16), registry=r)
         self.tau = Gauge("draftsmith_tau", "Mean tokens per step so far (bonus included)", registry=r)
         self.acceptance = Gauge("draftsmith_acceptance_rate", "Accepted / drafted so far", registry=r)
         self.tau.set_function(lambda: self._ratio(self.tokens, self.steps))
@@ -54,16 +61,22 @@ class Metrics:
 
 
 class Engine:
-    def __init__(self, decoder: SpeculativeDecoder):
-        self.decoder = decoder
+    def __init__(self, target: CausalLM, make_drafter: Callable[[], Drafter], *, max_batch: int = 16,
+                 smartspec: bool = True, k_max: int = 8):
+        self.target = target
+        self.decoder = BatchDecoder(target, make_drafter, k_max=k_max, smartspec=smartspec)
+        if smartspec:
+            self.decoder.calibrate()
+        self.max_batch = max_batch
         self.metrics = Metrics()
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.active: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> (row, job, start time)
         self.worker = threading.Thread(target=self._run, name="draftsmith-engine", daemon=True)
         self.worker.start()
 
     def submit(self, job: Job) -> None:
-        self.metrics.queue_depth.inc()
         self.jobs.put(job)
+        self.metrics.queue_depth.set(self.jobs.qsize())
 
     def close(self) -> None:
         self.jobs.put(None)
@@ -71,35 +84,89 @@ class Engine:
     def _send(self, job: Job, item) -> None:
         job.loop.call_soon_threadsafe(job.out.put_nowait, item)
 
+    def _admit(self, job: Job) -> None:
+        if job.cancel.is_set():
+            self.metrics.requests.labels("cancelled").inc()
+            return
+        try:
+            row = self.decoder.add(job.prompt_ids, job.params, torch.Generator().manual_seed(job.seed))
+        except (DraftsmithError, ValueError) as exc:
+            self.metrics.requests.labels("error").inc()
+            self._send(job, ("error", str(exc)))
+            return
+        self.active[id(row)] = (row, job, time.perf_counter())
+
+    def _finish(self, row: Row, outcome: str) -> None:
+        _, job, t0 = self.active.pop(id(row))
+        self.metrics.requests.labels(outcome).inc()
+        if outcome != "ok":
+            return
+        result = row.result()
+        s = result.stats
+        s.wall_time = time.perf_counter() - t0
+        self.metrics.tokens.inc(s.new_tokens)
+        self.metrics.steps.inc(s.steps)
+        self.metrics.drafted.inc(s.drafted)
+        self.metrics.accepted.inc(s.accepted)
+        self.metrics.tokens_per_second.set(s.new_tokens / max(s.wall_time, 1e-9))
+        tail = row.tracker.delta(result.text, final=True) if result.text is not None else ""
+        if tail:
+            self._send(job, ("text", tail))
+        self._send(job, ("done", result))
+
     def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            self.metrics.queue_depth.dec()
-            if job.cancel.is_set():
-                self.metrics.requests.labels("cancelled").inc()
+        while True:
+            if not self.decoder.rows:  # idle: wait for work
+                job = self.jobs.get()
+                if job is None:
+                    return
+                self._admit(job)
+            while len(self.decoder.rows) < self.max_batch:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    return
+                self._admit(job)
+            self.metrics.queue_depth.set(self.jobs.qsize())
+            for row, job, _ in list(self.active.values()):
+                if job.cancel.is_set():
+                    self.decoder.cancel(row)
+                    self._finish(row, "cancelled")
+            self.metrics.running.set(len(self.decoder.rows))
+            if not self.decoder.rows:
                 continue
-            self.metrics.running.inc()
-            t0, outcome = time.perf_counter(), "ok"
+            self.metrics.batch.observe(len(self.decoder.rows))
             try:
-                generator = torch.Generator().manual_seed(job.seed)
-                for chunk in self.decoder.stream(job.prompt_ids, job.params, generator):
-                    if job.cancel.is_set():
-                        outcome = "cancelled"
-                        break
-                    if chunk.result is not None:
-                        s = chunk.result.stats
-                        self.metrics.tokens.inc(s.new_tokens)
-                        self.metrics.steps.inc(s.steps)
-                        self.metrics.drafted.inc(s.drafted)
-                        self.metrics.accepted.inc(s.accepted)
-                        self.metrics.tokens_per_second.set(s.new_tokens / max(time.perf_counter() - t0, 1e-9))
-                        if chunk.text:
-                            self._send(job, ("text", chunk.text))
-                        self._send(job, ("done", chunk.result))
-                    elif chunk.text:
-                        self._send(job, ("text", chunk.text))
-            except Exception as exc:  # a request's failure must not kill the worker
-                outcome = "error"
-                self._send(job, ("error", f"{type(exc).__name__}: {exc}"))
-            finally:
-                self.metrics.running.dec()
-                self.metrics.requests.labels(outcome).inc()
+                out = self.decoder.step()
+                self.metrics.draft_length.observe(self.decoder.last_k)
+            except Exception as exc:  # a failed step fails its rows, never the worker
+                for row, job, _ in list(self.active.values()):
+                    self._send(job, ("error", f"{type(exc).__name__}: {exc}"))
+                    self.decoder.cancel(row)
+                    self.active.pop(id(row))
+                    self.metrics.requests.labels("error").inc()
+                continue
+            for row, _new in out:
+                _, job, _ = self.active[id(row)]
+                if row.tracker.target.tokenizer is not None:
+                    delta = row.tracker.delta(row.tracker.text(row.new_ids), final=False)
+                    if delta:
+                        self._send(job, ("text", delta))
+                if row.done:
+                    self._finish(row, "ok")
+            self.metrics.running.set(len(self.decoder.rows))
+
+
+def drafter_factory(name: str, options: dict, target: CausalLM) -> Callable[[], Drafter]:
+    """A fresh drafter per row. A draft model's weights are loaded once and shared; each row
+    gets its own KV cache over them."""
+    from ..drafters import build_drafter
+    from ..target import load_causal_lm
+
+    if name == "draft_model" and isinstance(options.get("model"), str):
+        shared = load_causal_lm(options["model"], dtype=options.get("dtype") or target.dtype)
+        rest = {k: v for k, v in options.items() if k != "model"}
+        return lambda: build_drafter(name, model=CausalLM(shared.model, shared.tokenizer, shared.name), **rest)
+    return lambda: build_drafter(name, **options)
