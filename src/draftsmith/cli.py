@@ -176,6 +176,31 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_bench_serve(args) -> int:
+    from .bench.datasets import load_questions
+    from .bench.serving import run_serving_bench, write_report
+
+    if any(c < 1 for c in args.concurrency):
+        raise DraftsmithError("--concurrency values must be >= 1")
+    questions = load_questions(args.questions, per_category=args.per_category)
+    prompts = [q.turns[0] for q in questions]
+    if not prompts:
+        raise DraftsmithError("no questions")
+    methods = args.method or ["none", "ngram"]
+    if methods[0] != "none":
+        methods = ["none", *[m for m in methods if m != "none"]]
+    rows = run_serving_bench(args.model, methods, prompts, args.concurrency, max_tokens=args.max_new_tokens,
+                             requests_per_client=args.requests_per_client, dtype=args.dtype, max_batch=args.max_batch,
+                             threads=args.threads)
+    if args.out:
+        command = "draftsmith " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("draftsmith") else "draftsmith bench-serve"
+        write_report(rows, Path(args.out), command,
+                     f"serving {args.model} ({args.dtype}, greedy, {args.max_new_tokens} new tokens), "
+                     f"{dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}")
+        print(f"wrote {args.out}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="draftsmith", description="Lossless speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-smartspec", action="store_true", help="always draft the full length, whatever the batch")
     v.add_argument("--threads", type=int, help="torch threads")
     v.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("bench-serve", help="throughput and latency of the server under concurrent clients")
+    _add_model_args(s)
+    s.add_argument("--questions", default=DEFAULT_QUESTIONS)
+    s.add_argument("--per-category", type=int, default=2)
+    s.add_argument("--method", action="append", help="drafter spec (repeatable); `none` always runs first")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    s.add_argument("--requests-per-client", type=int, default=2)
+    s.add_argument("--max-batch", type=int, default=16)
+    s.add_argument("--out", help="folder for report.md, results.json, throughput.png")
+    s.set_defaults(func=cmd_bench_serve)
 
     m = sub.add_parser("models", help="list or fetch model packs")
     m.add_argument("action", choices=["list", "fetch"])

@@ -188,3 +188,18 @@ def test_bounded_load(client):
                              range(24), timeout=120))
     assert time.time() - start < 120
     assert all(o.usage.completion_tokens == 12 or o.choices[0].finish_reason == "stop" for o in outs)
+
+
+def test_serving_benchmark_runs_and_reports(tmp_path):
+    from draftsmith.bench.serving import run_serving_bench, write_report
+
+    folder = tmp_path / "target"
+    tok = tiny_tokenizer()
+    tiny_model("llama", vocab=len(tok), seed=5, eos=tok.eos_token_id).model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    rows = run_serving_bench(str(folder), ["none", "ngram:k=4"], ["the quick brown fox", "hello world"], [1, 2],
+                             max_tokens=8, requests_per_client=1, dtype="fp32", threads=1, progress=lambda _: None)
+    assert [(r["method"], r["concurrency"]) for r in rows] == [("none", 1), ("none", 2), ("ngram:k=4", 1), ("ngram:k=4", 2)]
+    assert all(r["tokens_per_s"] > 0 and r["ttft_p50"] <= r["ttft_p99"] for r in rows)
+    write_report(rows, tmp_path / "out", "cmd", "header")
+    assert "| ngram:k=4 | 2 |" in (tmp_path / "out" / "report.md").read_text()
