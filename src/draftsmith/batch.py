@@ -75,22 +75,33 @@ class BatchCache:
         return self.valid.shape[1]
 
     def _layers(self):
-        return [layer for layer in self.cache.layers if hasattr(layer, "keys") and layer.keys is not None]
+        return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None]
 
     def add_row(self, cache: DynamicCache, length: int) -> None:
-        """Append a batch-1 cache holding `length` tokens as a new last row."""
+        """Append a batch-1 cache holding `length` tokens (0 for a one-token prompt) as a new last row."""
         if self.cache is None or self.valid.shape[0] == 0:
             self.cache, self.valid = cache, torch.ones(1, length, dtype=torch.bool)
             return
         width = max(self.width, length)
         self._pad_to(width)
-        for mine, theirs in zip(self._layers(), [l for l in cache.layers if hasattr(l, "keys")]):
-            k, v = theirs.keys, theirs.values
-            pad = width - k.shape[-2]
-            if pad:
-                k = torch.cat([k, k.new_zeros(*k.shape[:-2], pad, k.shape[-1])], dim=-2)
-                v = torch.cat([v, v.new_zeros(*v.shape[:-2], pad, v.shape[-1])], dim=-2)
-            mine.keys, mine.values = torch.cat([mine.keys, k]), torch.cat([mine.values, v])
+        mine = [l for l in self.cache.layers if getattr(l, "keys", None) is not None]
+        theirs = [l for l in cache.layers if getattr(l, "keys", None) is not None]
+        if mine or theirs:
+            ref = mine or theirs
+            if not mine:  # every row so far had a one-token prompt: their slots are all padding
+                for layer, r in zip(self.cache.layers, ref):
+                    layer.keys = r.keys.new_zeros(self.valid.shape[0], *r.keys.shape[1:-2], width, r.keys.shape[-1])
+                    layer.values = r.values.new_zeros(self.valid.shape[0], *r.values.shape[1:-2], width, r.values.shape[-1])
+                    layer.dtype, layer.device, layer.is_initialized = r.keys.dtype, r.keys.device, True
+                mine = list(self.cache.layers)
+            for m, i in zip(mine, range(len(mine))):
+                k = theirs[i].keys if theirs else m.keys.new_zeros(1, *m.keys.shape[1:-2], 0, m.keys.shape[-1])
+                v = theirs[i].values if theirs else m.values.new_zeros(1, *m.values.shape[1:-2], 0, m.values.shape[-1])
+                pad = width - k.shape[-2]
+                if pad:
+                    k = torch.cat([k, k.new_zeros(*k.shape[:-2], pad, k.shape[-1])], dim=-2)
+                    v = torch.cat([v, v.new_zeros(*v.shape[:-2], pad, v.shape[-1])], dim=-2)
+                m.keys, m.values = torch.cat([m.keys, k]), torch.cat([m.values, v])
         row = torch.zeros(1, width, dtype=torch.bool)
         row[0, :length] = True
         self.valid = torch.cat([self.valid, row])

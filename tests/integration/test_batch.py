@@ -9,7 +9,7 @@ from draftsmith import CausalLM, SamplingParams, SpeculativeDecoder, build_draft
 from draftsmith.batch import BatchDecoder
 from tests.conftest import tiny_model
 
-PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [1, 2], [9, 8, 7, 9, 8, 7, 9, 8]]
+PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [1, 2], [9, 8, 7, 9, 8, 7, 9, 8], [4]]
 
 
 def alone(target, prompt, max_new):
@@ -28,11 +28,22 @@ def test_every_row_equals_its_request_alone(arch, drafter):
         "none": lambda: build_drafter("none"),
     }[drafter]
     dec = BatchDecoder(target, make, k_max=4, smartspec=False)
-    lengths = [40, 25, 33, 12, 28]
+    lengths = [40, 25, 33, 12, 28, 20]
     outs = dec.generate(PROMPTS, [SamplingParams(max_new_tokens=n) for n in lengths])
     for prompt, n, out in zip(PROMPTS, lengths, outs):
         assert out.token_ids == alone(target, prompt, n), f"row {prompt[:3]} diverged"
         assert out.stats.new_tokens == n
+
+
+@pytest.mark.parametrize("order", [[5, 0], [0, 5], [5, 3]])
+def test_one_token_prompts_join_any_batch(arch, order):
+    target = tiny_model(arch)
+    dec = BatchDecoder(target, lambda: build_drafter("ngram", k=3), smartspec=False)
+    rows = [dec.add(PROMPTS[i], SamplingParams(max_new_tokens=12)) for i in order]
+    while dec.rows:
+        dec.step()
+    for i, r in zip(order, rows):
+        assert r.new_ids == alone(target, PROMPTS[i], 12)
 
 
 def test_rows_join_and_leave_between_steps(arch):
