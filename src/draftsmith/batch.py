@@ -35,7 +35,7 @@ from .drafters import DraftContext, Drafter
 from .errors import DraftsmithError
 from .target import CausalLM
 from .tree import Tree
-from .types import GenerationResult, RunStats, SamplingParams
+from .types import Draft, GenerationResult, RunStats, SamplingParams
 from .verify import GreedyVerifier, RejectionVerifier
 
 
@@ -52,6 +52,7 @@ class Row:
     stats: RunStats = field(default_factory=RunStats)
     done: bool = False
     cancelled: bool = False
+    error: str | None = None  # set when this row failed on its own (it leaves the batch)
 
     @property
     def new_ids(self) -> list[int]:
@@ -118,7 +119,8 @@ class BatchCache:
     def keep_rows(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.long)
         for layer in self._layers():
-            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            i = index.to(layer.keys.device)
+            layer.keys, layer.values = layer.keys.index_select(0, i), layer.values.index_select(0, i)
         self.valid = self.valid.index_select(0, index)
 
     def compact(self) -> None:
@@ -127,7 +129,7 @@ class BatchCache:
         width = int(counts.max()) if counts.numel() else 0
         order = torch.argsort((~self.valid).to(torch.int8), dim=1, stable=True)[:, :width]  # [B, width] valid first
         for layer in self._layers():
-            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            idx = order.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys, layer.values = layer.keys.gather(2, idx), layer.values.gather(2, idx)
         self.valid = torch.arange(width)[None, :] < counts[:, None]
 
@@ -138,6 +140,9 @@ class BatchDecoder:
     def __init__(self, target: CausalLM, make_drafter: Callable[[], Drafter], *, k_max: int = 8,
                  smartspec: bool = True, cost_curve: dict[int, float] | None = None):
         self.target, self.make_drafter, self.k_max, self.smartspec = target, make_drafter, k_max, smartspec
+        if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=target.config).layers):
+            raise DraftsmithError(f"{target.name}: batched decoding needs a plain (non-sliding-window) KV cache")
+        self.device = target.device
         self.rows: list[Row] = []
         self.kv = BatchCache(target.config)
         self.cost_curve = cost_curve
@@ -157,7 +162,7 @@ class BatchDecoder:
         t0 = time.perf_counter()
         cache = DynamicCache(config=self.target.config)
         if len(ids) > 1:  # the cache holds all but the last token, as in the single-row loop
-            self.target.model(input_ids=torch.tensor([ids[:-1]]), past_key_values=cache, use_cache=True,
+            self.target.model(input_ids=torch.tensor([ids[:-1]], device=self.device), past_key_values=cache, use_cache=True,
                               logits_to_keep=1)
         drafter.prefill(list(ids))
         row.stats.prefill_time = time.perf_counter() - t0
@@ -176,26 +181,34 @@ class BatchDecoder:
             self.rows = [self.rows[i] for i in keep]
 
     # ----- SmartSpec ---------------------------------------------------------------------
-    def calibrate(self, sizes=(1, 4, 16, 32, 64, 128)) -> dict[int, float]:
-        """Forward time (s) by tokens per forward, measured once on a short cache."""
-        curve = {}
+    def calibrate(self, sizes=(1, 4, 16, 32, 64, 128, 256), repeats: int = 3) -> dict[int, float]:
+        """Forward time (s) by tokens per forward: the median of `repeats` timings on a short
+        cache, made non-decreasing. Measured once; fixed afterwards."""
+        curve, worst = {}, 0.0
         with torch.inference_mode():
             for n in sizes:
-                ids = torch.zeros(1, n, dtype=torch.long)
+                ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
                 self.target.model(input_ids=ids)  # warm
-                t0 = time.perf_counter()
-                self.target.model(input_ids=ids)
-                curve[n] = time.perf_counter() - t0
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    self.target.model(input_ids=ids)
+                    times.append(time.perf_counter() - t0)
+                worst = max(worst, sorted(times)[len(times) // 2])
+                curve[n] = worst
         self.cost_curve = curve
         return curve
 
     def _cost(self, tokens: int) -> float:
+        """Interpolated forward time for `tokens` tokens; beyond the curve, the last slope (>= 0)."""
         pts = sorted(self.cost_curve.items())
+        if len(pts) == 1:
+            return max(pts[0][1], 1e-9) * max(1, tokens) / max(1, pts[0][0])
         for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
             if tokens <= x1:
                 return y0 + (y1 - y0) * max(0, tokens - x0) / (x1 - x0)
         (x0, y0), (x1, y1) = pts[-2], pts[-1]
-        return y1 + (y1 - y0) * (tokens - x1) / (x1 - x0)
+        return max(y1 + max(0.0, y1 - y0) * (tokens - x1) / (x1 - x0), 1e-9)
 
     def choose_k(self) -> int:
         """The draft length for this step (the upper bound each row drafts to)."""
@@ -227,7 +240,10 @@ class BatchDecoder:
             budget = r.params.max_new_tokens - r.stats.new_tokens
             room = target.max_length - len(r.ids)
             t0 = time.perf_counter()
-            d = r.drafter.propose(DraftContext(r.ids, min(k, budget - 1, room - 1), r.params, r.generator))
+            try:
+                d = r.drafter.propose(DraftContext(r.ids, min(k, budget - 1, room - 1), r.params, r.generator))
+            except Exception as exc:  # one row's drafter failing: that row drafts nothing and fails below
+                r.error, d = f"{type(exc).__name__}: {exc}", Draft.empty()
             r.stats.drafter_time += time.perf_counter() - t0
             drafts.append(d)
         trees = [d.tree or Tree.from_parents(list(range(-1, d.size - 1))) for d in drafts]
@@ -245,29 +261,41 @@ class BatchDecoder:
             allow[b, n + 1:, :] = False
             allow[b, torch.arange(n + 1, q), T + torch.arange(n + 1, q)] = True  # padding sees itself only
         mask = torch.zeros(B, 1, q, T + q, dtype=dtype).masked_fill_(~allow[:, None], torch.finfo(dtype).min)
-        logits = target.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.kv.cache,
-                              use_cache=True, cache_position=torch.arange(T, T + q)).logits  # [B, q, V]
+        dev = self.device
+        logits = target.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                              past_key_values=self.kv.cache, use_cache=True,
+                              cache_position=torch.arange(T, T + q, device=dev)).logits.cpu()  # [B, q, V]
         new_valid = torch.zeros(B, q, dtype=torch.bool)
         out = []
         for b, (r, d) in enumerate(zip(self.rows, drafts)):
-            n = d.size
-            verifier = GreedyVerifier() if r.params.greedy else RejectionVerifier()
-            result = verifier.verify(d, logits[b:b + 1, :n + 1], r.params, r.generator)
-            path = result.path if d.parents is not None else list(range(result.num_accepted))
-            new_valid[b, 0] = True
-            new_valid[b, [1 + i for i in path]] = True
-            budget = r.params.max_new_tokens - r.stats.new_tokens
-            eos = set() if r.params.ignore_eos else target.eos_token_ids
-            new, done = commit(r.ids, r.prompt_len, result, r.stats, budget, eos,
-                               r.tracker if r.params.stop and target.tokenizer is not None else None)
-            r.drafter.observe(result)
-            r.done = done
+            if r.error is not None:
+                r.done = True
+                out.append((r, []))
+                continue
+            try:
+                new = self._commit_row(r, d, logits[b:b + 1, :d.size + 1], new_valid[b])
+            except Exception as exc:  # this row fails alone; the others go on
+                r.error, r.done, new = f"{type(exc).__name__}: {exc}", True, []
             out.append((r, new))
         self.kv.valid = torch.cat([self.kv.valid, new_valid], dim=1)
         self._drop_finished()
         if self.rows and self.kv.width > 2 * int(self.kv.valid.sum(1).max()) + 32:
             self.kv.compact()
         return out
+
+    def _commit_row(self, r: Row, d: Draft, logits: torch.Tensor, valid: torch.Tensor) -> list[int]:
+        """Verify one row's draft ([1, n+1, V] logits), mark its kept slots, commit, observe."""
+        verifier = GreedyVerifier() if r.params.greedy else RejectionVerifier()
+        result = verifier.verify(d, logits, r.params, r.generator)
+        path = result.path if d.parents is not None else list(range(result.num_accepted))
+        valid[0] = True  # the root: the last committed token, fed this step
+        valid[[1 + i for i in path]] = True
+        budget = r.params.max_new_tokens - r.stats.new_tokens
+        eos = set() if r.params.ignore_eos else self.target.eos_token_ids
+        new, r.done = commit(r.ids, r.prompt_len, result, r.stats, budget, eos,
+                             r.tracker if r.params.stop and self.target.tokenizer is not None else None)
+        r.drafter.observe(result)
+        return new
 
     def generate(self, prompts: list, params: SamplingParams | list[SamplingParams] | None = None,
                  generators: list[torch.Generator | None] | None = None) -> list[GenerationResult]:

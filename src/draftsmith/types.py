@@ -25,7 +25,7 @@ from .tree import Tree
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. `temperature == 0` is greedy; top-k/top-p apply to p and q alike."""
+    """How to pick tokens. `temperature < 1e-5` is greedy; top-k/top-p apply to p and q alike."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0 = off
@@ -53,7 +53,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperature 0, or so close to it (< 1e-5, as vLLM) that dividing by it overflows."""
+        return self.temperature < 1e-5
 
 
 @dataclass(frozen=True)

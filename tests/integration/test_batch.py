@@ -103,3 +103,55 @@ def test_sampled_rows_are_reproducible_and_follow_the_batch_verifier(arch):
         outs = dec.generate(PROMPTS[:3], params, [torch.Generator().manual_seed(i) for i in range(3)])
         runs.append([o.token_ids for o in outs])
     assert runs[0] == runs[1] and all(len(ids) == 16 for ids in runs[0])
+
+
+class FailingDrafter:
+    """Raises on its second proposal."""
+
+    name = "failing"
+    needs_hidden_states = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def bind(self, target):
+        pass
+
+    def prefill(self, prompt_ids):
+        pass
+
+    def propose(self, ctx):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("drafter broke")
+        return build_drafter("ngram").propose(ctx)
+
+    def observe(self, result):
+        pass
+
+
+def test_a_failing_row_leaves_alone(arch):
+    target = tiny_model(arch)
+    made = []
+
+    def make():
+        made.append(FailingDrafter() if len(made) == 1 else build_drafter("ngram", k=3))
+        return made[-1]
+
+    dec = BatchDecoder(target, make, smartspec=False)
+    rows = dec.generate(PROMPTS[:3], SamplingParams(max_new_tokens=20))
+    assert rows[1].stats.new_tokens < 20
+    for i in (0, 2):
+        assert rows[i].token_ids == alone(target, PROMPTS[i], 20)
+
+
+def test_server_drafters_share_heavy_state():
+    from draftsmith.serve import drafter_factory
+
+    target = tiny_model("llama")
+    make = drafter_factory("recycling", {}, target)
+    a, b = make(), make()
+    assert a is not b and a.adj is b.adj
+    make = drafter_factory("draft_model", {"model": CausalLM(tiny_model("llama", seed=1).model)}, target)
+    a, b = make(), make()
+    assert a.draft.model is b.draft.model and a.draft is not b.draft

@@ -99,6 +99,10 @@ def test_chat_stream_equals_non_stream(client):
     assert text == full.choices[0].message.content and full.choices[0].finish_reason in ("stop", "length")
 
 
+def test_vanishing_temperature_is_greedy(client):
+    assert complete(client, PROMPTS[0], temperature=1e-40).choices[0].text == complete(client, PROMPTS[0]).choices[0].text
+
+
 def test_seed_reproduces_sampling(client):
     a = complete(client, PROMPTS[1], temperature=1.0, seed=7).choices[0].text
     b = complete(client, PROMPTS[1], temperature=1.0, seed=7).choices[0].text
@@ -152,6 +156,9 @@ def test_cancelled_stream_frees_the_worker(server, client):
     ({"model": MODEL, "prompt": "hi", "max_tokens": 100000}, 400, "context"),
     ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n"),
     ({"model": MODEL}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "hi", "seed": 2**64}, 400, "seed"),
+    ({"model": MODEL, "prompt": "hi", "seed": -1}, 400, "seed"),
+    ({"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": MODEL, "prompt": "hi " * 400_000}, 413, "over the limit"),
 ])
 def test_bad_requests_get_openai_style_4xx(server, body, status, needle):

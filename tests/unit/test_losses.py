@@ -56,3 +56,11 @@ def test_unknown_loss_is_a_clear_error():
 
     with pytest.raises(DraftsmithError, match="unknown loss"):
         per_token_loss("kl2", logits(P), logits(Q))
+
+
+def test_masked_target_tokens_give_finite_losses():
+    p = torch.tensor([[0.0, 1.0, float("-inf")]])  # a token the target can never pick
+    q = torch.tensor([[0.5, 0.2, -1.0]])
+    for name in ("fkl", "rkl", "jsd", "tvd"):
+        value = distill_loss(name, p, q)
+        assert torch.isfinite(value) or (name == "rkl" and value == float("inf")), name

@@ -66,6 +66,12 @@ class DraftModelDrafter:
         self.confirmed = 0  # leading tokens of the draft's cache known to be committed
         self.tail: list[int] = []  # draft tokens in the draft's cache beyond `confirmed`
 
+    def clone(self) -> "DraftModelDrafter":
+        """A drafter for another sequence: the same weights, its own KV cache."""
+        d = self.draft
+        return DraftModelDrafter(CausalLM(d.model, d.tokenizer, d.name), self.k, self.adaptive, self.confidence,
+                                 self.cost_ratio, self.dtype)
+
     def bind(self, target: CausalLM) -> None:
         if isinstance(self.model_spec, CausalLM):
             self.draft = self.model_spec

@@ -90,15 +90,25 @@ class HierarchyDrafter:
 
     # ----- databases -----------------------------------------------------------------
     def bind(self, target) -> None:
-        if self.corpus != "none":
+        if self.corpus != "none" and self.stats_db is None:
             self.stats_db = self._static_table(target)
+
+    def clone(self) -> "HierarchyDrafter":
+        """A drafter for another sequence sharing this one's static table and session database
+        (a server's rows all learn from each other's generations)."""
+        other = HierarchyDrafter(self.k, self.max_ngram, self.max_candidates, self.max_nodes, self.corpus, self.corpus_docs)
+        other.stats_db, other.model_db = self.stats_db, self.model_db
+        return other
 
     def _static_table(self, target) -> NgramTable:
         if target.tokenizer is None:
             raise DraftsmithError("hierarchy: the statistics database needs the target's tokenizer (or corpus=none)")
         from ..models import cache_dir
 
-        vocab_tag = f"{len(target.tokenizer)}-{abs(hash(tuple(sorted(target.tokenizer.get_vocab().items())[:2000]))) % 10**8}"
+        import zlib
+
+        vocab = sorted(target.tokenizer.get_vocab().items())
+        vocab_tag = f"{len(vocab)}-{zlib.crc32(repr(vocab).encode()):08x}"  # stable across processes
         name = Path(self.corpus).name if self.corpus != "sharegpt" else "sharegpt"
         cache = cache_dir() / "hierarchy" / f"{name}-{self.corpus_docs}-{self.max_ngram}-{self.k}-{self.max_candidates}-{vocab_tag}.pt"
         if cache.is_file():
@@ -107,7 +117,9 @@ class HierarchyDrafter:
             return table
         table = count_table((target.tokenizer.encode(t) for t in self._documents()), self.max_ngram, self.k, self.max_candidates)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(table.table, cache)
+        tmp = cache.with_suffix(f".tmp{id(self)}")
+        torch.save(table.table, tmp)
+        tmp.replace(cache)  # atomic: a concurrent reader never sees half a file
         return table
 
     def _documents(self) -> Iterable[str]:

@@ -57,7 +57,15 @@ class RecyclingDrafter:
         self.last_step: list[int] = []
 
     def bind(self, target) -> None:
-        self.adj = torch.full((target.vocab_size, self.topk), -1, dtype=torch.int32)  # [V, k], -1 = unknown
+        if self.adj is None or self.adj.shape[0] != target.vocab_size:
+            self.adj = torch.full((target.vocab_size, self.topk), -1, dtype=torch.int32)  # [V, k], -1 = unknown
+
+    def clone(self) -> "RecyclingDrafter":
+        """A drafter for another sequence sharing this one's adjacency matrix."""
+        other = RecyclingDrafter.__new__(RecyclingDrafter)
+        other.__dict__.update(self.__dict__)
+        other.last_step = []
+        return other
 
     def prefill(self, prompt_ids: list[int]) -> None:
         pass  # the matrix is kept across prompts: what the target said before is still true

@@ -32,8 +32,8 @@ class _Common(BaseModel):
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: StrictInt | None = None
-    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = Field(default=None, ge=0, lt=2**63)
+    stop: StrictStr | list[StrictStr] | None = Field(default=None, max_length=4)
     stream: StrictBool = False
     n: Literal[1] = 1
 
@@ -86,6 +86,9 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
         return PlainTextResponse(generate_latest(engine.metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     async def parse(request: Request, schema: type[BaseModel]):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body:
+            raise ApiError(413, f"request body of {declared} bytes is over the limit of {max_body}")
         body = await request.body()
         if len(body) > max_body:
             raise ApiError(413, f"request body of {len(body)} bytes is over the limit of {max_body}")
@@ -123,10 +126,13 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
             raise ApiError(400, str(exc)) from None
 
     def encode(prompt) -> list[int]:
+        from jinja2 import TemplateError
+
         try:
             return target.encode(prompt)
-        except DraftsmithError as exc:
-            raise ApiError(400, str(exc), param="prompt") from None
+        except (DraftsmithError, TemplateError) as exc:  # e.g. a template that wants alternating roles
+            raise ApiError(400, f"{type(exc).__name__}: {exc}" if isinstance(exc, TemplateError) else str(exc),
+                           param="messages") from None
 
     async def run(request: Request, req: _Common, prompt_ids: list[int], chat: bool):
         params = sampling(req, prompt_ids)
@@ -138,14 +144,19 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
         if req.stream:
             return StreamingResponse(sse(request, job, rid, kind, chat, len(prompt_ids)), media_type="text/event-stream")
         text = []
+        checked = time.monotonic()
         try:
             while True:
                 try:
                     item = await asyncio.wait_for(job.out.get(), timeout=0.5)
                 except asyncio.TimeoutError:
+                    item = None
+                if time.monotonic() - checked >= 0.5:  # on a timer: items may arrive every step
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         job.cancel.set()
                         return error_response(499, "client disconnected")
+                if item is None:
                     continue
                 if item[0] == "text":
                     text.append(item[1])

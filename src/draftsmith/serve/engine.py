@@ -90,9 +90,9 @@ class Engine:
             return
         try:
             row = self.decoder.add(job.prompt_ids, job.params, torch.Generator().manual_seed(job.seed))
-        except (DraftsmithError, ValueError) as exc:
+        except Exception as exc:  # this request fails; the worker goes on
             self.metrics.requests.labels("error").inc()
-            self._send(job, ("error", str(exc)))
+            self._send(job, ("error", str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}"))
             return
         self.active[id(row)] = (row, job, time.perf_counter())
 
@@ -116,57 +116,69 @@ class Engine:
 
     def _run(self) -> None:
         while True:
-            if not self.decoder.rows:  # idle: wait for work
-                job = self.jobs.get()
-                if job is None:
-                    return
-                self._admit(job)
-            while len(self.decoder.rows) < self.max_batch:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    return
-                self._admit(job)
-            self.metrics.queue_depth.set(self.jobs.qsize())
-            for row, job, _ in list(self.active.values()):
-                if job.cancel.is_set():
-                    self.decoder.cancel(row)
-                    self._finish(row, "cancelled")
-            self.metrics.running.set(len(self.decoder.rows))
-            if not self.decoder.rows:
-                continue
-            self.metrics.batch.observe(len(self.decoder.rows))
             try:
-                out = self.decoder.step()
-                self.metrics.draft_length.observe(self.decoder.last_k)
-            except Exception as exc:  # a failed step fails its rows, never the worker
-                for row, job, _ in list(self.active.values()):
-                    self._send(job, ("error", f"{type(exc).__name__}: {exc}"))
-                    self.decoder.cancel(row)
-                    self.active.pop(id(row))
-                    self.metrics.requests.labels("error").inc()
-                continue
-            for row, _new in out:
-                _, job, _ = self.active[id(row)]
-                if row.tracker.target.tokenizer is not None:
-                    delta = row.tracker.delta(row.tracker.text(row.new_ids), final=False)
-                    if delta:
-                        self._send(job, ("text", delta))
-                if row.done:
-                    self._finish(row, "ok")
-            self.metrics.running.set(len(self.decoder.rows))
+                if not self._iteration():
+                    return
+            except Exception as exc:  # never let the worker die: fail what is in flight, go on
+                self._fail_all(f"{type(exc).__name__}: {exc}")
 
+    def _fail_all(self, message: str) -> None:
+        for row, job, _ in list(self.active.values()):
+            self._send(job, ("error", message))
+            if not row.done:
+                self.decoder.cancel(row)
+            self.active.pop(id(row), None)
+            self.metrics.requests.labels("error").inc()
+
+    def _iteration(self) -> bool:
+        """Admit queued requests, drop cancelled rows, step once. False once the engine is closed."""
+        if not self.decoder.rows:  # idle: wait for work
+            job = self.jobs.get()
+            if job is None:
+                return False
+            self._admit(job)
+        while len(self.decoder.rows) < self.max_batch:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return False
+            self._admit(job)
+        self.metrics.queue_depth.set(self.jobs.qsize())
+        for row, job, _ in list(self.active.values()):
+            if job.cancel.is_set():
+                self.decoder.cancel(row)
+                self._finish(row, "cancelled")
+        self.metrics.running.set(len(self.decoder.rows))
+        if not self.decoder.rows:
+            return True
+        self.metrics.batch.observe(len(self.decoder.rows))
+        out = self.decoder.step()
+        self.metrics.draft_length.observe(self.decoder.last_k)
+        for row, _new in out:
+            _, job, _ = self.active[id(row)]
+            if row.error is not None:  # this row failed alone (see BatchDecoder.step)
+                self.active.pop(id(row))
+                self.metrics.requests.labels("error").inc()
+                self._send(job, ("error", row.error))
+                continue
+            if row.tracker.target.tokenizer is not None:
+                delta = row.tracker.delta(row.tracker.text(row.new_ids), final=False)
+                if delta:
+                    self._send(job, ("text", delta))
+            if row.done:
+                self._finish(row, "ok")
+        self.metrics.running.set(len(self.decoder.rows))
+        return True
 
 def drafter_factory(name: str, options: dict, target: CausalLM) -> Callable[[], Drafter]:
-    """A fresh drafter per row. A draft model's weights are loaded once and shared; each row
-    gets its own KV cache over them."""
+    """A fresh drafter per row. Drafters with `clone()` (draft model, recycling, hierarchy) are
+    built and bound once, and each row gets a clone sharing the heavy state (weights, tables)."""
     from ..drafters import build_drafter
-    from ..target import load_causal_lm
 
-    if name == "draft_model" and isinstance(options.get("model"), str):
-        shared = load_causal_lm(options["model"], dtype=options.get("dtype") or target.dtype)
-        rest = {k: v for k, v in options.items() if k != "model"}
-        return lambda: build_drafter(name, model=CausalLM(shared.model, shared.tokenizer, shared.name), **rest)
+    proto = build_drafter(name, **options)
+    if hasattr(proto, "clone"):
+        proto.bind(target)
+        return proto.clone
     return lambda: build_drafter(name, **options)

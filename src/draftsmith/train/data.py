@@ -161,6 +161,9 @@ def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str]], out
 
     bar = tqdm(total=len(todo), desc="rollouts", unit="prompt", disable=not progress)
     tokens, start = 0, time.perf_counter()
+    if out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+        with out.open("a") as f:  # a run killed mid-line: end the torn line so new records stay whole
+            f.write("\n")
     with out.open("a") as f:
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]

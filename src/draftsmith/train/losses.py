@@ -30,20 +30,25 @@ from ..errors import DraftsmithError
 LOSSES = ("fkl", "rkl", "jsd", "tvd", "tvdpp")
 
 
+def _plogratio(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """a * (log a - log b) elementwise, 0 where a = 0 (a masked token: no NaN from 0 * inf)."""
+    return torch.where(log_a > float("-inf"), log_a.exp() * (log_a - log_b), torch.zeros_like(log_a))
+
+
 def fkl(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
     log_p, log_q = F.log_softmax(target_logits.float(), -1), F.log_softmax(draft_logits.float(), -1)  # [N, V]
-    return (log_p.exp() * (log_p - log_q)).sum(-1)  # [N]
+    return _plogratio(log_p, log_q).sum(-1)  # [N]
 
 
 def rkl(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
     log_p, log_q = F.log_softmax(target_logits.float(), -1), F.log_softmax(draft_logits.float(), -1)
-    return (log_q.exp() * (log_q - log_p)).sum(-1)
+    return _plogratio(log_q, log_p).sum(-1)
 
 
 def jsd(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
     log_p, log_q = F.log_softmax(target_logits.float(), -1), F.log_softmax(draft_logits.float(), -1)
     log_m = torch.logsumexp(torch.stack([log_p, log_q]), 0) - torch.log(torch.tensor(2.0))
-    return 0.5 * (log_p.exp() * (log_p - log_m)).sum(-1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(-1)
+    return 0.5 * _plogratio(log_p, log_m).sum(-1) + 0.5 * _plogratio(log_q, log_m).sum(-1)
 
 
 def tvd(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:

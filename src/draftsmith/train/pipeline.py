@@ -59,14 +59,14 @@ def pretrain(target: CausalLM, cfg: TrainConfig, *, sharegpt: str | None = None,
     cfg.extra.update(stage_data=f"{len(rows) * (seq_len + 1)} tokens of chat-formatted ShareGPT", seq_len=seq_len,
                      init=init, layers=layers, hidden=drafter.config.hidden_size)
     metrics = train(drafter, get_batch, cfg, progress=progress)
-    return save_drafter(drafter, target, cfg, metrics)
+    return save_drafter(drafter, target, cfg, metrics) if _main_process() else Path(cfg.out)
 
 
 def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *, max_len: int = 512,
             progress: bool = True) -> Path:
     rows = read_rollouts(data)
-    if not rows:
-        raise DraftsmithError(f"{data} holds no rollouts")
+    if len(rows) < 2:
+        raise DraftsmithError(f"{data} holds {len(rows)} rollouts; distillation needs at least 2 (one is held out)")
     held = max(1, len(rows) // 50)  # 2% held out for the model card's agreement numbers
     train_rows, eval_rows = rows[held:], rows[:held]
     drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
@@ -89,8 +89,16 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
 
     cfg.extra.update(stage_data=f"{len(train_rows)} target rollouts ({data})", init_from=str(drafter_path), max_len=max_len)
     metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample, progress=progress)
+    if not _main_process():  # one process writes the folder
+        return Path(cfg.out)
     cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(eval_rows[i:i + 8], pad, max_len) for i in range(0, len(eval_rows), 8)])
     return save_drafter(drafter, target, cfg, metrics)
+
+
+def _main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 @torch.inference_mode()

@@ -115,15 +115,18 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
     ref = SelectedLogits(reference).eval() if reference is not None else None
 
     ckpt, start = out / "checkpoint", 0
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
     if (ckpt / "state.json").is_file():
         acc.load_state(str(ckpt))
         start = json.loads((ckpt / "state.json").read_text())["step"]
+        gen_file = ckpt / f"generator-{acc.process_index}.pt"
+        if gen_file.is_file():  # on-policy and TVD++ draws continue where they stopped
+            generator.set_state(torch.load(gen_file))
         acc.print(f"resuming from {ckpt} at step {start}")
     if start >= cfg.steps:
         return json.loads((ckpt / "state.json").read_text()).get("metrics", {})
     acc.init_trackers("train", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))})
 
-    generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.stage,
                disable=not (progress and acc.is_main_process))
     metrics: dict = {}
@@ -153,10 +156,10 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
             with torch.inference_mode():
                 r_logits = ref(batch.ids, batch.attention, select).float()
                 gap = fkl(p_logits, q_logits.detach()) - fkl(p_logits, r_logits)  # [N]
-            chosen = gap.topk(max(1, int(cfg.adaspec_keep * gap.numel()))).indices
+            chosen = gap.topk(min(gap.numel(), max(1, int(cfg.adaspec_keep * gap.numel())))).indices
             keep = torch.zeros_like(keep)
             keep[chosen] = True
-        loss = per_token[keep].mean()
+        loss = per_token[keep].mean() if keep.any() else q_logits.sum() * 0.0  # no training token: a no-op step
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         acc.backward(loss)
@@ -186,6 +189,8 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
         if done % cfg.save_every == 0 or done == cfg.steps:
             acc.wait_for_everyone()
             acc.save_state(str(ckpt))
+            torch.save(generator.get_state(), ckpt / f"generator-{acc.process_index}.pt")
+            acc.wait_for_everyone()
             if acc.is_main_process:
                 (ckpt / "state.json").write_text(json.dumps({"step": done, "metrics": metrics,
                                                              "processes": acc.num_processes}))
