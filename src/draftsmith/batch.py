@@ -16,9 +16,10 @@ Rejected draft slots are marked invalid, and the cache is compacted when they pi
 
 Goodput-aware speculation (SmartSpec, Liu et al. 2024): verification stops being nearly free as
 the batch grows. Each step picks the draft length k (0 = plain batched decoding) that maximises
-expected committed tokens per second: Σ_rows E[τ_row(k)] / cost(B·(k+1) tokens), with
-E[τ(k)] = 1 + α + ... + α^k from each row's measured acceptance rate and `cost` a forward-time
-curve measured once at start-up (fixed afterwards, so the same batch makes the same choices).
+expected committed tokens per second: Σ_rows E[τ_row(k)] / cost(B rows × (k+1) tokens), with
+E[τ_row(k)] estimated from the row's recent steps (see `expected_tokens`) and `cost` the batched
+verification forward timed once at start-up by batch size and width over a cache (fixed
+afterwards, so the same batch makes the same choices).
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ class BatchDecoder:
         self.device = target.device
         self.rows: list[Row] = []
         self.kv = BatchCache(target.config)
-        self.cost_curve = cost_curve
+        self.cost_curve = cost_curve  # {tokens per forward: seconds}; calibrate() measures a finer table
+        self.cost_table: dict[tuple[int, int], float] = {}
         self.last_k: int | None = None
 
     # ----- rows join and leave -----------------------------------------------------------
@@ -181,47 +183,75 @@ class BatchDecoder:
             self.rows = [self.rows[i] for i in keep]
 
     # ----- SmartSpec ---------------------------------------------------------------------
-    def calibrate(self, sizes=(1, 4, 16, 32, 64, 128, 256), repeats: int = 3) -> dict[int, float]:
-        """Forward time (s) by tokens per forward: the median of `repeats` timings on a short
-        cache, made non-decreasing. Measured once; fixed afterwards."""
-        curve, worst = {}, 0.0
+    def calibrate(self, batches=(1, 2, 4, 8, 16), widths=(1, 2, 4, 8, 16), context: int = 256,
+                  repeats: int = 3) -> dict[tuple[int, int], float]:
+        """Time the batched verification forward itself: B rows of `width` new tokens over a
+        `context`-token cache with a 4-D mask (the median of `repeats`), made non-decreasing in
+        the width. Measured once at start-up; fixed afterwards."""
+        table: dict[tuple[int, int], float] = {}
+        dtype = self.target.dtype
         with torch.inference_mode():
-            for n in sizes:
-                ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
-                self.target.model(input_ids=ids)  # warm
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    self.target.model(input_ids=ids)
-                    times.append(time.perf_counter() - t0)
-                worst = max(worst, sorted(times)[len(times) // 2])
-                curve[n] = worst
-        self.cost_curve = curve
-        return curve
+            for B in batches:
+                cache = DynamicCache(config=self.target.config)
+                self.target.model(input_ids=torch.zeros(B, context, dtype=torch.long, device=self.device),
+                                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+                worst = 0.0
+                for w in widths:
+                    mask = torch.zeros(B, 1, w, context + w, dtype=dtype, device=self.device)
+                    times = []
+                    for _ in range(repeats + 1):  # the first is a warm-up
+                        t0 = time.perf_counter()
+                        self.target.model(input_ids=torch.zeros(B, w, dtype=torch.long, device=self.device),
+                                          attention_mask=mask, past_key_values=cache, use_cache=True)
+                        times.append(time.perf_counter() - t0)
+                        cache.crop(-w)  # transformers 5: remove the w tokens just added
+                    worst = max(worst, sorted(times[1:])[len(times[1:]) // 2])
+                    table[(B, w)] = worst
+        self.cost_table = table
+        return table
 
-    def _cost(self, tokens: int) -> float:
-        """Interpolated forward time for `tokens` tokens; beyond the curve, the last slope (>= 0)."""
-        pts = sorted(self.cost_curve.items())
+    def _cost(self, rows: int, width: int) -> float:
+        """Predicted step time for `rows` rows of `width` tokens: the calibration table
+        (interpolated in rows and width, extrapolated with slopes >= 0), else `cost_curve` by
+        total tokens."""
+        if getattr(self, "cost_table", None):
+            return self._from_table(rows, width)
+        return self._interp(sorted(self.cost_curve.items()), rows * width)
+
+    @staticmethod
+    def _interp(pts: list[tuple[int, float]], x: float) -> float:
         if len(pts) == 1:
-            return max(pts[0][1], 1e-9) * max(1, tokens) / max(1, pts[0][0])
+            return max(pts[0][1], 1e-9) * max(1.0, x) / max(1, pts[0][0])
         for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            if tokens <= x1:
-                return y0 + (y1 - y0) * max(0, tokens - x0) / (x1 - x0)
+            if x <= x1:
+                return max(y0 + (y1 - y0) * max(0.0, x - x0) / (x1 - x0), 1e-9)
         (x0, y0), (x1, y1) = pts[-2], pts[-1]
-        return max(y1 + max(0.0, y1 - y0) * (tokens - x1) / (x1 - x0), 1e-9)
+        return max(y1 + max(0.0, y1 - y0) * (x - x1) / (x1 - x0), 1e-9)
+
+    def _from_table(self, rows: int, width: int) -> float:
+        batches = sorted({b for b, _ in self.cost_table})
+        by_batch = [(b, self._interp(sorted((w, t) for (bb, w), t in self.cost_table.items() if bb == b), width))
+                    for b in batches]
+        return self._interp(by_batch, rows)
+
+    @staticmethod
+    def expected_tokens(row: Row, k: int, window: int = 32) -> float:
+        """E[tokens committed in a step with drafts of at most k] for this row: 1 + the mean of
+        min(accepted, k) over its last `window` drafting steps (acceptance comes in bursts, which
+        a single per-token rate misses); 1 + 0.5 + ... + 0.5^k before it has any."""
+        hist = [(a, d) for a, d in zip(row.stats.accepted_per_step[-window:], row.stats.drafted_per_step[-window:]) if d]
+        if len(hist) < 4:
+            return sum(0.5 ** j for j in range(k + 1))
+        return 1.0 + sum(min(a, k) for a, _ in hist) / len(hist)
 
     def choose_k(self) -> int:
         """The draft length for this step (the upper bound each row drafts to)."""
-        if not self.smartspec or self.cost_curve is None:
+        if not self.smartspec or (self.cost_curve is None and not getattr(self, "cost_table", None)):
             return self.k_max
-        alphas = []
-        for r in self.rows:
-            drafted = r.stats.drafted
-            alphas.append(min(0.95, r.stats.accepted / drafted) if drafted >= 8 else 0.5)
         B, best_k, best = len(self.rows), 0, -1.0
         for k in range(self.k_max + 1):
-            expected = sum(sum(a ** j for j in range(k + 1)) for a in alphas)
-            goodput = expected / self._cost(B * (k + 1))
+            expected = sum(self.expected_tokens(r, k) for r in self.rows)
+            goodput = expected / self._cost(B, k + 1)
             if goodput > best * 1.0001:
                 best_k, best = k, goodput
         return best_k

@@ -79,18 +79,24 @@ def test_compaction_keeps_outputs(arch):
         assert r.new_ids == alone(target, p, 40)
 
 
-@pytest.mark.parametrize("curve, alpha, batch, want", [
-    ({1: 1.0, 16: 1.05, 64: 1.1, 256: 4.0}, 0.8, 1, 8),   # verification nearly free: draft the most
-    ({1: 1.0, 16: 1.05, 64: 1.1, 256: 4.0}, 0.1, 1, 2),   # rarely accepted: longer drafts gain too little
-    ({1: 1.0, 128: 13.7}, 0.3, 1, 1),                     # each token costs 10% more: one draft token pays
-    ({1: 1.0, 2: 2.0, 128: 128.0}, 0.8, 8, 0),            # cost grows with tokens: plain batched decoding
+FREE = {1: 1.0, 16: 1.05, 64: 1.1, 256: 4.0}  # verification nearly free
+TEN_PERCENT = {1: 1.0, 128: 13.7}            # each extra token costs 10% of a step
+LINEAR = {1: 1.0, 2: 2.0, 128: 128.0}         # cost proportional to tokens: nothing is free
+
+
+@pytest.mark.parametrize("curve, accepted, batch, want", [
+    (FREE, [8] * 8 + [0] * 2, 1, 8),           # long drafts mostly accepted, free to verify: draft the most
+    (TEN_PERCENT, [2] * 10, 1, 2),             # exactly 2 accepted per step: drafting more only costs
+    (TEN_PERCENT, [8] + [0] * 19, 1, 0),       # rarely accepted and not free: plain decoding
+    (LINEAR, [8] * 8 + [0] * 2, 8, 0),         # a batch that saturates the machine: plain batched decoding
 ])
-def test_smartspec_draft_length_table(curve, alpha, batch, want):
+def test_smartspec_draft_length_table(curve, accepted, batch, want):
     target = tiny_model("llama")
     dec = BatchDecoder(target, lambda: build_drafter("ngram"), k_max=8, cost_curve=curve)
     for i in range(batch):
         row = dec.add(PROMPTS[i % len(PROMPTS)], SamplingParams(max_new_tokens=8))
-        row.stats.drafted, row.stats.accepted = 100, int(100 * alpha)
+        row.stats.drafted_per_step = [8] * len(accepted)
+        row.stats.accepted_per_step = list(accepted)
     assert dec.choose_k() == want
 
 
@@ -154,4 +160,5 @@ def test_server_drafters_share_heavy_state():
     assert a is not b and a.adj is b.adj
     make = drafter_factory("draft_model", {"model": CausalLM(tiny_model("llama", seed=1).model)}, target)
     a, b = make(), make()
+    a.bind(target), b.bind(target)  # as BatchDecoder.add does
     assert a.draft.model is b.draft.model and a.draft is not b.draft
