@@ -50,6 +50,8 @@ class Row:
     generator: torch.Generator | None
     drafter: Drafter
     tracker: _TextTracker
+    eos: set[int]  # empty with ignore_eos
+    verifier: object  # greedy or rejection sampling, chosen once from params
     stats: RunStats = field(default_factory=RunStats)
     done: bool = False
     cancelled: bool = False
@@ -64,11 +66,16 @@ class Row:
         return GenerationResult(self.new_ids, text, self.stats)
 
 
+def _pad_seq(t: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, H, T, D] -> [B, H, width, D], zeros appended along the sequence."""
+    pad = width - t.shape[-2]
+    return torch.cat([t, t.new_zeros(*t.shape[:-2], pad, t.shape[-1])], dim=-2) if pad > 0 else t
+
+
 class BatchCache:
     """Per-layer keys/values [B, H, T, D] with a validity mask [B, T]."""
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self):
         self.cache: DynamicCache | None = None
         self.valid = torch.zeros(0, 0, dtype=torch.bool)  # [B, T]
 
@@ -76,8 +83,9 @@ class BatchCache:
     def width(self) -> int:
         return self.valid.shape[1]
 
-    def _layers(self):
-        return [layer for layer in self.cache.layers if getattr(layer, "keys", None) is not None]
+    @staticmethod
+    def _layers(cache: DynamicCache):
+        return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
     def add_row(self, cache: DynamicCache, length: int) -> None:
         """Append a batch-1 cache holding `length` tokens (0 for a one-token prompt) as a new last row."""
@@ -86,40 +94,31 @@ class BatchCache:
             return
         width = max(self.width, length)
         self._pad_to(width)
-        mine = [l for l in self.cache.layers if getattr(l, "keys", None) is not None]
-        theirs = [l for l in cache.layers if getattr(l, "keys", None) is not None]
-        if mine or theirs:
-            ref = mine or theirs
-            if not mine:  # every row so far had a one-token prompt: their slots are all padding
-                for layer, r in zip(self.cache.layers, ref):
-                    layer.keys = r.keys.new_zeros(self.valid.shape[0], *r.keys.shape[1:-2], width, r.keys.shape[-1])
-                    layer.values = r.values.new_zeros(self.valid.shape[0], *r.values.shape[1:-2], width, r.values.shape[-1])
-                    layer.dtype, layer.device, layer.is_initialized = r.keys.dtype, r.keys.device, True
-                mine = list(self.cache.layers)
-            for m, i in zip(mine, range(len(mine))):
-                k = theirs[i].keys if theirs else m.keys.new_zeros(1, *m.keys.shape[1:-2], 0, m.keys.shape[-1])
-                v = theirs[i].values if theirs else m.values.new_zeros(1, *m.values.shape[1:-2], 0, m.values.shape[-1])
-                pad = width - k.shape[-2]
-                if pad:
-                    k = torch.cat([k, k.new_zeros(*k.shape[:-2], pad, k.shape[-1])], dim=-2)
-                    v = torch.cat([v, v.new_zeros(*v.shape[:-2], pad, v.shape[-1])], dim=-2)
-                m.keys, m.values = torch.cat([m.keys, k]), torch.cat([m.values, v])
+        mine, theirs = self._layers(self.cache), self._layers(cache)
+        if not mine and theirs:  # every row so far had a one-token prompt: their slots are all padding
+            for layer, r in zip(self.cache.layers, theirs):
+                layer.keys = r.keys.new_zeros(self.valid.shape[0], *r.keys.shape[1:-2], width, r.keys.shape[-1])
+                layer.values = r.values.new_zeros(self.valid.shape[0], *r.values.shape[1:-2], width, r.values.shape[-1])
+                layer.dtype, layer.device, layer.is_initialized = r.keys.dtype, r.keys.device, True
+            mine = self._layers(self.cache)
+        for i, m in enumerate(mine):  # a one-token prompt brings an empty [1, H, 0, D] row
+            k = theirs[i].keys if theirs else m.keys[:1, :, :0]
+            v = theirs[i].values if theirs else m.values[:1, :, :0]
+            m.keys, m.values = torch.cat([m.keys, _pad_seq(k, width)]), torch.cat([m.values, _pad_seq(v, width)])
         row = torch.zeros(1, width, dtype=torch.bool)
         row[0, :length] = True
         self.valid = torch.cat([self.valid, row])
 
     def _pad_to(self, width: int) -> None:
-        pad = width - self.width
-        if pad <= 0:
+        if width <= self.width:
             return
-        for layer in self._layers():
-            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(*layer.keys.shape[:-2], pad, layer.keys.shape[-1])], dim=-2)
-            layer.values = torch.cat([layer.values, layer.values.new_zeros(*layer.values.shape[:-2], pad, layer.values.shape[-1])], dim=-2)
-        self.valid = torch.cat([self.valid, torch.zeros(self.valid.shape[0], pad, dtype=torch.bool)], dim=1)
+        for layer in self._layers(self.cache):
+            layer.keys, layer.values = _pad_seq(layer.keys, width), _pad_seq(layer.values, width)
+        self.valid = torch.cat([self.valid, torch.zeros(self.valid.shape[0], width - self.width, dtype=torch.bool)], dim=1)
 
     def keep_rows(self, rows: list[int]) -> None:
         index = torch.tensor(rows, dtype=torch.long)
-        for layer in self._layers():
+        for layer in self._layers(self.cache):
             i = index.to(layer.keys.device)
             layer.keys, layer.values = layer.keys.index_select(0, i), layer.values.index_select(0, i)
         self.valid = self.valid.index_select(0, index)
@@ -129,7 +128,7 @@ class BatchCache:
         counts = self.valid.sum(1)
         width = int(counts.max()) if counts.numel() else 0
         order = torch.argsort((~self.valid).to(torch.int8), dim=1, stable=True)[:, :width]  # [B, width] valid first
-        for layer in self._layers():
+        for layer in self._layers(self.cache):
             idx = order.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys, layer.values = layer.keys.gather(2, idx), layer.values.gather(2, idx)
         self.valid = torch.arange(width)[None, :] < counts[:, None]
@@ -145,7 +144,7 @@ class BatchDecoder:
             raise DraftsmithError(f"{target.name}: batched decoding needs a plain (non-sliding-window) KV cache")
         self.device = target.device
         self.rows: list[Row] = []
-        self.kv = BatchCache(target.config)
+        self.kv = BatchCache()
         self.cost_curve = cost_curve  # {tokens per forward: seconds}; calibrate() measures a finer table
         self.cost_table: dict[tuple[int, int], float] = {}
         self.last_k: int | None = None
@@ -160,7 +159,9 @@ class BatchDecoder:
                                   f"context length of {self.target.name} ({self.target.max_length})")
         drafter = self.make_drafter()
         drafter.bind(self.target)
-        row = Row(list(ids), len(ids), params, generator, drafter, _TextTracker(self.target, params.stop))
+        row = Row(list(ids), len(ids), params, generator, drafter, _TextTracker(self.target, params.stop),
+                  set() if params.ignore_eos else self.target.eos_token_ids,
+                  GreedyVerifier() if params.greedy else RejectionVerifier())
         t0 = time.perf_counter()
         cache = DynamicCache(config=self.target.config)
         if len(ids) > 1:  # the cache holds all but the last token, as in the single-row loop
@@ -315,14 +316,12 @@ class BatchDecoder:
 
     def _commit_row(self, r: Row, d: Draft, logits: torch.Tensor, valid: torch.Tensor) -> list[int]:
         """Verify one row's draft ([1, n+1, V] logits), mark its kept slots, commit, observe."""
-        verifier = GreedyVerifier() if r.params.greedy else RejectionVerifier()
-        result = verifier.verify(d, logits, r.params, r.generator)
+        result = r.verifier.verify(d, logits, r.params, r.generator)
         path = result.path if d.parents is not None else list(range(result.num_accepted))
         valid[0] = True  # the root: the last committed token, fed this step
         valid[[1 + i for i in path]] = True
         budget = r.params.max_new_tokens - r.stats.new_tokens
-        eos = set() if r.params.ignore_eos else self.target.eos_token_ids
-        new, r.done = commit(r.ids, r.prompt_len, result, r.stats, budget, eos,
+        new, r.done = commit(r.ids, r.prompt_len, result, r.stats, budget, r.eos,
                              r.tracker if r.params.stop and self.target.tokenizer is not None else None)
         r.drafter.observe(result)
         return new

@@ -25,6 +25,7 @@ import torch
 from ..errors import DraftsmithError
 from ..types import VerifyResult
 from .base import DraftContext
+from .ngram import earlier_matches
 from .trie import merge_paths
 
 
@@ -155,7 +156,7 @@ class HierarchyDrafter:
         t = torch.tensor(ids, dtype=torch.long)
         L = len(ids)
         for n in range(min(self.max_ngram, L - 1), 0, -1):
-            hits = (t[: L - 1].unfold(0, n, 1) == t[L - n:]).all(-1).nonzero().flatten().tolist()
+            hits = earlier_matches(t, n)
             if hits:
                 out: list[tuple[int, ...]] = []
                 for h in reversed(hits):

@@ -13,6 +13,14 @@ from ..types import Draft, VerifyResult
 from .base import DraftContext
 
 
+def earlier_matches(ids: torch.Tensor, n: int) -> list[int]:
+    """Start positions of the earlier occurrences of the last n tokens of `ids` ([L]) that have
+    a successor, oldest first."""
+    L = ids.shape[0]
+    windows = ids[: L - 1].unfold(0, n, 1)  # [L-n, n]: every n-gram that has a successor
+    return (windows == ids[L - n :]).all(-1).nonzero().flatten().tolist()
+
+
 class NgramDrafter:
     name: ClassVar[str] = "ngram"
     needs_hidden_states: ClassVar[bool] = False
@@ -37,10 +45,9 @@ class NgramDrafter:
         ids = torch.tensor(ctx.ids, dtype=torch.long)  # [L]
         L = ids.shape[0]
         for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
-            windows = ids[: L - 1].unfold(0, n, 1)  # [L-n, n]: every n-gram that has a successor
-            hits = (windows == ids[L - n :]).all(-1).nonzero().flatten()  # start positions
-            if hits.numel():
-                start = int(hits[-1]) + n  # latest occurrence: most local continuation
+            hits = earlier_matches(ids, n)
+            if hits:
+                start = hits[-1] + n  # latest occurrence: most local continuation
                 cont = ids[start : start + k]
                 if cont.numel():
                     return Draft(cont.unsqueeze(0))  # [1, <=k]

@@ -121,18 +121,19 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         try:
             return SamplingParams(temperature=req.temperature, top_p=req.top_p, stop=stop,
-                                  max_new_tokens=req.max_tokens or min(room, 16 if isinstance(req, CompletionRequest) else room))
+                                  max_new_tokens=req.max_tokens or (min(room, 16) if isinstance(req, CompletionRequest) else room))
         except (DraftsmithError, ValueError) as exc:
             raise ApiError(400, str(exc)) from None
 
-    def encode(prompt) -> list[int]:
+    def encode(prompt: str | list[dict], param: str) -> list[int]:
+        """A completion prompt (plain text, no chat template) or chat messages -> ids."""
         from jinja2 import TemplateError
 
         try:
-            return target.encode(prompt)
-        except (DraftsmithError, TemplateError) as exc:  # e.g. a template that wants alternating roles
+            return target.encode(prompt, chat=False if isinstance(prompt, str) else None)
+        except (DraftsmithError, TemplateError) as exc:  # e.g. an empty prompt, a template that wants alternating roles
             raise ApiError(400, f"{type(exc).__name__}: {exc}" if isinstance(exc, TemplateError) else str(exc),
-                           param="messages") from None
+                           param=param) from None
 
     async def run(request: Request, req: _Common, prompt_ids: list[int], chat: bool):
         params = sampling(req, prompt_ids)
@@ -142,7 +143,7 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         kind = "chat.completion" if chat else "text_completion"
         if req.stream:
-            return StreamingResponse(sse(request, job, rid, kind, chat, len(prompt_ids)), media_type="text/event-stream")
+            return StreamingResponse(sse(job, rid, kind, chat, len(prompt_ids)), media_type="text/event-stream")
         text = []
         checked = time.monotonic()
         try:
@@ -174,30 +175,31 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
         return {"id": rid, "object": kind, "created": int(time.time()), "model": model_name,
                 "choices": [choice], "usage": usage(result, len(prompt_ids))}
 
-    async def sse(request: Request, job: Job, rid: str, kind: str, chat: bool, prompt_tokens: int):
+    async def sse(job: Job, rid: str, kind: str, chat: bool, prompt_tokens: int):
         kind = kind + ".chunk" if chat else kind
 
-        def event(delta: str | None, finish: str | None = None, extra: dict | None = None) -> str:
+        def event(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+            """One chunk; `delta` is the chat delta (a completion chunk carries its content as text)."""
             if chat:
-                choice = {"index": 0, "delta": {} if delta is None else {"content": delta}, "finish_reason": finish}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+                choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish}
             data = {"id": rid, "object": kind, "created": int(time.time()), "model": model_name, "choices": [choice], **(extra or {})}
             return f"data: {json.dumps(data)}\n\n"
 
         try:
             if chat:
-                yield (f"data: {json.dumps({'id': rid, 'object': kind, 'created': int(time.time()), 'model': model_name, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ''}, 'finish_reason': None}]})}\n\n")
+                yield event({"role": "assistant", "content": ""})
             while True:
                 item = await job.out.get()
                 if item[0] == "text":
-                    yield event(item[1])
+                    yield event({"content": item[1]})
                 elif item[0] == "error":
                     yield f"data: {json.dumps({'error': {'message': item[1], 'type': 'server_error'}})}\n\n"
                     break
                 else:
                     result = item[1]
-                    yield event(None, result.stats.finish_reason, {"usage": usage(result, prompt_tokens)})
+                    yield event({}, result.stats.finish_reason, {"usage": usage(result, prompt_tokens)})
                     break
             yield "data: [DONE]\n\n"
         finally:
@@ -213,21 +215,13 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await parse(request, CompletionRequest)
-        return await run(request, req, encode_plain(req.prompt), chat=False)
-
-    def encode_plain(prompt: str) -> list[int]:
-        if not prompt.strip():
-            raise ApiError(400, "prompt is empty", param="prompt")
-        try:
-            return target.encode(prompt, chat=False)
-        except DraftsmithError as exc:
-            raise ApiError(400, str(exc), param="prompt") from None
+        return await run(request, req, encode(req.prompt, "prompt"), chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await parse(request, ChatRequest)
         if not target.has_chat_template:
             raise ApiError(400, f"{model_name} has no chat template: use /v1/completions")
-        return await run(request, req, encode([m.model_dump() for m in req.messages]), chat=True)
+        return await run(request, req, encode([m.model_dump() for m in req.messages], "messages"), chat=True)
 
     return app

@@ -83,6 +83,11 @@ class SelectedLogits(nn.Module):
         return lm(input_ids=ids, attention_mask=attention).logits[select]
 
 
+def _fresh_window() -> dict:
+    """Sums over the steps since the last log line."""
+    return {"loss": 0.0, "tokens": 0, "agree": 0.0, "tvd": 0.0, "n": 0, "t0": time.perf_counter()}
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     warm = max(1, int(cfg.warmup * cfg.steps))
     if step < warm:
@@ -130,7 +135,7 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.stage,
                disable=not (progress and acc.is_main_process))
     metrics: dict = {}
-    window = {"loss": 0.0, "tokens": 0, "agree": 0.0, "tvd": 0.0, "n": 0, "t0": time.perf_counter()}
+    window = _fresh_window()
     for step in bar:
         model.train()
         batch = get_batch(step * acc.num_processes + acc.process_index)
@@ -185,7 +190,7 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
             acc.log(metrics, step=done)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", agree=f"{metrics['top1_agreement']:.2f}",
                             tok_s=f"{metrics['tokens_per_s']:.0f}")
-            window = {"loss": 0.0, "tokens": 0, "agree": 0.0, "tvd": 0.0, "n": 0, "t0": time.perf_counter()}
+            window = _fresh_window()
         if done % cfg.save_every == 0 or done == cfg.steps:
             acc.wait_for_everyone()
             acc.save_state(str(ckpt))
