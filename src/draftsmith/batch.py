@@ -17,14 +17,18 @@ Rejected draft slots are marked invalid, and the cache is compacted when they pi
 Goodput-aware speculation (SmartSpec, Liu et al. 2024): verification stops being nearly free as
 the batch grows. Each step picks the draft length k (0 = plain batched decoding) that maximises
 expected committed tokens per second: Σ_rows E[τ_row(k)] / cost(B rows × (k+1) tokens), with
-E[τ_row(k)] estimated from the row's recent steps (see `expected_tokens`) and `cost` the batched
-verification forward timed once at start-up by batch size and width over a cache (fixed
-afterwards, so the same batch makes the same choices).
+E[τ_row(k)] estimated from the row's recent drafting steps (see `expected_tokens`; rows without
+history borrow the batch's pooled history). `cost` is a straight line in rows and tokens fitted
+to the batched verification forward timed at start-up, scaled online by how long whole steps
+(drafting and verifying included) really take, separately for plain (width 1) and drafting
+steps. After `probe_every` plain steps in a row, one step drafts a single token so the
+estimates can recover.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,6 +60,7 @@ class Row:
     done: bool = False
     cancelled: bool = False
     error: str | None = None  # set when this row failed on its own (it leaves the batch)
+    spec: list[tuple[int, int]] = field(default_factory=list)  # (k offered, accepted) per drafting step
 
     @property
     def new_ids(self) -> list[int]:
@@ -138,16 +143,19 @@ class BatchDecoder:
     """Decode many rows together. `make_drafter()` returns a fresh drafter for a new row."""
 
     def __init__(self, target: CausalLM, make_drafter: Callable[[], Drafter], *, k_max: int = 8,
-                 smartspec: bool = True, cost_curve: dict[int, float] | None = None):
+                 smartspec: bool = True, cost_curve: dict[int, float] | None = None, probe_every: int = 16):
         self.target, self.make_drafter, self.k_max, self.smartspec = target, make_drafter, k_max, smartspec
         if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=target.config).layers):
             raise DraftsmithError(f"{target.name}: batched decoding needs a plain (non-sliding-window) KV cache")
         self.device = target.device
         self.rows: list[Row] = []
         self.kv = BatchCache()
-        self.cost_curve = cost_curve  # {tokens per forward: seconds}; calibrate() measures a finer table
-        self.cost_table: dict[tuple[int, int], float] = {}
+        self.cost_curve = cost_curve  # {tokens per forward: seconds}; calibrate() fits a line instead
+        self.cost_fit: tuple[float, float, float] | None = None
         self.last_k: int | None = None
+        self.pool: deque[tuple[int, int]] = deque(maxlen=256)  # every row's recent (k offered, accepted)
+        self.scale = {False: 1.0, True: 1.0}  # measured step time / predicted forward time, by width > 1
+        self.probe_every, self.plain_run = probe_every, 0
 
     # ----- rows join and leave -----------------------------------------------------------
     @torch.inference_mode()
@@ -185,18 +193,18 @@ class BatchDecoder:
 
     # ----- SmartSpec ---------------------------------------------------------------------
     def calibrate(self, batches=(1, 2, 4, 8, 16), widths=(1, 2, 4, 8, 16), context: int = 256,
-                  repeats: int = 3) -> dict[tuple[int, int], float]:
+                  repeats: int = 3) -> tuple[float, float, float]:
         """Time the batched verification forward itself: B rows of `width` new tokens over a
-        `context`-token cache with a 4-D mask (the median of `repeats`), made non-decreasing in
-        the width. Measured once at start-up; fixed afterwards."""
-        table: dict[tuple[int, int], float] = {}
+        `context`-token cache with a 4-D mask (the median of `repeats` after a warm-up), and fit
+        seconds = a + b·B + c·B·width by least squares (coefficients kept >= 0). Single timings
+        on a busy CPU are noisy; a straight line through 25 of them is not."""
+        points = []
         dtype = self.target.dtype
         with torch.inference_mode():
             for B in batches:
                 cache = DynamicCache(config=self.target.config)
                 self.target.model(input_ids=torch.zeros(B, context, dtype=torch.long, device=self.device),
                                   past_key_values=cache, use_cache=True, logits_to_keep=1)
-                worst = 0.0
                 for w in widths:
                     mask = torch.zeros(B, 1, w, context + w, dtype=dtype, device=self.device)
                     times = []
@@ -206,18 +214,37 @@ class BatchDecoder:
                                           attention_mask=mask, past_key_values=cache, use_cache=True)
                         times.append(time.perf_counter() - t0)
                         cache.crop(-w)  # transformers 5: remove the w tokens just added
-                    worst = max(worst, sorted(times[1:])[len(times[1:]) // 2])
-                    table[(B, w)] = worst
-        self.cost_table = table
-        return table
+                    points.append((B, w, sorted(times[1:])[len(times[1:]) // 2]))
+        self.cost_fit = self.fit_cost(points)
+        return self.cost_fit
+
+    @staticmethod
+    def fit_cost(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
+        """Least-squares (a, b, c) of seconds = a + b·rows + c·rows·width over (rows, width,
+        seconds) points, each coefficient kept >= 0 (a term that fits negative is dropped)."""
+        X = torch.tensor([[1.0, B, B * w] for B, w, _ in points], dtype=torch.float64)  # [P, 3]
+        y = torch.tensor([t for *_, t in points], dtype=torch.float64)                 # [P]
+        keep = [0, 1, 2]
+        while True:
+            coef = torch.linalg.lstsq(X[:, keep], y[:, None]).solution[:, 0]
+            if (coef >= 0).all() or len(keep) == 1:
+                break
+            keep = [j for j, c in zip(keep, coef.tolist()) if c >= 0] or [0]
+        out = [0.0, 0.0, 0.0]
+        for j, c in zip(keep, coef.tolist()):
+            out[j] = max(c, 0.0)
+        return out[0], out[1], out[2]
 
     def _cost(self, rows: int, width: int) -> float:
-        """Predicted step time for `rows` rows of `width` tokens: the calibration table
-        (interpolated in rows and width, extrapolated with slopes >= 0), else `cost_curve` by
-        total tokens."""
-        if getattr(self, "cost_table", None):
-            return self._from_table(rows, width)
-        return self._interp(sorted(self.cost_curve.items()), rows * width)
+        """Predicted step time for `rows` rows of `width` tokens: the calibrated line, else
+        `cost_curve` by total tokens; times the measured/predicted ratio of recent steps of that
+        kind (width 1, or more)."""
+        if self.cost_fit is not None:
+            a, b, c = self.cost_fit
+            base = max(a + b * rows + c * rows * width, 1e-9)
+        else:
+            base = self._interp(sorted(self.cost_curve.items()), rows * width)
+        return base * self.scale[width > 1]
 
     @staticmethod
     def _interp(pts: list[tuple[int, float]], x: float) -> float:
@@ -229,33 +256,49 @@ class BatchDecoder:
         (x0, y0), (x1, y1) = pts[-2], pts[-1]
         return max(y1 + max(0.0, y1 - y0) * (x - x1) / (x1 - x0), 1e-9)
 
-    def _from_table(self, rows: int, width: int) -> float:
-        batches = sorted({b for b, _ in self.cost_table})
-        by_batch = [(b, self._interp(sorted((w, t) for (bb, w), t in self.cost_table.items() if bb == b), width))
-                    for b in batches]
-        return self._interp(by_batch, rows)
-
     @staticmethod
-    def expected_tokens(row: Row, k: int, window: int = 32) -> float:
-        """E[tokens committed in a step with drafts of at most k] for this row: 1 + the mean of
-        min(accepted, k) over its last `window` drafting steps (acceptance comes in bursts, which
-        a single per-token rate misses); 1 + 0.5 + ... + 0.5^k before it has any."""
-        hist = [(a, d) for a, d in zip(row.stats.accepted_per_step[-window:], row.stats.drafted_per_step[-window:]) if d]
-        if len(hist) < 4:
+    def expected_tokens(samples, k: int) -> float:
+        """E[tokens committed in a step with drafts of at most k], from (k offered, accepted)
+        samples: 1 + the mean of min(accepted, k). Steps where the drafter had nothing count as 0
+        (they cost the batch width all the same). A sample that accepted all it was offered says
+        nothing about longer drafts; beyond it each further token counts 0.5, 0.25, ...
+        Acceptance comes in bursts, which a single per-token rate would miss. With no samples,
+        1 + 0.5 + ... + 0.5^k."""
+        def gain(offered: int, accepted: int) -> float:
+            if k <= offered or accepted < offered:
+                return min(accepted, k)
+            return accepted + sum(0.5 ** j for j in range(1, k - offered + 1))
+        samples = list(samples)
+        if not samples:
             return sum(0.5 ** j for j in range(k + 1))
-        return 1.0 + sum(min(a, k) for a, _ in hist) / len(hist)
+        return 1.0 + sum(gain(o, a) for o, a in samples) / len(samples)
+
+    def _row_samples(self, row: Row, window: int = 32):
+        """A row's own last `window` drafting steps once it has 4, else the batch's pooled ones."""
+        return row.spec[-window:] if len(row.spec) >= 4 else self.pool
 
     def choose_k(self) -> int:
         """The draft length for this step (the upper bound each row drafts to)."""
-        if not self.smartspec or (self.cost_curve is None and not getattr(self, "cost_table", None)):
+        if not self.smartspec or (self.cost_curve is None and self.cost_fit is None):
             return self.k_max
         B, best_k, best = len(self.rows), 0, -1.0
+        samples = [self._row_samples(r) for r in self.rows]
         for k in range(self.k_max + 1):
-            expected = sum(self.expected_tokens(r, k) for r in self.rows)
+            expected = sum(self.expected_tokens(s, k) for s in samples)
             goodput = expected / self._cost(B, k + 1)
             if goodput > best * 1.0001:
                 best_k, best = k, goodput
+        self.plain_run = self.plain_run + 1 if best_k == 0 else 0
+        if self.plain_run > self.probe_every:  # a one-token probe keeps the history alive
+            self.plain_run, best_k = 0, min(1, self.k_max)
         return best_k
+
+    def _observe_step(self, seconds: float, rows: int, width: int) -> None:
+        """Fold a whole step's measured time into the cost scale of its kind (width 1 or more)."""
+        if not self.smartspec or (self.cost_curve is None and self.cost_fit is None):
+            return
+        ratio = seconds / max(self._cost(rows, width) / self.scale[width > 1], 1e-9)
+        self.scale[width > 1] = 0.9 * self.scale[width > 1] + 0.1 * ratio
 
     # ----- one step for every row ------------------------------------------------------------
     @torch.inference_mode()
@@ -265,14 +308,16 @@ class BatchDecoder:
         if not self.rows:
             return []
         target, dtype = self.target, self.target.dtype
+        step_start = time.perf_counter()
         k = self.last_k = self.choose_k()
-        drafts = []
+        drafts, offered = [], []
         for r in self.rows:
             budget = r.params.max_new_tokens - r.stats.new_tokens
             room = target.max_length - len(r.ids)
+            offered.append(max(0, min(k, budget - 1, room - 1)))
             t0 = time.perf_counter()
             try:
-                d = r.drafter.propose(DraftContext(r.ids, min(k, budget - 1, room - 1), r.params, r.generator))
+                d = r.drafter.propose(DraftContext(r.ids, offered[-1], r.params, r.generator))
             except Exception as exc:  # one row's drafter failing: that row drafts nothing and fails below
                 r.error, d = f"{type(exc).__name__}: {exc}", Draft.empty()
             r.stats.drafter_time += time.perf_counter() - t0
@@ -298,7 +343,7 @@ class BatchDecoder:
                               cache_position=torch.arange(T, T + q, device=dev)).logits.cpu()  # [B, q, V]
         new_valid = torch.zeros(B, q, dtype=torch.bool)
         out = []
-        for b, (r, d) in enumerate(zip(self.rows, drafts)):
+        for b, (r, d, k_row) in enumerate(zip(self.rows, drafts, offered)):
             if r.error is not None:
                 r.done = True
                 out.append((r, []))
@@ -307,8 +352,12 @@ class BatchDecoder:
                 new = self._commit_row(r, d, logits[b:b + 1, :d.size + 1], new_valid[b])
             except Exception as exc:  # this row fails alone; the others go on
                 r.error, r.done, new = f"{type(exc).__name__}: {exc}", True, []
+            if k_row > 0 and r.error is None:
+                r.spec.append((k_row, r.stats.accepted_per_step[-1]))
+                self.pool.append(r.spec[-1])
             out.append((r, new))
         self.kv.valid = torch.cat([self.kv.valid, new_valid], dim=1)
+        self._observe_step(time.perf_counter() - step_start, B, q)
         self._drop_finished()
         if self.rows and self.kv.width > 2 * int(self.kv.valid.sum(1).max()) + 32:
             self.kv.compact()

@@ -182,6 +182,8 @@ def cmd_bench_serve(args) -> int:
 
     if any(c < 1 for c in args.concurrency):
         raise DraftsmithError("--concurrency values must be >= 1")
+    if args.rounds < 1 or args.requests_per_client < 1:
+        raise DraftsmithError("--rounds and --requests-per-client must be >= 1")
     questions = load_questions(args.questions, per_category=args.per_category)
     prompts = [q.turns[0] for q in questions]
     if not prompts:
@@ -190,7 +192,7 @@ def cmd_bench_serve(args) -> int:
     if methods[0] != "none":
         methods = ["none", *[m for m in methods if m != "none"]]
     rows = run_serving_bench(args.model, methods, prompts, args.concurrency, max_tokens=args.max_new_tokens,
-                             requests_per_client=args.requests_per_client, dtype=args.dtype, max_batch=args.max_batch,
+                             requests_per_client=args.requests_per_client, rounds=args.rounds, dtype=args.dtype, max_batch=args.max_batch,
                              threads=args.threads)
     if args.out:
         command = "draftsmith " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("draftsmith") else "draftsmith bench-serve"
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", action="append", help="drafter spec (repeatable); `none` always runs first")
     s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     s.add_argument("--requests-per-client", type=int, default=2)
+    s.add_argument("--rounds", type=int, default=1, help="repeat every level, methods interleaved")
     s.add_argument("--max-batch", type=int, default=16)
     s.add_argument("--out", help="folder for report.md, results.json, throughput.png")
     s.set_defaults(func=cmd_bench_serve)

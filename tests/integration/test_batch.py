@@ -95,9 +95,30 @@ def test_smartspec_draft_length_table(curve, accepted, batch, want):
     dec = BatchDecoder(target, lambda: build_drafter("ngram"), k_max=8, cost_curve=curve)
     for i in range(batch):
         row = dec.add(PROMPTS[i % len(PROMPTS)], SamplingParams(max_new_tokens=8))
-        row.stats.drafted_per_step = [8] * len(accepted)
-        row.stats.accepted_per_step = list(accepted)
+        row.spec = [(8, a) for a in accepted]
     assert dec.choose_k() == want
+
+
+@pytest.mark.parametrize("samples, k, want", [
+    ([], 2, 1.75),                               # no history: 1 + 0.5 + 0.25
+    ([(4, 0)] * 3 + [(4, 4)], 2, 1.5),           # bursts: 0, 0, 0, then all
+    ([(4, 0), (4, 0)], 4, 1.0),                  # the drafter had nothing (or all was rejected): only the bonus
+    ([(1, 1)], 3, 1 + 1 + 0.5 + 0.25),           # all of 1 accepted: longer drafts guessed at 0.5, 0.25
+    ([(4, 2)], 6, 3.0),                          # stopped short of what was offered: no more at any k
+])
+def test_expected_tokens_table(samples, k, want):
+    assert BatchDecoder.expected_tokens(samples, k) == pytest.approx(want)
+
+
+def test_smartspec_new_rows_borrow_the_pool_and_plain_runs_probe():
+    target = tiny_model("llama")
+    dec = BatchDecoder(target, lambda: build_drafter("ngram"), k_max=8, cost_curve=TEN_PERCENT, probe_every=3)
+    row = dec.add(PROMPTS[0], SamplingParams(max_new_tokens=8))
+    dec.pool.extend([(8, 0)] * 20)          # the batch's history: nothing is ever accepted
+    assert dec._row_samples(row) is dec.pool
+    assert [dec.choose_k() for _ in range(5)] == [0, 0, 0, 1, 0]
+    row.spec = [(8, 8)] * 4                  # its own history, once it has some, wins
+    assert dec.choose_k() == 8
 
 
 def test_sampled_rows_are_reproducible_and_follow_the_batch_verifier(arch):
@@ -162,3 +183,12 @@ def test_server_drafters_share_heavy_state():
     a, b = make(), make()
     a.bind(target), b.bind(target)  # as BatchDecoder.add does
     assert a.draft.model is b.draft.model and a.draft is not b.draft
+
+
+@pytest.mark.parametrize("points, want", [
+    ([(1, 1, 1.0), (2, 1, 1.5), (1, 2, 1.5), (4, 4, 8.5)], (0.5, 0.0, 0.5)),  # exactly a + c·tokens
+    ([(1, 1, 2.0), (8, 1, 2.0), (8, 8, 2.0)], (2.0, 0.0, 0.0)),               # flat: only the constant
+    ([(1, 1, 1.0), (16, 1, 0.5), (16, 4, 0.5)], (2 / 3, 0.0, 0.0)),           # would slope down: dropped, never < 0
+])
+def test_cost_fit_table(points, want):
+    assert BatchDecoder.fit_cost(points) == pytest.approx(want, abs=1e-6)

@@ -205,8 +205,9 @@ def test_serving_benchmark_runs_and_reports(tmp_path):
     tiny_model("llama", vocab=len(tok), seed=5, eos=tok.eos_token_id).model.save_pretrained(folder)
     tok.save_pretrained(folder)
     rows = run_serving_bench(str(folder), ["none", "ngram:k=4"], ["the quick brown fox", "hello world"], [1, 2],
-                             max_tokens=8, requests_per_client=1, dtype="fp32", threads=1, progress=lambda _: None)
+                             max_tokens=8, requests_per_client=1, rounds=2, dtype="fp32", threads=1, progress=lambda _: None)
     assert [(r["method"], r["concurrency"]) for r in rows] == [("none", 1), ("none", 2), ("ngram:k=4", 1), ("ngram:k=4", 2)]
     assert all(r["tokens_per_s"] > 0 and r["ttft_p50"] <= r["ttft_p99"] for r in rows)
+    assert [r["requests"] for r in rows] == [4, 4, 4, 4]  # 2 rounds of max(2, 1 × clients) requests
     write_report(rows, tmp_path / "out", "cmd", "header")
     assert "| ngram:k=4 | 2 |" in (tmp_path / "out" / "report.md").read_text()

@@ -1,10 +1,13 @@
 """Serving benchmark: throughput and latency of `draftsmith serve` under concurrent clients.
 
-For each method a server process is started on 127.0.0.1 (same model, same flags but the
-drafter); for each concurrency c, c clients send streamed chat requests (the first turns of the
-questions, in order, greedy, fixed max_tokens) until `requests_per_client * c` are done. Per
-request: time to first token (TTFT) and time per output token after it (TPOT); per level:
-output tokens/s over the level's wall time, and p50/p99 of TTFT and TPOT."""
+One server process per method is started on 127.0.0.1, one after the other (same model, same
+flags but the drafter), and all stay up; an idle server uses no CPU. For each concurrency c and
+each of `rounds` rounds, every method in turn (in reversed order on odd rounds, so drift in the
+machine's speed hits all methods alike) gets c clients sending streamed chat requests (the first
+turns of the questions, in order, greedy, fixed max_tokens) until `requests_per_client * c` are
+done. Per request: time to first token (TTFT) and time per output token after it (TPOT); per
+method and level: output tokens/s over the rounds' summed wall time, and p50/p99 of TTFT and
+TPOT over all its requests."""
 
 from __future__ import annotations
 
@@ -104,26 +107,37 @@ def summarize(level: dict) -> dict:
 
 
 def run_serving_bench(model: str, methods: list[str], prompts: list[str], concurrencies: list[int], *,
-                      max_tokens: int = 64, requests_per_client: int = 2, dtype: str = "bf16", max_batch: int = 16,
-                      threads: int | None = None, progress=print) -> list[dict]:
-    rows = []
-    for method in methods:
-        proc, base = start_server(model, method, dtype, max_batch, threads)
-        try:
-            asyncio.run(_level(base, prompts, 1, 1, min(8, max_tokens)))  # warm-up
-            for c in concurrencies:
-                level = asyncio.run(_level(base, prompts, c, max(2, requests_per_client * c), max_tokens))
-                row = {"method": method, **summarize(level)}
+                      max_tokens: int = 64, requests_per_client: int = 2, rounds: int = 1, dtype: str = "bf16",
+                      max_batch: int = 16, threads: int | None = None, progress=print) -> list[dict]:
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    try:
+        for method in methods:
+            servers[method] = start_server(model, method, dtype, max_batch, threads)
+            asyncio.run(_level(servers[method][1], prompts, 1, 1, min(8, max_tokens)))  # warm-up
+        rows = []
+        for c in concurrencies:
+            levels: dict[str, list[dict]] = {m: [] for m in methods}
+            for r in range(rounds):
+                for method in (methods if r % 2 == 0 else methods[::-1]):
+                    levels[method].append(asyncio.run(_level(servers[method][1], prompts, c,
+                                                             max(2, requests_per_client * c), max_tokens)))
+            for method in methods:
+                done = levels[method]
+                merged = {"concurrency": c, "requests": sum(lv["requests"] for lv in done),
+                          "wall": sum(lv["wall"] for lv in done), "tokens": sum(lv["tokens"] for lv in done),
+                          "per_request": [q for lv in done for q in lv["per_request"]]}
+                row = {"method": method, **summarize(merged)}
                 rows.append(row)
                 progress(f"{method:12} c={c:<3} {row['tokens_per_s']:7.1f} tok/s  TTFT p50 {row['ttft_p50']:.2f}s  "
                          f"TPOT p50 {1000 * row['tpot_p50']:.0f} ms")
-        finally:
+        return sorted(rows, key=lambda row: methods.index(row["method"]))
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return rows
 
 
 def write_report(rows: list[dict], out: Path, command: str, header: str) -> None:
