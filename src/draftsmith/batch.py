@@ -30,12 +30,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache
 
-from .decoding import _TextTracker, commit
+from .decoding import _TextTracker, commit, kept_hidden
 from .drafters import DraftContext, Drafter
 from .errors import DraftsmithError
 from .target import CausalLM
@@ -172,10 +172,15 @@ class BatchDecoder:
                   GreedyVerifier() if params.greedy else RejectionVerifier())
         t0 = time.perf_counter()
         cache = DynamicCache(config=self.target.config)
+        hidden = torch.zeros(1, 0, self.target.config.hidden_size, dtype=self.target.dtype, device=self.device)
         if len(ids) > 1:  # the cache holds all but the last token, as in the single-row loop
-            self.target.model(input_ids=torch.tensor([ids[:-1]], device=self.device), past_key_values=cache, use_cache=True,
-                              logits_to_keep=1)
-        drafter.prefill(list(ids))
+            out = self.target.model(input_ids=torch.tensor([ids[:-1]], device=self.device), past_key_values=cache,
+                                    use_cache=True, logits_to_keep=1, output_hidden_states=drafter.needs_hidden_states)
+            hidden = out.hidden_states[-1] if drafter.needs_hidden_states else None  # [1, n-1, H]
+        if drafter.needs_hidden_states:
+            drafter.prefill(list(ids), hidden=hidden)
+        else:
+            drafter.prefill(list(ids))
         row.stats.prefill_time = time.perf_counter() - t0
         self.kv.add_row(cache, len(ids) - 1)
         self.rows.append(row)
@@ -338,9 +343,12 @@ class BatchDecoder:
             allow[b, torch.arange(n + 1, q), T + torch.arange(n + 1, q)] = True  # padding sees itself only
         mask = torch.zeros(B, 1, q, T + q, dtype=dtype).masked_fill_(~allow[:, None], torch.finfo(dtype).min)
         dev = self.device
-        logits = target.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                              past_key_values=self.kv.cache, use_cache=True,
-                              cache_position=torch.arange(T, T + q, device=dev)).logits.cpu()  # [B, q, V]
+        need_hidden = any(r.drafter.needs_hidden_states for r in self.rows)
+        fwd = target.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                           past_key_values=self.kv.cache, use_cache=True, output_hidden_states=need_hidden,
+                           cache_position=torch.arange(T, T + q, device=dev))
+        logits = fwd.logits.cpu()  # [B, q, V]
+        hidden = fwd.hidden_states[-1] if need_hidden else None  # [B, q, H]
         new_valid = torch.zeros(B, q, dtype=torch.bool)
         out = []
         for b, (r, d, k_row) in enumerate(zip(self.rows, drafts, offered)):
@@ -349,7 +357,8 @@ class BatchDecoder:
                 out.append((r, []))
                 continue
             try:
-                new = self._commit_row(r, d, logits[b:b + 1, :d.size + 1], new_valid[b])
+                new = self._commit_row(r, d, logits[b:b + 1, :d.size + 1], new_valid[b],
+                                       hidden[b:b + 1] if r.drafter.needs_hidden_states else None)
             except Exception as exc:  # this row fails alone; the others go on
                 r.error, r.done, new = f"{type(exc).__name__}: {exc}", True, []
             if k_row > 0 and r.error is None:
@@ -363,9 +372,12 @@ class BatchDecoder:
             self.kv.compact()
         return out
 
-    def _commit_row(self, r: Row, d: Draft, logits: torch.Tensor, valid: torch.Tensor) -> list[int]:
+    def _commit_row(self, r: Row, d: Draft, logits: torch.Tensor, valid: torch.Tensor,
+                    hidden: torch.Tensor | None) -> list[int]:
         """Verify one row's draft ([1, n+1, V] logits), mark its kept slots, commit, observe."""
         result = r.verifier.verify(d, logits, r.params, r.generator)
+        if hidden is not None:  # [1, q, H]
+            result = replace(result, hidden=kept_hidden(hidden, result, d.parents is not None))
         path = result.path if d.parents is not None else list(range(result.num_accepted))
         valid[0] = True  # the root: the last committed token, fed this step
         valid[[1 + i for i in path]] = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -103,6 +103,12 @@ def commit(ids: list[int], prompt_len: int, result: VerifyResult, stats: RunStat
     return new, done
 
 
+def kept_hidden(hidden: torch.Tensor, result: VerifyResult, is_tree: bool) -> torch.Tensor:
+    """The step's hidden states [1, N+1, H] -> those of the root and the accepted nodes [1, m, H]."""
+    nodes = result.path if is_tree else list(range(result.num_accepted))
+    return hidden[:, [0] + [1 + i for i in nodes]]
+
+
 class SpeculativeDecoder:
     """Generate with `target`, drafting with `drafter`. Greedy verification at temperature 0,
     lossless rejection sampling otherwise."""
@@ -166,11 +172,18 @@ class SpeculativeDecoder:
 
         ids = list(prompt_ids)
         track_stop = bool(params.stop) and target.tokenizer is not None
+        hidden = drafter.needs_hidden_states
         target.reset()
+        prompt_hidden = None
         if len(ids) > 1:
-            target.forward(ids[:-1], last_only=True)  # the cache holds all but the last token
+            out = target.forward(ids[:-1], last_only=True, hidden_states=hidden)  # the cache holds all but the last token
+            prompt_hidden = out.hidden_states[-1] if hidden else None  # [1, n-1, H]
         t0 = time.perf_counter()
-        drafter.prefill(ids)
+        if hidden:
+            drafter.prefill(ids, hidden=prompt_hidden if prompt_hidden is not None else
+                            torch.zeros(1, 0, target.config.hidden_size, dtype=target.dtype))
+        else:
+            drafter.prefill(ids)
         stats.drafter_time += time.perf_counter() - t0
         stats.prefill_time = time.perf_counter() - t_start
 
@@ -183,8 +196,10 @@ class SpeculativeDecoder:
             tree = draft.tree
 
             step_ids = torch.cat([torch.tensor([[ids[-1]]]), draft.token_ids.cpu()], dim=-1)  # [1, N+1]
-            logits = target.forward(step_ids, tree=tree).logits  # [1, N+1, V]
-            result = verifier.verify(draft, logits, params, generator)
+            out = target.forward(step_ids, tree=tree, hidden_states=hidden)
+            result = verifier.verify(draft, out.logits, params, generator)  # logits [1, N+1, V]
+            if hidden:
+                result = replace(result, hidden=kept_hidden(out.hidden_states[-1], result, tree is not None))
 
             # keep the accepted drafts in the cache; the bonus token is fed at the next step
             if tree is None:

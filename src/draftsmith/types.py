@@ -91,6 +91,8 @@ class VerifyResult:
     num_drafted: int
     path: list[int] | None = None  # tree drafts: the accepted nodes, root's child first
     target_logits: torch.Tensor | None = None  # [B, N+1, V] the step's logits, for drafters that learn from them
+    hidden: torch.Tensor | None = None  # [B, n_accepted + 1, H] target's last hidden states of the root and the
+    #                                     accepted nodes (set by the loop for drafters with needs_hidden_states)
 
 
 @dataclass

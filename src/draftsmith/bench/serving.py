@@ -4,7 +4,7 @@ One server process per method is started on 127.0.0.1, one after the other (same
 flags but the drafter), and all stay up; an idle server uses no CPU. For each concurrency c and
 each of `rounds` rounds, every method in turn (in reversed order on odd rounds, so drift in the
 machine's speed hits all methods alike) gets c clients sending streamed chat requests (the first
-turns of the questions, in order, greedy, fixed max_tokens) until `requests_per_client * c` are
+turns of the questions, in order, continuing round after round, greedy, fixed max_tokens) until `requests_per_client * c` are
 done. Per request: time to first token (TTFT) and time per output token after it (TPOT); per
 method and level: output tokens/s over the rounds' summed wall time, and p50/p99 of TTFT and
 TPOT over all its requests."""
@@ -76,8 +76,9 @@ async def _one(client: httpx.AsyncClient, base: str, prompt: str, max_tokens: in
             "tokens": tokens, "latency": end - t0, "steps": usage["speculative"]["steps"] if usage else None}
 
 
-async def _level(base: str, prompts: list[str], concurrency: int, n_requests: int, max_tokens: int) -> dict:
-    queue = list(range(n_requests))
+async def _level(base: str, prompts: list[str], concurrency: int, n_requests: int, max_tokens: int,
+                 start: int = 0) -> dict:
+    queue = list(range(start, start + n_requests))
     results: list[dict] = []
 
     async def client_loop(client):
@@ -118,9 +119,9 @@ def run_serving_bench(model: str, methods: list[str], prompts: list[str], concur
         for c in concurrencies:
             levels: dict[str, list[dict]] = {m: [] for m in methods}
             for r in range(rounds):
-                for method in (methods if r % 2 == 0 else methods[::-1]):
-                    levels[method].append(asyncio.run(_level(servers[method][1], prompts, c,
-                                                             max(2, requests_per_client * c), max_tokens)))
+                n = max(2, requests_per_client * c)
+                for method in (methods if r % 2 == 0 else methods[::-1]):  # round r: the same prompts for all
+                    levels[method].append(asyncio.run(_level(servers[method][1], prompts, c, n, max_tokens, r * n)))
             for method in methods:
                 done = levels[method]
                 merged = {"concurrency": c, "requests": sum(lv["requests"] for lv in done),

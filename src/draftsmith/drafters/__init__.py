@@ -9,6 +9,7 @@ from ..errors import DraftsmithError
 from .base import DraftContext, Drafter, NoDrafter
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
+from .heads import EagleDrafter, HydraDrafter, MedusaDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
@@ -22,7 +23,8 @@ def register(cls: type) -> type:
     return cls
 
 
-for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter, HierarchyDrafter, LookaheadDrafter):
+for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter, HierarchyDrafter, LookaheadDrafter,
+             MedusaDrafter, HydraDrafter, EagleDrafter):
     register(_cls)
 
 
@@ -67,4 +69,4 @@ def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
 
 
 __all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "HierarchyDrafter",
-           "LookaheadDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]
+           "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]

@@ -1,0 +1,178 @@
+"""Draft heads on the target's own hidden states (Medusa, Hydra, EAGLE-style): no second model
+runs, and the features come from the verification forward the loop makes anyway.
+
+The loop hands the drafter the target's last hidden state (`feature`, [H]) of every committed
+token but the newest (the bonus token, whose feature the next step computes): in `prefill`
+(prompt[:-1]) and in `observe` (the root and the accepted path of each step). The invariant is
+len(features) == len(ids) - 1, and the heads draft from the newest feature. Drafts are the heads'
+argmax when greedy, and samples from q (temperature, top-k, top-p applied to the head's logits)
+otherwise, with q returned so rejection sampling keeps the target's distribution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from ..errors import DraftsmithError, IncompatibleDrafterError
+from ..heads.modules import HeadsConfig, load_heads
+from ..sampling import probs, sample
+from ..target import CausalLM
+from ..types import Draft, VerifyResult
+from .base import DraftContext
+
+
+def shipped_heads_dir(target: CausalLM, kind: str) -> Path | None:
+    from ..models import SHIPPED_HEADS, packs_root
+
+    folder = SHIPPED_HEADS.get((target.name, kind))
+    return packs_root() / folder if folder else None
+
+
+class HeadsDrafter:
+    """The parts every head kind shares: loading, the feature store, choosing tokens."""
+
+    name: ClassVar[str] = ""
+    needs_hidden_states: ClassVar[bool] = True
+
+    def __init__(self, heads: str | None = None, k: int | None = None):
+        """heads: a folder written by `draftsmith train heads` (default: the heads shipped for
+        the target, if any). k: longest draft (default: what the heads were trained for)."""
+        if k is not None and not (isinstance(k, int) and k >= 1):
+            raise DraftsmithError(f"{self.name}: k (draft length) must be an integer >= 1, got {k!r}")
+        self.heads_spec, self.k = heads, k
+        self.module = None
+        self.features: list[torch.Tensor] = []  # [H] per committed token but the newest
+
+    def clone(self):
+        """A drafter for another sequence: the same heads, its own features."""
+        other = type(self)(self.heads_spec, self.k)
+        other.module, other.lm_head, other.embed, other.dtype = self.module, self.lm_head, self.embed, self.dtype
+        return other
+
+    def bind(self, target: CausalLM) -> None:
+        folder = Path(self.heads_spec).expanduser() if self.heads_spec else shipped_heads_dir(target, self.name)
+        if folder is None:
+            raise IncompatibleDrafterError(
+                f"no trained {self.name} heads ship for target {target.name!r}: train them with "
+                f"`draftsmith train heads --kind {self.name} --model {target.name} --out DIR`, then pass heads=DIR")
+        self.module = load_heads(folder, dtype=target.dtype, device=target.device)
+        cfg: HeadsConfig = self.module.cfg
+        if cfg.kind != self.name:
+            raise IncompatibleDrafterError(f"{folder} holds {cfg.kind} heads, not {self.name}")
+        if (cfg.hidden_size, cfg.vocab_size) != (target.config.hidden_size, target.vocab_size):
+            raise IncompatibleDrafterError(
+                f"{folder}: heads for hidden size {cfg.hidden_size} / vocabulary {cfg.vocab_size}, but target "
+                f"{target.name!r} has {target.config.hidden_size} / {target.vocab_size}")
+        self.lm_head = target.model.get_output_embeddings()
+        self.embed = target.model.get_input_embeddings()
+        self.dtype = target.dtype
+        self.k = self.k or cfg.num_heads
+
+    def prefill(self, prompt_ids: list[int], hidden: torch.Tensor | None = None) -> None:
+        if hidden is None:
+            raise DraftsmithError(f"{self.name} needs the target's hidden states (needs_hidden_states)")
+        self.features = list(hidden[0])  # [n-1] x [H]
+
+    def observe(self, result: VerifyResult) -> None:
+        if result.hidden is None:
+            raise DraftsmithError(f"{self.name} needs the target's hidden states (needs_hidden_states)")
+        self.features.extend(result.hidden[0])
+
+    def _ready(self, ctx: DraftContext) -> bool:
+        if len(self.features) != len(ctx.ids) - 1:
+            raise DraftsmithError(f"{self.name}: {len(self.features)} features for {len(ctx.ids)} tokens; the loop must "
+                                  "pass hidden states in prefill and observe")
+        return bool(self.features)
+
+    def _choose(self, logits: torch.Tensor, ctx: DraftContext) -> tuple[int, torch.Tensor | None]:
+        """logits [V] -> (token, q [V] or None when greedy)."""
+        if ctx.params.greedy:
+            return int(logits.argmax()), None
+        q = probs(logits[None].float(), ctx.params)  # [1, V]
+        return int(sample(q, ctx.generator)), q[0]
+
+    @staticmethod
+    def _draft(tokens: list[int], qs: list[torch.Tensor]) -> Draft:
+        if not tokens:
+            return Draft.empty()
+        q = torch.stack(qs)[None] if qs else None  # [1, k, V]
+        return Draft(torch.tensor([tokens], dtype=torch.long), q=q)
+
+
+class MedusaDrafter(HeadsDrafter):
+    """K independent heads on the newest feature: head i proposes the (i+1)-th token after it."""
+
+    name: ClassVar[str] = "medusa"
+
+    @torch.inference_mode()
+    def propose(self, ctx: DraftContext) -> Draft:
+        k = min(self.k, self.module.cfg.num_heads, ctx.max_tokens)
+        if k <= 0 or not self._ready(ctx):
+            return Draft.empty()
+        logits = self.module(self.features[-1][None], self.lm_head)[0, :k]  # [k, V]
+        picks = [self._choose(logits[i], ctx) for i in range(k)]
+        return self._draft([t for t, _ in picks], [q for _, q in picks if q is not None])
+
+
+class HydraDrafter(HeadsDrafter):
+    """Sequential heads: head i sees the newest feature and the embeddings of the bonus token
+    and of the i drafts before it."""
+
+    name: ClassVar[str] = "hydra"
+
+    @torch.inference_mode()
+    def propose(self, ctx: DraftContext) -> Draft:
+        k = min(self.k, self.module.cfg.num_heads, ctx.max_tokens)
+        if k <= 0 or not self._ready(ctx):
+            return Draft.empty()
+        h = self.features[-1][None]  # [1, H]
+        prev = self.embed(torch.tensor([[ctx.ids[-1]]], device=h.device))  # [1, 1, H]
+        tokens, qs = [], []
+        for i in range(k):
+            logits = self.lm_head(self.module.head(i, h, prev))[0]  # [V]
+            tok, q = self._choose(logits, ctx)
+            tokens.append(tok)
+            qs += [q] if q is not None else []
+            prev = torch.cat([prev, self.embed(torch.tensor([[tok]], device=h.device))], dim=1)
+        return self._draft(tokens, qs)
+
+
+class EagleDrafter(HeadsDrafter):
+    """One decoder layer autoregressing on features. Its KV cache holds the pairs (f_j, e_{j+1})
+    of committed tokens (true features from the target); drafting appends predicted features,
+    which are cropped away again afterwards."""
+
+    name: ClassVar[str] = "eagle"
+
+    def prefill(self, prompt_ids: list[int], hidden: torch.Tensor | None = None) -> None:
+        super().prefill(prompt_ids, hidden)
+        self.cache = self.module.new_cache()
+        self.cached = 0  # committed pairs in the cache
+
+    @torch.inference_mode()
+    def propose(self, ctx: DraftContext) -> Draft:
+        k = min(self.k, ctx.max_tokens)
+        n = len(self.features)  # pairs available: (f_j, e_{j+1}) for j < n
+        if k <= 0 or not self._ready(ctx):
+            return Draft.empty()
+        extra = self.cache.get_seq_length() - self.cached  # last step's predicted features
+        if extra > 0:
+            self.cache.crop(-extra)
+        dev = self.features[0].device
+        feats = torch.stack(self.features[self.cached:])[None]  # [1, m, H]
+        embeds = self.embed(torch.tensor([ctx.ids[self.cached + 1:n + 1]], device=dev))  # [1, m, H]
+        pos = torch.arange(self.cached, n, device=dev)[None]
+        f = self.module(feats, embeds, pos, self.cache)[:, -1:]  # [1, 1, H]: f̂ for the bonus token
+        self.cached = n
+        tokens, qs = [], []
+        for i in range(k):
+            tok, q = self._choose(self.lm_head(f)[0, 0], ctx)
+            tokens.append(tok)
+            qs += [q] if q is not None else []
+            if i + 1 < k:
+                e = self.embed(torch.tensor([[tok]], device=dev))
+                f = self.module(f, e, torch.tensor([[n + i]], device=dev), self.cache)
+        return self._draft(tokens, qs)

@@ -1,0 +1,184 @@
+"""Draft heads: small modules on the target's last hidden state (the feature `h`, after the final
+norm, [.., H]) that propose the tokens after the next one. They share the target's frozen LM head
+(`lm_head`, H -> V) and input embeddings (`embed`, V -> H); only the heads' own weights train.
+
+Positions: the target's feature h_t at position t gives (through its LM head) token t+1, which the
+decoding loop already has as the bonus token. Heads predict the tokens after it:
+
+    Medusa  head i (i = 1..K):  logits_{t+1+i} = lm_head(ResBlocks_i(h_t))            independent
+    Hydra   head i:             logits_{t+1+i} = lm_head(MLP_i([h_t; e_{t+1}; ..; e_{t+i}]))
+                                (each head also sees the tokens drafted before it)
+    EAGLE   one decoder layer autoregressing on features:
+                                f̂_{t+1} = Layer(fc([f_t; e_{t+1}]))  (causal over the sequence)
+                                logits_{t+2} = lm_head(f̂_{t+1}); then ([f̂_{t+1}; e_{t+2}]) -> ...
+
+All three start out close to the LM head itself (zero-initialised residual branches), as in Medusa.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import DynamicCache, LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+from ..errors import DraftsmithError
+
+KINDS = ("medusa", "hydra", "eagle")
+
+
+@dataclass
+class HeadsConfig:
+    kind: str
+    hidden_size: int
+    vocab_size: int
+    num_heads: int = 4  # Medusa/Hydra: tokens proposed per step; EAGLE: the default draft length
+    num_layers: int = 1  # residual blocks per Medusa/Hydra head
+    # EAGLE's decoder layer (the target's attention shape by default)
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 8
+    intermediate_size: int = 1536
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 8192
+    target: str = ""  # what it was trained on (informative)
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DraftsmithError(f"unknown head kind {self.kind!r}; known: {', '.join(KINDS)}")
+
+    @classmethod
+    def for_target(cls, kind: str, target_config, **overrides) -> "HeadsConfig":
+        c = target_config
+        rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        return cls(kind=kind, hidden_size=c.hidden_size, vocab_size=c.vocab_size,
+                   num_attention_heads=c.num_attention_heads,
+                   num_key_value_heads=getattr(c, "num_key_value_heads", c.num_attention_heads),
+                   intermediate_size=c.intermediate_size, rope_theta=float(rope), rms_norm_eps=c.rms_norm_eps,
+                   max_position_embeddings=c.max_position_embeddings, **overrides)
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W x), W zero-initialised: the block starts as the identity."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.linear = nn.Linear(size, size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x):
+        return x + nn.functional.silu(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.heads = nn.ModuleList(nn.Sequential(*[ResBlock(cfg.hidden_size) for _ in range(cfg.num_layers)])
+                                   for _ in range(cfg.num_heads))
+
+    def forward(self, h: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """h [.., H] -> logits [.., K, V] for the tokens 2..K+1 after h's position."""
+        return lm_head(torch.stack([head(h) for head in self.heads], dim=-2))
+
+
+class HydraHeads(nn.Module):
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.hidden_size
+        self.inputs = nn.ModuleList(nn.Linear(H * (i + 2), H) for i in range(cfg.num_heads))
+        for lin in self.inputs:  # start as the identity on h
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+            with torch.no_grad():
+                lin.weight[:, :H] = torch.eye(H)
+        self.blocks = nn.ModuleList(nn.Sequential(*[ResBlock(H) for _ in range(cfg.num_layers)])
+                                    for _ in range(cfg.num_heads))
+
+    def head(self, i: int, h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Head i (0-based): h [.., H] and the embeddings of the i+1 tokens after h's position
+        (the bonus token, then earlier drafts) prev [.., i+1, H] -> feature [.., H]."""
+        x = torch.cat([h, prev.flatten(-2)], dim=-1)
+        return self.blocks[i](self.inputs[i](x))
+
+    def forward(self, h: torch.Tensor, prev: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Teacher-forced: h [.., H], prev [.., K, H] (embeddings of tokens t+1..t+K) ->
+        logits [.., K, V] for tokens t+2..t+K+1."""
+        return lm_head(torch.stack([self.head(i, h, prev[..., : i + 1, :]) for i in range(self.cfg.num_heads)], dim=-2))
+
+
+class EagleHead(nn.Module):
+    """fc([feature; next-token embedding]) -> one Llama decoder layer -> predicted next feature.
+    Weight names (`fc`, `layers.0.*`) follow the EAGLE checkpoints."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.llama = LlamaConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                                 num_attention_heads=cfg.num_attention_heads,
+                                 num_key_value_heads=cfg.num_key_value_heads, num_hidden_layers=1,
+                                 vocab_size=cfg.vocab_size, rms_norm_eps=cfg.rms_norm_eps,
+                                 max_position_embeddings=cfg.max_position_embeddings,
+                                 rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+        self.llama._attn_implementation = "sdpa"
+        self.fc = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(self.llama, layer_idx=0)])
+        self.rotary = LlamaRotaryEmbedding(self.llama)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.llama)
+
+    def forward(self, features: torch.Tensor, embeds: torch.Tensor, positions: torch.Tensor,
+                cache: DynamicCache | None = None) -> torch.Tensor:
+        """features [B, n, H] (f_t), embeds [B, n, H] (e_{t+1}), positions [B, n] (t+1) ->
+        predicted features f̂_{t+1} [B, n, H], causal over n (and over `cache`)."""
+        x = self.fc(torch.cat([features, embeds], dim=-1))
+        n, past = x.shape[1], cache.get_seq_length() if cache is not None else 0
+        mask = None
+        if n > 1:  # causal within the new tokens; all of the cache is visible
+            allow = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
+            mask = torch.zeros(allow.shape, dtype=x.dtype, device=x.device).masked_fill(~allow, torch.finfo(x.dtype).min)
+            mask = mask[None, None]
+        cos_sin = self.rotary(x, positions)
+        out = self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None,
+                             position_embeddings=cos_sin)
+        return out[0] if isinstance(out, tuple) else out
+
+
+MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead}
+
+
+def build_heads(cfg: HeadsConfig) -> nn.Module:
+    return MODULES[cfg.kind](cfg)
+
+
+def save_heads(module: nn.Module, folder: str | Path) -> Path:
+    """`config.json` (HeadsConfig) + `model.safetensors` (the heads' own weights only)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"draftsmith_heads": asdict(module.cfg)}, indent=1))
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def load_heads(folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    folder = Path(folder)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise DraftsmithError(f"{folder}: no draft heads here (expected config.json and model.safetensors written by "
+                              "`draftsmith train heads`)")
+    raw = json.loads(cfg_file.read_text())
+    if "draftsmith_heads" not in raw:
+        raise DraftsmithError(f"{cfg_file}: not a draftsmith heads config (no 'draftsmith_heads' entry)")
+    module = build_heads(HeadsConfig(**raw["draftsmith_heads"]))
+    module.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return module.to(device=device, dtype=dtype or torch.float32).eval()
