@@ -22,7 +22,10 @@ history borrow the batch's pooled history). `cost` is a straight line in rows an
 to the batched verification forward timed at start-up, scaled online by how long whole steps
 (drafting and verifying included) really take, separately for plain (width 1) and drafting
 steps. After `probe_every` plain steps in a row, one step drafts a single token so the
-estimates can recover.
+estimates can recover. A safety net on top of the model: for each batch size the decoder keeps
+the tokens per second it really got from its recent drafting steps and from its recent plain
+steps; when drafting has been doing worse, the step is plain. Every `probe_every`-th drafting
+step in a row is made plain, so both figures stay current.
 """
 
 from __future__ import annotations
@@ -155,7 +158,8 @@ class BatchDecoder:
         self.last_k: int | None = None
         self.pool: deque[tuple[int, int]] = deque(maxlen=256)  # every row's recent (k offered, accepted)
         self.scale = {False: 1.0, True: 1.0}  # measured step time / predicted forward time, by width > 1
-        self.probe_every, self.plain_run = probe_every, 0
+        self.probe_every, self.plain_run, self.spec_run = probe_every, 0, 0
+        self.realized: dict[tuple[int, bool], deque] = {}  # (rows, drafted?) -> recent (tokens, seconds)
 
     # ----- rows join and leave -----------------------------------------------------------
     @torch.inference_mode()
@@ -293,15 +297,31 @@ class BatchDecoder:
             goodput = expected / self._cost(B, k + 1)
             if goodput > best * 1.0001:
                 best_k, best = k, goodput
+        if best_k > 0 and self.realized_worse(B):
+            best_k = 0
         self.plain_run = self.plain_run + 1 if best_k == 0 else 0
+        self.spec_run = self.spec_run + 1 if best_k > 0 else 0
         if self.plain_run > self.probe_every:  # a one-token probe keeps the history alive
             self.plain_run, best_k = 0, min(1, self.k_max)
+        elif self.spec_run > self.probe_every:  # and a plain one keeps the plain figure current
+            self.spec_run, best_k = 0, 0
         return best_k
 
-    def _observe_step(self, seconds: float, rows: int, width: int) -> None:
-        """Fold a whole step's measured time into the cost scale of its kind (width 1 or more)."""
+    def realized_worse(self, rows: int, min_steps: int = 8) -> bool:
+        """Have recent drafting steps at this batch size committed fewer tokens per second than
+        recent plain ones? (False until both have `min_steps` steps.)"""
+        spec, plain = self.realized.get((rows, True), ()), self.realized.get((rows, False), ())
+        if len(spec) < min_steps or len(plain) < min_steps:
+            return False
+        rate = lambda steps: sum(t for t, _ in steps) / max(sum(s for _, s in steps), 1e-9)  # noqa: E731
+        return rate(spec) < rate(plain)
+
+    def _observe_step(self, seconds: float, rows: int, width: int, tokens: int) -> None:
+        """Fold a whole step's measured time into the cost scale of its kind (width 1 or more),
+        and its tokens per second into the realized figures."""
         if not self.smartspec or (self.cost_curve is None and self.cost_fit is None):
             return
+        self.realized.setdefault((rows, width > 1), deque(maxlen=32)).append((tokens, seconds))
         ratio = seconds / max(self._cost(rows, width) / self.scale[width > 1], 1e-9)
         self.scale[width > 1] = 0.9 * self.scale[width > 1] + 0.1 * ratio
 
@@ -366,7 +386,7 @@ class BatchDecoder:
                 self.pool.append(r.spec[-1])
             out.append((r, new))
         self.kv.valid = torch.cat([self.kv.valid, new_valid], dim=1)
-        self._observe_step(time.perf_counter() - step_start, B, q)
+        self._observe_step(time.perf_counter() - step_start, B, q, sum(len(new) for _, new in out))
         self._drop_finished()
         if self.rows and self.kv.width > 2 * int(self.kv.valid.sum(1).max()) + 32:
             self.kv.compact()

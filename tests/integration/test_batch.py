@@ -2,6 +2,8 @@
 tiny models), with ragged acceptance, rows joining and leaving, cancellation and compaction;
 SmartSpec's choice of draft length as a table."""
 
+from collections import deque
+
 import pytest
 import torch
 
@@ -192,3 +194,19 @@ def test_server_drafters_share_heavy_state():
 ])
 def test_cost_fit_table(points, want):
     assert BatchDecoder.fit_cost(points) == pytest.approx(want, abs=1e-6)
+
+
+def test_smartspec_backs_off_when_drafting_really_was_slower():
+    """The model says draft (every draft accepted, verification free), but the steps it got from
+    drafting at this batch size committed fewer tokens per second than plain ones: plain it is.
+    A long drafting run is broken by one plain step so both figures stay current."""
+    target = tiny_model("llama")
+    dec = BatchDecoder(target, lambda: build_drafter("ngram"), k_max=8, cost_curve=FREE, probe_every=4)
+    row = dec.add(PROMPTS[0], SamplingParams(max_new_tokens=8))
+    row.spec = [(8, 8)] * 8
+    assert [dec.choose_k() for _ in range(6)] == [8, 8, 8, 8, 0, 8]
+    dec.realized[(1, True)] = deque([(3, 1.0)] * 8)    # 3 tokens/s drafting
+    dec.realized[(1, False)] = deque([(1, 0.25)] * 8)  # 4 tokens/s plain
+    assert dec.choose_k() == 0
+    dec.realized[(1, True)] = deque([(5, 1.0)] * 8)
+    assert dec.choose_k() == 8

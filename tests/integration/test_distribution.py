@@ -4,6 +4,7 @@ negative control) must fail the same test."""
 
 import itertools
 import math
+import tempfile
 from typing import ClassVar
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from draftsmith import Draft, SamplingParams, SpeculativeDecoder, VerifyResult, build_drafter
 from draftsmith.sampling import probs
-from tests.conftest import tiny_model
+from tests.conftest import random_heads, tiny_model
 
 V, NEW, SAMPLES = 5, 3, 2000
 PROMPT = [1, 2, 3, 1, 2]
@@ -135,6 +136,12 @@ DECODERS = {
     # context and session n-gram databases merged into a tree
     "hierarchy": lambda target, draft: SpeculativeDecoder(target, build_drafter("hierarchy", k=3, max_ngram=2,
                                                                                 max_candidates=3, corpus="none")),
+    # draft heads on the target's hidden states, drafts sampled from the heads' q
+    **{kind: (lambda target, draft, kind=kind: SpeculativeDecoder(target, build_drafter(
+        kind, heads=random_heads(target, kind, tempfile.mkdtemp(), seed=2, scale=0.5))))
+       for kind in ("medusa", "hydra", "eagle")},
+    "eagle-tree": lambda target, draft: SpeculativeDecoder(target, build_drafter(
+        "eagle", heads=random_heads(target, "eagle", tempfile.mkdtemp(), seed=2, scale=0.5), tree_nodes=6, topk=2)),
     # a tree of siblings sampled independently from the drafter's q
     "sampled-tree": lambda target, draft: SpeculativeDecoder(target, SampledTree(draft)),
 }
@@ -143,7 +150,8 @@ DECODERS = {
 @pytest.mark.parametrize("decoder, case", [("draft_model", "t1"), ("draft_model", "t0.7-topk3"),
                                            ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
                                            ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
-                                           ("hierarchy", "t0.7-topk3"), ("sampled-tree", "t1"),
+                                           ("hierarchy", "t0.7-topk3"), ("medusa", "t1"), ("hydra", "t0.7-topk3"),
+                                           ("eagle", "t1"), ("eagle-tree", "t1"), ("sampled-tree", "t1"),
                                            ("sampled-tree", "t0.7-topk3")])
 def test_sampling_is_lossless(pair, decoder, case):
     target, drafter_model = pair

@@ -22,6 +22,7 @@ from ..sampling import probs, sample
 from ..target import CausalLM
 from ..types import Draft, VerifyResult
 from .base import DraftContext
+from .trie import merge_paths
 
 
 def shipped_heads_dir(target: CausalLM, kind: str) -> Path | None:
@@ -103,9 +104,24 @@ class HeadsDrafter:
 
 
 class MedusaDrafter(HeadsDrafter):
-    """K independent heads on the newest feature: head i proposes the (i+1)-th token after it."""
+    """K independent heads on the newest feature: head i proposes the (i+1)-th token after it.
+    A chain of each head's choice, or (tree_nodes > 0) a static-shape tree: the `topk` best
+    tokens of each head, combined by beam search on the summed log-probabilities, the best
+    `tree_nodes` nodes merged into one tree (deterministic nodes, so any temperature is lossless
+    through recursive rejection with one-hot q)."""
 
     name: ClassVar[str] = "medusa"
+
+    def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4):
+        super().__init__(heads, k)
+        if tree_nodes < 0 or topk < 1:
+            raise DraftsmithError(f"medusa: tree_nodes must be >= 0 and topk >= 1, got {tree_nodes}, {topk}")
+        self.tree_nodes, self.topk = tree_nodes, topk
+
+    def clone(self):
+        other = super().clone()
+        other.tree_nodes, other.topk = self.tree_nodes, self.topk
+        return other
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft:
@@ -113,8 +129,23 @@ class MedusaDrafter(HeadsDrafter):
         if k <= 0 or not self._ready(ctx):
             return Draft.empty()
         logits = self.module(self.features[-1][None], self.lm_head)[0, :k]  # [k, V]
+        if self.tree_nodes:
+            return self._tree(logits.float().log_softmax(-1))
         picks = [self._choose(logits[i], ctx) for i in range(k)]
         return self._draft([t for t, _ in picks], [q for _, q in picks if q is not None])
+
+    def _tree(self, logq: torch.Tensor) -> Draft:
+        """logq [k, V] -> a tree of the best paths through each head's top tokens."""
+        top = logq.topk(self.topk, dim=-1)  # [k, topk]
+        beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+        ranked: list[tuple[float, tuple[int, ...]]] = []
+        for i in range(logq.shape[0]):
+            grown = [(s + v, path + (t,)) for s, path in beams
+                     for v, t in zip(top.values[i].tolist(), top.indices[i].tolist())]
+            beams = sorted(grown, reverse=True)[: self.tree_nodes]
+            ranked += beams
+        ranked.sort(key=lambda sp: -sp[0])  # a prefix always scores at least as high as its extensions
+        return merge_paths((p for _, p in ranked), self.tree_nodes, logq.shape[0])
 
 
 class HydraDrafter(HeadsDrafter):
@@ -141,32 +172,56 @@ class HydraDrafter(HeadsDrafter):
 
 
 class EagleDrafter(HeadsDrafter):
-    """One decoder layer autoregressing on features. Its KV cache holds the pairs (f_j, e_{j+1})
+    """One decoder layer autoregressing on features. Its KV cache holds the pairs (e_{j+1}, f_j)
     of committed tokens (true features from the target); drafting appends predicted features,
-    which are cropped away again afterwards."""
+    which are cropped away again afterwards. A chain of k tokens, or (tree_nodes > 0) an
+    EAGLE-2 dynamic tree: at each depth the `beam` most likely nodes so far (by the product of
+    draft probabilities along the path) are expanded with their `topk` children in one batched
+    head forward, and the `tree_nodes` most likely nodes of all become the draft."""
 
     name: ClassVar[str] = "eagle"
+
+    def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4,
+                 beam: int = 4):
+        super().__init__(heads, k)
+        if tree_nodes < 0 or topk < 1 or beam < 1:
+            raise DraftsmithError(f"eagle: tree_nodes must be >= 0, topk and beam >= 1; got {tree_nodes}, {topk}, {beam}")
+        self.tree_nodes, self.topk, self.beam = tree_nodes, topk, beam
+
+    def clone(self):
+        other = super().clone()
+        other.tree_nodes, other.topk, other.beam = self.tree_nodes, self.topk, self.beam
+        return other
 
     def prefill(self, prompt_ids: list[int], hidden: torch.Tensor | None = None) -> None:
         super().prefill(prompt_ids, hidden)
         self.cache = self.module.new_cache()
         self.cached = 0  # committed pairs in the cache
 
-    @torch.inference_mode()
-    def propose(self, ctx: DraftContext) -> Draft:
-        k = min(self.k, ctx.max_tokens)
-        n = len(self.features)  # pairs available: (f_j, e_{j+1}) for j < n
-        if k <= 0 or not self._ready(ctx):
-            return Draft.empty()
-        extra = self.cache.get_seq_length() - self.cached  # last step's predicted features
+    def _sync(self, ctx: DraftContext) -> torch.Tensor:
+        """Drop last step's predicted features, feed the committed pairs not yet cached and
+        return f̂ for the bonus token [1, 1, H]."""
+        n = len(self.features)  # pairs available: (e_{j+1}, f_j) for j < n
+        extra = self.cache.get_seq_length() - self.cached
         if extra > 0:
             self.cache.crop(-extra)
         dev = self.features[0].device
         feats = torch.stack(self.features[self.cached:])[None]  # [1, m, H]
         embeds = self.embed(torch.tensor([ctx.ids[self.cached + 1:n + 1]], device=dev))  # [1, m, H]
         pos = torch.arange(self.cached, n, device=dev)[None]
-        f = self.module(feats, embeds, pos, self.cache)[:, -1:]  # [1, 1, H]: f̂ for the bonus token
+        f = self.module(feats, embeds, pos, self.cache)[:, -1:]
         self.cached = n
+        return f
+
+    @torch.inference_mode()
+    def propose(self, ctx: DraftContext) -> Draft:
+        k = min(self.k, ctx.max_tokens)
+        if k <= 0 or not self._ready(ctx):
+            return Draft.empty()
+        f = self._sync(ctx)
+        if self.tree_nodes:
+            return self._tree(f, k)
+        n, dev = len(self.features), f.device
         tokens, qs = [], []
         for i in range(k):
             tok, q = self._choose(self.lm_head(f)[0, 0], ctx)
@@ -176,3 +231,61 @@ class EagleDrafter(HeadsDrafter):
                 e = self.embed(torch.tensor([[tok]], device=dev))
                 f = self.module(f, e, torch.tensor([[n + i]], device=dev), self.cache)
         return self._draft(tokens, qs)
+
+    def _tree(self, f: torch.Tensor, depth: int) -> Draft:
+        """f̂ of the bonus token [1, 1, H] -> an EAGLE-2 dynamic draft tree of at most `depth` levels."""
+        n, dev = len(self.features), f.device
+        past = self.cache.get_seq_length()  # committed pairs; fed draft nodes go after them
+        tokens: list[int] = []
+        parents: list[int] = []
+        scores: list[float] = []  # log of the product of draft probabilities along the path
+        depths: list[int] = []
+        fhat = {-1: f}  # node -> predicted feature once the node is fed (the root: f)
+        slot: dict[int, int] = {}  # node -> its cache slot
+        frontier = [-1]
+        logq = self.lm_head(f)[0].float().log_softmax(-1)  # [1, V]: the root's children
+        for d in range(depth):
+            top = logq.topk(self.topk, dim=-1)  # [F, topk]
+            for row, node in enumerate(frontier):
+                base = scores[node] if node >= 0 else 0.0
+                for v, t in zip(top.values[row].tolist(), top.indices[row].tolist()):
+                    tokens.append(t)
+                    parents.append(node)
+                    scores.append(base + v)
+                    depths.append(d)
+            if d + 1 == depth:
+                break
+            level = [i for i in range(len(tokens)) if depths[i] == d]
+            frontier = sorted(level, key=lambda i: -scores[i])[: self.beam]
+            start = self.cache.get_seq_length()
+            allow = torch.zeros(len(frontier), start + len(frontier), dtype=torch.bool, device=dev)
+            allow[:, :past] = True  # every committed pair, then only the node's own draft ancestors
+            for r, node in enumerate(frontier):
+                slot[node] = start + r
+                allow[r, start + r] = True
+                a = parents[node]
+                while a >= 0:
+                    allow[r, slot[a]] = True
+                    a = parents[a]
+            feats = torch.cat([fhat[parents[i]] for i in frontier], dim=1)  # [1, F, H]
+            embeds = self.embed(torch.tensor([[tokens[i] for i in frontier]], device=dev))  # [1, F, H]
+            out = self.module(feats, embeds, torch.full((1, len(frontier)), n + d, device=dev), self.cache, allow=allow)
+            for r, node in enumerate(frontier):
+                fhat[node] = out[:, r:r + 1]
+            logq = self.lm_head(out)[0].float().log_softmax(-1)  # [F, V]
+        # the most likely nodes, each with its parent (a parent never scores below its child)
+        kept: list[int] = []
+        chosen: set[int] = set()
+        for i in sorted(range(len(tokens)), key=lambda i: (-scores[i], i)):
+            if len(kept) == self.tree_nodes:
+                break
+            if parents[i] < 0 or parents[i] in chosen:
+                kept.append(i)
+                chosen.add(i)
+        kept.sort()  # parents come before children
+        index = {old: new for new, old in enumerate(kept)}
+        ids = torch.tensor([[tokens[i] for i in kept]], dtype=torch.long)
+        par = [index[parents[i]] if parents[i] >= 0 else -1 for i in kept]
+        if all(p == j - 1 for j, p in enumerate(par)):
+            return Draft(ids)
+        return Draft(ids, parents=torch.tensor(par, dtype=torch.long))

@@ -9,7 +9,7 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
     Hydra   head i:             logits_{t+1+i} = lm_head(MLP_i([h_t; e_{t+1}; ..; e_{t+i}]))
                                 (each head also sees the tokens drafted before it)
     EAGLE   one decoder layer autoregressing on features:
-                                f̂_{t+1} = Layer(fc([f_t; e_{t+1}]))  (causal over the sequence)
+                                f̂_{t+1} = Layer(fc([e_{t+1}; f_t]))  (causal over the sequence)
                                 logits_{t+2} = lm_head(f̂_{t+1}); then ([f̂_{t+1}; e_{t+2}]) -> ...
 
 All three start out close to the LM head itself (zero-initialised residual branches), as in Medusa.
@@ -116,8 +116,10 @@ class HydraHeads(nn.Module):
 
 
 class EagleHead(nn.Module):
-    """fc([feature; next-token embedding]) -> one Llama decoder layer -> predicted next feature.
-    Weight names (`fc`, `layers.0.*`) follow the EAGLE checkpoints."""
+    """fc([next-token embedding; feature]) -> one Llama decoder layer -> predicted next feature.
+    The layout of the EAGLE(-1) checkpoints that vLLM and SGLang read: weights `fc.weight` (no
+    bias) and `layers.0.*`, no input norm in layer 0 (the fc output goes straight to attention),
+    no final norm; the target's embeddings and LM head are not stored."""
 
     def __init__(self, cfg: HeadsConfig):
         super().__init__()
@@ -131,20 +133,23 @@ class EagleHead(nn.Module):
         self.llama._attn_implementation = "sdpa"
         self.fc = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.layers = nn.ModuleList([LlamaDecoderLayer(self.llama, layer_idx=0)])
+        self.layers[0].input_layernorm = nn.Identity()
         self.rotary = LlamaRotaryEmbedding(self.llama)
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.llama)
 
     def forward(self, features: torch.Tensor, embeds: torch.Tensor, positions: torch.Tensor,
-                cache: DynamicCache | None = None) -> torch.Tensor:
-        """features [B, n, H] (f_t), embeds [B, n, H] (e_{t+1}), positions [B, n] (t+1) ->
-        predicted features f̂_{t+1} [B, n, H], causal over n (and over `cache`)."""
-        x = self.fc(torch.cat([features, embeds], dim=-1))
+                cache: DynamicCache | None = None, allow: torch.Tensor | None = None) -> torch.Tensor:
+        """features [B, n, H] (f_t), embeds [B, n, H] (e_{t+1}), positions [B, n] (t) ->
+        predicted features f̂_{t+1} [B, n, H]. Attention: causal over the cache and the n new
+        pairs, or `allow` [n, past + n] (True = may attend; draft trees)."""
+        x = self.fc(torch.cat([embeds, features], dim=-1))
         n, past = x.shape[1], cache.get_seq_length() if cache is not None else 0
         mask = None
-        if n > 1:  # causal within the new tokens; all of the cache is visible
+        if allow is None and n > 1:  # causal within the new tokens; all of the cache is visible
             allow = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
+        if allow is not None:
             mask = torch.zeros(allow.shape, dtype=x.dtype, device=x.device).masked_fill(~allow, torch.finfo(x.dtype).min)
             mask = mask[None, None]
         cos_sin = self.rotary(x, positions)
@@ -164,7 +169,10 @@ def save_heads(module: nn.Module, folder: str | Path) -> Path:
     """`config.json` (HeadsConfig) + `model.safetensors` (the heads' own weights only)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"draftsmith_heads": asdict(module.cfg)}, indent=1))
+    config = {"draftsmith_heads": asdict(module.cfg)}
+    if module.cfg.kind == "eagle":  # the same folder is an EAGLE draft checkpoint (a 1-layer Llama config)
+        config = {**module.llama.to_dict(), "architectures": ["LlamaForCausalLM"], **config}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     return folder

@@ -1,4 +1,5 @@
-"""`draftsmith train data | pretrain | distill`: the drafter-alignment recipe, stage by stage."""
+"""`draftsmith train data | pretrain | distill | heads`: the drafter-alignment recipe, stage by
+stage, and draft heads on the frozen target."""
 
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ def add_train_parser(sub) -> None:
     k.add_argument("--adaspec-keep", type=float, default=0.4, help="AdaSPEC: fraction of tokens kept")
     k.set_defaults(func=cmd_distill)
 
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle) on the frozen target")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle")
+    h.add_argument("--target", default=DEFAULT_MODEL)
+    h.add_argument("--data", required=True, help="rollouts JSONL from `draftsmith train data` (self-distillation)")
+    h.add_argument("--out", required=True, help="output folder (reruns resume from its checkpoint)")
+    h.add_argument("--features", help="feature cache file (default: beside --data)")
+    h.add_argument("--steps", type=int, default=600)
+    h.add_argument("--num-heads", type=int, default=4, help="medusa/hydra: heads; eagle: default draft length")
+    h.add_argument("--num-layers", type=int, default=1, help="medusa/hydra: residual blocks per head")
+    h.add_argument("--batch-tokens", type=int, default=2048)
+    h.add_argument("--lr", type=float, default=1e-3)
+    h.add_argument("--loss", default="kl", help="kl (the target's soft labels) | ce (the sampled tokens)")
+    h.add_argument("--max-len", type=int, default=512)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--save-every", type=int, default=100)
+    h.set_defaults(func=cmd_heads)
+
 
 def _config(args, stage: str, loss: str):
     from .trainer import TrainConfig
@@ -114,4 +132,17 @@ def cmd_distill(args) -> int:
     cfg = _config(args, "distill", args.loss)
     out = distill(_target(args.target), args.drafter, args.data, cfg, max_len=args.max_len)
     print(out)
+    return 0
+
+
+def cmd_heads(args) -> int:
+    from .heads import HeadsTrainConfig, load_or_extract, train_heads
+
+    cfg = HeadsTrainConfig(kind=args.kind, out=args.out, steps=args.steps, num_heads=args.num_heads,
+                           num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,
+                           max_len=args.max_len, seed=args.seed, save_every=args.save_every)
+    cfg.check()
+    target = _target(args.target)
+    data = load_or_extract(target, args.data, args.max_len, args.features)
+    print(train_heads(target, data, cfg))
     return 0

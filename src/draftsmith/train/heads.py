@@ -1,0 +1,260 @@
+"""`draftsmith train heads`: draft heads on a frozen target (self-distillation).
+
+1. Features: the target runs once over every training sequence (prompt + the target's own answer
+   from `draftsmith train data`, or chat-formatted ShareGPT) and its last hidden states are kept
+   (`feats`, [L, H] per sequence). The target's distribution at every position is then free:
+   p_m = softmax(lm_head(feats[m-1])), so soft labels cost one LM-head pass, not a target pass.
+2. Heads train with the target frozen (its LM head and embeddings shared, not updated), on the
+   answer tokens only:
+   - medusa / hydra: head i (0-based) at position t predicts token t+2+i. Loss per head: forward
+     KL to the target's soft label (`kl`, Hydra++'s teacher distillation) or cross-entropy on the
+     token (`ce`); Hydra's heads see the true previous tokens (teacher forcing).
+   - eagle: pairs (f_j + noise, e_{j+1}) -> f̂_{j+1}; loss = SmoothL1(f̂_{j+1}, f_{j+1})
+     + w_cls * KL/CE(lm_head(f̂_{j+1}) vs token j+2), as in EAGLE (noise U(-0.1, 0.1)).
+   Logged per head: top-1 agreement with the target's argmax (what greedy acceptance needs).
+3. Output: `config.json` + `model.safetensors` (the heads' weights only) + a model card; a
+   checkpoint (`checkpoint/`) every `save_every` steps that a rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import DraftsmithError
+from ..heads.modules import KINDS, HeadsConfig, build_heads, load_heads, save_heads
+from ..target import CausalLM
+
+
+@dataclass
+class HeadsTrainConfig:
+    kind: str
+    out: str
+    steps: int = 600
+    num_heads: int = 4
+    num_layers: int = 1
+    batch_tokens: int = 2048  # answer tokens per step (whole sequences, packed greedily)
+    lr: float = 1e-3
+    warmup: float = 0.05
+    loss: str = "kl"  # kl (soft labels from the target) | ce (the sampled token)
+    cls_weight: float = 0.1  # eagle: weight of the token loss beside the feature regression
+    noise: float = 0.1  # eagle: uniform feature noise
+    max_len: int = 512
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 100
+    holdout: int = 16  # sequences kept aside for the final evaluation
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise DraftsmithError(f"unknown head kind {self.kind!r}; known: {', '.join(KINDS)}")
+        if self.loss not in ("kl", "ce"):
+            raise DraftsmithError(f"--loss must be kl or ce, got {self.loss!r}")
+        if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8:
+            raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8")
+
+
+@torch.inference_mode()
+def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int,
+                     progress: bool = True) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(ids, answer start) per sequence -> (ids [L], feats [L, H] in the target's dtype, start)."""
+    from tqdm import tqdm
+
+    out = []
+    for ids, start in tqdm(sequences, desc="target features", disable=not progress):
+        ids = ids[:max_len]
+        if len(ids) - start < 3:
+            continue
+        o = target.model(input_ids=torch.tensor([ids], device=target.device), output_hidden_states=True, logits_to_keep=1)
+        out.append((torch.tensor(ids), o.hidden_states[-1][0].to("cpu"), start))
+    return out
+
+
+def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per position: KL(p || q) with p from the target's logits, or CE on the token. [N, V] -> [N]."""
+    logq = F.log_softmax(logits.float(), dim=-1)
+    if kind == "ce":
+        return -logq.gather(-1, tokens[:, None])[:, 0]
+    logp = F.log_softmax(p_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+class HeadsLoss:
+    """The loss of one sequence for each head kind, with per-head agreement counts."""
+
+    def __init__(self, module, lm_head, embed, cfg: HeadsTrainConfig):
+        self.m, self.lm_head, self.embed, self.cfg = module, lm_head, embed, cfg
+
+    def __call__(self, ids: torch.Tensor, feats: torch.Tensor, start: int, generator: torch.Generator):
+        """ids [L], feats [L, H] -> (loss sum, tokens, per-head [agree, count])."""
+        kind, K, L = self.cfg.kind, self.m.cfg.num_heads, len(ids)
+        feats = feats.float()
+        with torch.no_grad():
+            p_logits = self.lm_head(feats)  # [L, V]: the target's logits for tokens 1..L
+        stats = torch.zeros(K, 2)
+        if kind == "eagle":
+            noise = (torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise
+            e_next = self.embed(ids[1:])[None]  # [1, L-1, H]
+            f_hat = self.m((feats[:-1] + noise[:-1])[None], e_next.float(), torch.arange(L - 1)[None])[0]  # [L-1, H]: f̂_{1..L-1}
+            j = torch.arange(max(start - 2, 0), L - 2)  # f̂_{j+1} predicts token j+2, an answer token
+            reg = F.smooth_l1_loss(f_hat[j], feats[j + 1], reduction="none").mean(-1)
+            logits = self.lm_head(f_hat[j])  # [n, V]
+            tok = _token_loss(logits, p_logits[j + 1], ids[j + 2], self.cfg.loss)
+            stats[0] += torch.tensor([(logits.argmax(-1) == p_logits[j + 1].argmax(-1)).sum().item(), len(j)])
+            return (reg + self.cfg.cls_weight * tok).sum(), len(j), stats
+        total, n_tok = 0.0, 0
+        t = torch.arange(max(start - 2, 0), L - 2)  # head 0 at t predicts token t+2
+        h = feats[t]  # [n, H]
+        prev = self.embed(ids[torch.clamp(t[:, None] + 1 + torch.arange(K), max=L - 1)]).float()  # [n, K, H]
+        for i in range(K):
+            ok = t + 2 + i < L
+            if not ok.any():
+                break
+            feat_i = self.m.heads[i](h[ok]) if kind == "medusa" else self.m.head(i, h[ok], prev[ok, : i + 1])
+            logits = self.lm_head(feat_i)  # [n_i, V]
+            target_pos = t[ok] + 1 + i  # p_logits[m-1] is the target's view of token m
+            total = total + _token_loss(logits, p_logits[target_pos], ids[target_pos + 1], self.cfg.loss).sum()
+            n_tok += int(ok.sum())
+            stats[i] += torch.tensor([(logits.argmax(-1) == p_logits[target_pos].argmax(-1)).sum().item(), int(ok.sum())])
+        return total, n_tok, stats
+
+
+def _lr(step: int, cfg: HeadsTrainConfig) -> float:
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
+
+
+def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, int]], cfg: HeadsTrainConfig, *,
+                progress: bool = True) -> Path:
+    """Train heads on extracted features; write `cfg.out`. Resumes from `cfg.out/checkpoint`."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    cfg.check()
+    if len(data) <= cfg.holdout:
+        raise DraftsmithError(f"{len(data)} usable training sequences; need more than the {cfg.holdout} held out")
+    out = Path(cfg.out)
+    held, train = data[: cfg.holdout], data[cfg.holdout:]
+    lm_head, embed = target.model.get_output_embeddings(), target.model.get_input_embeddings()
+    for p in target.model.parameters():
+        p.requires_grad_(False)
+    lm_head_f32 = torch.nn.Linear(lm_head.in_features, lm_head.out_features, bias=False)
+    lm_head_f32.weight = torch.nn.Parameter(lm_head.weight.detach().float(), requires_grad=False)
+    embed_f32 = torch.nn.Embedding.from_pretrained(embed.weight.detach().float(), freeze=True)
+    hcfg = HeadsConfig.for_target(cfg.kind, target.config, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+                                  target=target.name)
+    torch.manual_seed(cfg.seed)
+    module = build_heads(hcfg).float().train()
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    ckpt = out / "checkpoint" / "state.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["opt"])
+        generator.set_state(state["generator"])
+        step, cursor = state["step"], state["cursor"]
+    else:
+        cursor = 0
+    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg)
+    writer = SummaryWriter(str(out / "runs"))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)
+    window = {"loss": 0.0, "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg)
+        total, tokens, stats = 0.0, 0, torch.zeros(cfg.num_heads, 2)
+        while tokens < cfg.batch_tokens:
+            ids, feats, start = train[order[cursor % len(train)]]
+            cursor += 1
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, n, s = loss_fn(ids, feats, start, generator)
+            total, tokens, stats = total + loss, tokens + n, stats + s
+        loss = total / max(tokens, 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        window["loss"] += float(loss.detach()) * tokens
+        window["tokens"] += tokens
+        window["stats"] += stats
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            acc = (window["stats"][:, 0] / window["stats"][:, 1].clamp(min=1)).tolist()
+            writer.add_scalar("train/loss", window["loss"] / max(window["tokens"], 1), step)
+            for i, a in enumerate(acc):
+                writer.add_scalar(f"train/top1_head{i}", a, step)
+            bar.set_postfix(loss=f"{window['loss'] / max(window['tokens'], 1):.3f}",
+                            top1=" ".join(f"{a:.2f}" for a in acc if a > 0))
+            window = {"loss": 0.0, "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
+                        "step": step, "cursor": cursor}, ckpt)
+    bar.close()
+    writer.close()
+    module.eval()
+    metrics = evaluate_heads(loss_fn, held)
+    module.cfg.training = {**asdict(cfg), "sequences": len(train), "held_out": metrics}
+    save_heads(module, out)
+    write_card(out, module.cfg, metrics)
+    return out
+
+
+@torch.inference_mode()
+def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
+    """Top-1 agreement with the target's argmax per head on held-out sequences."""
+    stats = torch.zeros(loss_fn.m.cfg.num_heads, 2)
+    g = torch.Generator().manual_seed(0)
+    saved, loss_fn.cfg.noise = loss_fn.cfg.noise, 0.0
+    for ids, feats, start in held:
+        stats += loss_fn(ids, feats, start, g)[2]
+    loss_fn.cfg.noise = saved
+    return {"top1_agreement": [round(a, 4) for a in (stats[:, 0] / stats[:, 1].clamp(min=1)).tolist() if a > 0],
+            "tokens": int(stats[0, 1])}
+
+
+def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
+    t = cfg.training
+    lines = [f"# {cfg.kind} draft heads for {cfg.target}", "",
+             f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen (self-distillation on "
+             f"the target's own answers).", "",
+             f"- heads: {cfg.num_heads}, residual blocks per head: {cfg.num_layers}" if cfg.kind != "eagle"
+             else "- one Llama decoder layer on [feature; next-token embedding] (EAGLE-style)",
+             f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}",
+             f"- training sequences: {t.get('sequences')}", "",
+             "## Held-out top-1 agreement with the target's argmax, per head", "",
+             " | ".join(f"head {i}: {a:.3f}" for i, a in enumerate(metrics["top1_agreement"])) +
+             f" ({metrics['tokens']} tokens)", "",
+             "Use: `build_drafter(\"" + cfg.kind + "\", heads=\"THIS_FOLDER\")`."]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def sequences_from_rollouts(path: str) -> list[tuple[list[int], int]]:
+    from .data import read_rollouts
+
+    return [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in read_rollouts(path)]
+
+
+def load_or_extract(target: CausalLM, data: str, max_len: int, cache: str | None, progress: bool = True):
+    """Features for a rollout file, cached (`cache`, default beside the data) so that several
+    head kinds train on one target pass."""
+    path = Path(cache) if cache else Path(f"{data}.features-{target.config.hidden_size}x{max_len}.pt")
+    if path.is_file():
+        saved = torch.load(path, weights_only=False)
+        if saved.get("data") == str(Path(data).resolve()) and saved.get("target") == target.name:
+            return saved["items"]
+    items = extract_features(target, sequences_from_rollouts(data), max_len, progress)
+    torch.save({"data": str(Path(data).resolve()), "target": target.name, "items": items}, path)
+    return items
