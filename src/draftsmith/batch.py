@@ -24,8 +24,9 @@ to the batched verification forward timed at start-up, scaled online by how long
 steps. After `probe_every` plain steps in a row, one step drafts a single token so the
 estimates can recover. A safety net on top of the model: for each batch size the decoder keeps
 the tokens per second it really got from its recent drafting steps and from its recent plain
-steps; when drafting has been doing worse, the step is plain. Every `probe_every`-th drafting
-step in a row is made plain, so both figures stay current.
+steps; when drafting has been doing worse, the step is plain. After `probe_every` drafting steps
+in a row (4 while there are fewer than 8 plain ones to compare with) one step is plain, so both
+figures stay current.
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ class BatchDecoder:
         self.spec_run = self.spec_run + 1 if best_k > 0 else 0
         if self.plain_run > self.probe_every:  # a one-token probe keeps the history alive
             self.plain_run, best_k = 0, min(1, self.k_max)
-        elif self.spec_run > self.probe_every:  # and a plain one keeps the plain figure current
-            self.spec_run, best_k = 0, 0
+        elif self.spec_run > (self.probe_every if len(self.realized.get((B, False), ())) >= 8 else 4):
+            self.spec_run, best_k = 0, 0  # and a plain step keeps the plain figure current
         return best_k
 
     def realized_worse(self, rows: int, min_steps: int = 8) -> bool:

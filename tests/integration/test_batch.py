@@ -205,6 +205,8 @@ def test_smartspec_backs_off_when_drafting_really_was_slower():
     row = dec.add(PROMPTS[0], SamplingParams(max_new_tokens=8))
     row.spec = [(8, 8)] * 8
     assert [dec.choose_k() for _ in range(6)] == [8, 8, 8, 8, 0, 8]
+    dec.realized[(1, False)] = deque([(1, 0.25)] * 8)  # enough plain steps: plain every probe_every + 1
+    assert [dec.choose_k() for _ in range(6)] == [8, 8, 8, 0, 8, 8]
     dec.realized[(1, True)] = deque([(3, 1.0)] * 8)    # 3 tokens/s drafting
     dec.realized[(1, False)] = deque([(1, 0.25)] * 8)  # 4 tokens/s plain
     assert dec.choose_k() == 0

