@@ -11,3 +11,8 @@ STEPS=${STEPS:-120}
 $B train heads --kind eagle --data "$DATA" --out runs/heads/eagle --steps "$STEPS" --batch-tokens 2048 --lr 1e-3
 $B train heads --kind medusa --data "$DATA" --out runs/heads/medusa --steps $((STEPS / 2)) --batch-tokens 2048 --lr 1e-3
 $B train heads --kind hydra --data "$DATA" --out runs/heads/hydra --steps $((STEPS / 2)) --batch-tokens 2048 --lr 1e-3
+
+# then, as time allowed in that session, resumed from their checkpoints with longer schedules
+# (the cosine learning rate restarts from where the longer schedule stands)
+$B train heads --kind eagle --data "$DATA" --out runs/heads/eagle --steps $((STEPS * 2)) --batch-tokens 2048 --lr 1e-3
+$B train heads --kind medusa --data "$DATA" --out runs/heads/medusa --steps $((STEPS * 5 / 4)) --batch-tokens 2048 --lr 1e-3

@@ -172,18 +172,15 @@ class SpeculativeDecoder:
 
         ids = list(prompt_ids)
         track_stop = bool(params.stop) and target.tokenizer is not None
-        hidden = drafter.needs_hidden_states
+        hidden = drafter.needs_hidden_states  # heads: the loop hands them the target's last hidden states
         target.reset()
-        prompt_hidden = None
+        prompt_hidden = torch.zeros(1, 0, target.config.hidden_size, dtype=target.dtype, device=target.device)
         if len(ids) > 1:
             out = target.forward(ids[:-1], last_only=True, hidden_states=hidden)  # the cache holds all but the last token
-            prompt_hidden = out.hidden_states[-1] if hidden else None  # [1, n-1, H]
+            if hidden:
+                prompt_hidden = out.hidden_states[-1]  # [1, n-1, H]
         t0 = time.perf_counter()
-        if hidden:
-            drafter.prefill(ids, hidden=prompt_hidden if prompt_hidden is not None else
-                            torch.zeros(1, 0, target.config.hidden_size, dtype=target.dtype))
-        else:
-            drafter.prefill(ids)
+        drafter.prefill(ids, hidden=prompt_hidden) if hidden else drafter.prefill(ids)
         stats.drafter_time += time.perf_counter() - t0
         stats.prefill_time = time.perf_counter() - t_start
 
