@@ -16,5 +16,8 @@ METHODS=(--method none --method ngram --method hierarchy
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category 1 --max-new-tokens 128 \
   "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-heads-greedy
 
+# temperature 1: the heads only (time), drafts sampled from the heads' q (chains) or deterministic trees
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category 1 --max-new-tokens 128 \
-  --temperature 1 "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-heads-t1
+  --temperature 1 --method none --method "hydra:heads=$H/hydra" \
+  --method "eagle:heads=$H/eagle,k=5" --method "eagle:heads=$H/eagle,k=5,tree_nodes=16,topk=4,beam=4" \
+  --out benchmarks/smollm2-135m-bf16-heads-t1
