@@ -15,3 +15,8 @@ $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-categ
 $B bench --model qwen2.5-coder-1.5b-instruct --dtype bf16 --questions "$Q" --per-category 1 --max-new-tokens 96 \
   --method none --method draft_model:model=qwen2.5-coder-0.5b-instruct \
   --method hf_assisted:model=qwen2.5-coder-0.5b-instruct --out benchmarks/qwen-coder-1.5b-bf16-specbench
+
+# tree and trained drafters (issues 4, 5), draft heads (issue 6), serving (issue 7)
+benchmarks/run_drafters.sh
+benchmarks/run_heads.sh
+benchmarks/run_serving.sh
