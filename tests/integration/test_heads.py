@@ -39,11 +39,10 @@ def test_forward_shapes(kind):
         assert m(torch.randn(1, 1, H), torch.randn(1, 1, H), torch.tensor([[6]]), cache).shape == (1, 1, H)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["medusa", "hydra"])
 def test_untrained_heads_start_at_the_lm_head(kind):
-    """Zero-initialised residual branches: Medusa/Hydra heads begin as the identity on h."""
-    if kind == "eagle":
-        pytest.skip("EAGLE's layer is not an identity at init")
+    """Zero-initialised residual branches: Medusa/Hydra heads begin as the identity on h (EAGLE's
+    layer does not)."""
     target = tiny_model("llama")
     m = build_heads(HeadsConfig.for_target(kind, target.config, num_heads=2))
     h = torch.randn(3, target.config.hidden_size)
