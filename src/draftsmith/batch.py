@@ -292,10 +292,18 @@ class BatchDecoder:
         if not self.smartspec or (self.cost_curve is None and self.cost_fit is None):
             return self.k_max
         B, best_k, best = len(self.rows), 0, -1.0
-        samples = [self._row_samples(r) for r in self.rows]
+        expected = [0.0] * (self.k_max + 1)  # Σ_rows E[τ_row(k)]; the pooled history is summed once
+        pooled: list[float] | None = None
+        for r in self.rows:
+            samples = self._row_samples(r)
+            if samples is self.pool:
+                pooled = pooled or [self.expected_tokens(samples, k) for k in range(self.k_max + 1)]
+                per_k = pooled
+            else:
+                per_k = [self.expected_tokens(samples, k) for k in range(self.k_max + 1)]
+            expected = [e + x for e, x in zip(expected, per_k)]
         for k in range(self.k_max + 1):
-            expected = sum(self.expected_tokens(s, k) for s in samples)
-            goodput = expected / self._cost(B, k + 1)
+            goodput = expected[k] / self._cost(B, k + 1)
             if goodput > best * 1.0001:
                 best_k, best = k, goodput
         if best_k > 0 and self.realized_worse(B):
