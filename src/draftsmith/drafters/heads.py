@@ -58,7 +58,7 @@ class HeadsDrafter:
         if folder is None:
             raise IncompatibleDrafterError(
                 f"no trained {self.name} heads ship for target {target.name!r}: train them with "
-                f"`draftsmith train heads --kind {self.name} --model {target.name} --out DIR`, then pass heads=DIR")
+                f"`draftsmith train heads --kind {self.name} --target {target.name} --data ROLLOUTS.jsonl --out DIR`, then pass heads=DIR")
         self.module = load_heads(folder, dtype=target.dtype, device=target.device)
         cfg: HeadsConfig = self.module.cfg
         if cfg.kind != self.name:
