@@ -245,6 +245,11 @@ class BatchDecoder:
             out[j] = max(c, 0.0)
         return out[0], out[1], out[2]
 
+    @property
+    def _modelled(self) -> bool:
+        """SmartSpec is on and has a step-cost model (calibrated line or given curve)."""
+        return self.smartspec and (self.cost_curve is not None or self.cost_fit is not None)
+
     def _cost(self, rows: int, width: int) -> float:
         """Predicted step time for `rows` rows of `width` tokens: the calibrated line, else
         `cost_curve` by total tokens; times the measured/predicted ratio of recent steps of that
@@ -289,7 +294,7 @@ class BatchDecoder:
 
     def choose_k(self) -> int:
         """The draft length for this step (the upper bound each row drafts to)."""
-        if not self.smartspec or (self.cost_curve is None and self.cost_fit is None):
+        if not self._modelled:
             return self.k_max
         B, best_k, best = len(self.rows), 0, -1.0
         expected = [0.0] * (self.k_max + 1)  # Σ_rows E[τ_row(k)]; the pooled history is summed once
@@ -328,7 +333,7 @@ class BatchDecoder:
     def _observe_step(self, seconds: float, rows: int, width: int, tokens: int) -> None:
         """Fold a whole step's measured time into the cost scale of its kind (width 1 or more),
         and its tokens per second into the realized figures."""
-        if not self.smartspec or (self.cost_curve is None and self.cost_fit is None):
+        if not self._modelled:
             return
         self.realized.setdefault((rows, width > 1), deque(maxlen=32)).append((tokens, seconds))
         ratio = seconds / max(self._cost(rows, width) / self.scale[width > 1], 1e-9)

@@ -95,8 +95,9 @@ class HeadsLoss:
         """ids [L], feats [L, H] -> (loss sum, tokens, per-head [agree, count])."""
         kind, K, L = self.cfg.kind, self.m.cfg.num_heads, len(ids)
         feats = feats.float()
+        lo = max(start - 1, 0)  # the losses read the target's view of answer tokens only
         with torch.no_grad():
-            p_logits = self.lm_head(feats)  # [L, V]: the target's logits for tokens 1..L
+            p_logits = self.lm_head(feats[lo:])  # [L-lo, V]: row m-1-lo is the target's view of token m
         stats = torch.zeros(K, 2)
         if kind == "eagle":
             noise = (torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise
@@ -105,8 +106,8 @@ class HeadsLoss:
             j = torch.arange(max(start - 2, 0), L - 2)  # f̂_{j+1} predicts token j+2, an answer token
             reg = F.smooth_l1_loss(f_hat[j], feats[j + 1], reduction="none").mean(-1)
             logits = self.lm_head(f_hat[j])  # [n, V]
-            tok = _token_loss(logits, p_logits[j + 1], ids[j + 2], self.cfg.loss)
-            stats[0] += torch.tensor([(logits.argmax(-1) == p_logits[j + 1].argmax(-1)).sum().item(), len(j)])
+            tok = _token_loss(logits, p_logits[j + 1 - lo], ids[j + 2], self.cfg.loss)
+            stats[0] += torch.tensor([(logits.argmax(-1) == p_logits[j + 1 - lo].argmax(-1)).sum().item(), len(j)])
             return (reg + self.cfg.cls_weight * tok).sum(), len(j), stats
         total, n_tok = 0.0, 0
         t = torch.arange(max(start - 2, 0), L - 2)  # head 0 at t predicts token t+2
@@ -118,10 +119,10 @@ class HeadsLoss:
                 break
             feat_i = self.m.heads[i](h[ok]) if kind == "medusa" else self.m.head(i, h[ok], prev[ok, : i + 1])
             logits = self.lm_head(feat_i)  # [n_i, V]
-            target_pos = t[ok] + 1 + i  # p_logits[m-1] is the target's view of token m
-            total = total + _token_loss(logits, p_logits[target_pos], ids[target_pos + 1], self.cfg.loss).sum()
+            target_pos = t[ok] + 1 + i  # the target's view of token m is p_logits[m-1-lo]
+            total = total + _token_loss(logits, p_logits[target_pos - lo], ids[target_pos + 1], self.cfg.loss).sum()
             n_tok += int(ok.sum())
-            stats[i] += torch.tensor([(logits.argmax(-1) == p_logits[target_pos].argmax(-1)).sum().item(), int(ok.sum())])
+            stats[i] += torch.tensor([(logits.argmax(-1) == p_logits[target_pos - lo].argmax(-1)).sum().item(), int(ok.sum())])
         return total, n_tok, stats
 
 
