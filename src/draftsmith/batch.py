@@ -14,25 +14,14 @@ Rejected draft slots are marked invalid, and the cache is compacted when they pi
         logits = target(last + draft for every row)           # ONE forward, [B, 1+N_max, V]
         for row: verify -> commit -> observe                  # exactly the single-row rules
 
-Goodput-aware speculation (SmartSpec, Liu et al. 2024): verification stops being nearly free as
-the batch grows. Each step picks the draft length k (0 = plain batched decoding) that maximises
-expected committed tokens per second: Σ_rows E[τ_row(k)] / cost(B rows × (k+1) tokens), with
-E[τ_row(k)] estimated from the row's recent drafting steps (see `expected_tokens`; rows without
-history borrow the batch's pooled history). `cost` is a straight line in rows and tokens fitted
-to the batched verification forward timed at start-up, scaled online by how long whole steps
-(drafting and verifying included) really take, separately for plain (width 1) and drafting
-steps. After `probe_every` plain steps in a row, one step drafts a single token so the
-estimates can recover. A safety net on top of the model: for each batch size the decoder keeps
-the tokens per second it really got from its recent drafting steps and from its recent plain
-steps; when drafting has been doing worse, the step is plain. After `probe_every` drafting steps
-in a row (4 while there are fewer than 8 plain ones to compare with) one step is plain, so both
-figures stay current.
+Goodput-aware speculation: each step's draft length comes from a `SmartSpec` policy
+(smartspec.py) once it has a step-cost model (`calibrate()`, or `cost=` given); without one, rows
+draft up to `k_max`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -42,6 +31,7 @@ from transformers import DynamicCache
 from .decoding import _TextTracker, commit, kept_hidden
 from .drafters import DraftContext, Drafter
 from .errors import DraftsmithError
+from .smartspec import History, SmartSpec, StepCost, calibrate
 from .target import CausalLM
 from .tree import Tree
 from .types import Draft, GenerationResult, RunStats, SamplingParams
@@ -64,7 +54,7 @@ class Row:
     done: bool = False
     cancelled: bool = False
     error: str | None = None  # set when this row failed on its own (it leaves the batch)
-    spec: list[tuple[int, int]] = field(default_factory=list)  # (k offered, accepted) per drafting step
+    history: History = field(default_factory=History)  # its drafting steps, for SmartSpec
 
     @property
     def new_ids(self) -> list[int]:
@@ -147,20 +137,16 @@ class BatchDecoder:
     """Decode many rows together. `make_drafter()` returns a fresh drafter for a new row."""
 
     def __init__(self, target: CausalLM, make_drafter: Callable[[], Drafter], *, k_max: int = 8,
-                 smartspec: bool = True, cost_curve: dict[int, float] | None = None, probe_every: int = 16):
+                 smartspec: bool = True, cost: Callable[[int, int], float] | None = None, probe_every: int = 16):
         self.target, self.make_drafter, self.k_max, self.smartspec = target, make_drafter, k_max, smartspec
         if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=target.config).layers):
             raise DraftsmithError(f"{target.name}: batched decoding needs a plain (non-sliding-window) KV cache")
         self.device = target.device
         self.rows: list[Row] = []
         self.kv = BatchCache()
-        self.cost_curve = cost_curve  # {tokens per forward: seconds}; calibrate() fits a line instead
-        self.cost_fit: tuple[float, float, float] | None = None
+        self.probe_every = probe_every
+        self.policy: SmartSpec | None = SmartSpec(k_max, cost, probe_every) if smartspec and cost else None
         self.last_k: int | None = None
-        self.pool: deque[tuple[int, int]] = deque(maxlen=256)  # every row's recent (k offered, accepted)
-        self.scale = {False: 1.0, True: 1.0}  # measured step time / predicted forward time, by width > 1
-        self.probe_every, self.plain_run, self.spec_run = probe_every, 0, 0
-        self.realized: dict[tuple[int, bool], deque] = {}  # (rows, drafted?) -> recent (tokens, seconds)
 
     # ----- rows join and leave -----------------------------------------------------------
     @torch.inference_mode()
@@ -202,142 +188,16 @@ class BatchDecoder:
             self.rows = [self.rows[i] for i in keep]
 
     # ----- SmartSpec ---------------------------------------------------------------------
-    def calibrate(self, batches=(1, 2, 4, 8, 16), widths=(1, 2, 4, 8, 16), context: int = 256,
-                  repeats: int = 3) -> tuple[float, float, float]:
-        """Time the batched verification forward itself: B rows of `width` new tokens over a
-        `context`-token cache with a 4-D mask (the median of `repeats` after a warm-up), and fit
-        seconds = a + b·B + c·B·width by least squares (coefficients kept >= 0). Single timings
-        on a busy CPU are noisy; a straight line through 25 of them is not."""
-        points = []
-        dtype = self.target.dtype
-        with torch.inference_mode():
-            for B in batches:
-                cache = DynamicCache(config=self.target.config)
-                self.target.model(input_ids=torch.zeros(B, context, dtype=torch.long, device=self.device),
-                                  past_key_values=cache, use_cache=True, logits_to_keep=1)
-                for w in widths:
-                    mask = torch.zeros(B, 1, w, context + w, dtype=dtype, device=self.device)
-                    times = []
-                    for _ in range(repeats + 1):  # the first is a warm-up
-                        t0 = time.perf_counter()
-                        self.target.model(input_ids=torch.zeros(B, w, dtype=torch.long, device=self.device),
-                                          attention_mask=mask, past_key_values=cache, use_cache=True)
-                        times.append(time.perf_counter() - t0)
-                        cache.crop(-w)  # transformers 5: remove the w tokens just added
-                    points.append((B, w, sorted(times[1:])[len(times[1:]) // 2]))
-        self.cost_fit = self.fit_cost(points)
-        return self.cost_fit
-
-    @staticmethod
-    def fit_cost(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
-        """Least-squares (a, b, c) of seconds = a + b·rows + c·rows·width over (rows, width,
-        seconds) points, each coefficient kept >= 0 (a term that fits negative is dropped)."""
-        X = torch.tensor([[1.0, B, B * w] for B, w, _ in points], dtype=torch.float64)  # [P, 3]
-        y = torch.tensor([t for *_, t in points], dtype=torch.float64)                 # [P]
-        keep = [0, 1, 2]
-        while True:
-            coef = torch.linalg.lstsq(X[:, keep], y[:, None]).solution[:, 0]
-            if (coef >= 0).all() or len(keep) == 1:
-                break
-            keep = [j for j, c in zip(keep, coef.tolist()) if c >= 0] or [0]
-        out = [0.0, 0.0, 0.0]
-        for j, c in zip(keep, coef.tolist()):
-            out[j] = max(c, 0.0)
-        return out[0], out[1], out[2]
-
-    @property
-    def _modelled(self) -> bool:
-        """SmartSpec is on and has a step-cost model (calibrated line or given curve)."""
-        return self.smartspec and (self.cost_curve is not None or self.cost_fit is not None)
-
-    def _cost(self, rows: int, width: int) -> float:
-        """Predicted step time for `rows` rows of `width` tokens: the calibrated line, else
-        `cost_curve` by total tokens; times the measured/predicted ratio of recent steps of that
-        kind (width 1, or more)."""
-        if self.cost_fit is not None:
-            a, b, c = self.cost_fit
-            base = max(a + b * rows + c * rows * width, 1e-9)
-        else:
-            base = self._interp(sorted(self.cost_curve.items()), rows * width)
-        return base * self.scale[width > 1]
-
-    @staticmethod
-    def _interp(pts: list[tuple[int, float]], x: float) -> float:
-        if len(pts) == 1:
-            return max(pts[0][1], 1e-9) * max(1.0, x) / max(1, pts[0][0])
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            if x <= x1:
-                return max(y0 + (y1 - y0) * max(0.0, x - x0) / (x1 - x0), 1e-9)
-        (x0, y0), (x1, y1) = pts[-2], pts[-1]
-        return max(y1 + max(0.0, y1 - y0) * (x - x1) / (x1 - x0), 1e-9)
-
-    @staticmethod
-    def expected_tokens(samples, k: int) -> float:
-        """E[tokens committed in a step with drafts of at most k], from (k offered, accepted)
-        samples: 1 + the mean of min(accepted, k). Steps where the drafter had nothing count as 0
-        (they cost the batch width all the same). A sample that accepted all it was offered says
-        nothing about longer drafts; beyond it each further token counts 0.5, 0.25, ...
-        Acceptance comes in bursts, which a single per-token rate would miss. With no samples,
-        1 + 0.5 + ... + 0.5^k."""
-        def gain(offered: int, accepted: int) -> float:
-            if k <= offered or accepted < offered:
-                return min(accepted, k)
-            return accepted + sum(0.5 ** j for j in range(1, k - offered + 1))
-        samples = list(samples)
-        if not samples:
-            return sum(0.5 ** j for j in range(k + 1))
-        return 1.0 + sum(gain(o, a) for o, a in samples) / len(samples)
-
-    def _row_samples(self, row: Row, window: int = 32):
-        """A row's own last `window` drafting steps once it has 4, else the batch's pooled ones."""
-        return row.spec[-window:] if len(row.spec) >= 4 else self.pool
+    def calibrate(self, batches=(1, 2, 4, 8, 16), context: int = 256, repeats: int = 3) -> StepCost:
+        """Time the batched forward for these batch sizes and every width up to k_max + 1, and
+        let SmartSpec choose draft lengths from it (see smartspec.calibrate)."""
+        cost = calibrate(self.target.model, self.target.config, batches, range(1, self.k_max + 2), context, repeats)
+        self.policy = SmartSpec(self.k_max, cost, self.probe_every) if self.smartspec else None
+        return cost
 
     def choose_k(self) -> int:
         """The draft length for this step (the upper bound each row drafts to)."""
-        if not self._modelled:
-            return self.k_max
-        B, best_k, best = len(self.rows), 0, -1.0
-        expected = [0.0] * (self.k_max + 1)  # Σ_rows E[τ_row(k)]; the pooled history is summed once
-        pooled: list[float] | None = None
-        for r in self.rows:
-            samples = self._row_samples(r)
-            if samples is self.pool:
-                pooled = pooled or [self.expected_tokens(samples, k) for k in range(self.k_max + 1)]
-                per_k = pooled
-            else:
-                per_k = [self.expected_tokens(samples, k) for k in range(self.k_max + 1)]
-            expected = [e + x for e, x in zip(expected, per_k)]
-        for k in range(self.k_max + 1):
-            goodput = expected[k] / self._cost(B, k + 1)
-            if goodput > best * 1.0001:
-                best_k, best = k, goodput
-        if best_k > 0 and self.realized_worse(B):
-            best_k = 0
-        self.plain_run = self.plain_run + 1 if best_k == 0 else 0
-        self.spec_run = self.spec_run + 1 if best_k > 0 else 0
-        if self.plain_run > self.probe_every:  # a one-token probe keeps the history alive
-            self.plain_run, best_k = 0, min(1, self.k_max)
-        elif self.spec_run > (self.probe_every if len(self.realized.get((B, False), ())) >= 8 else 4):
-            self.spec_run, best_k = 0, 0  # and a plain step keeps the plain figure current
-        return best_k
-
-    def realized_worse(self, rows: int, min_steps: int = 8) -> bool:
-        """Have recent drafting steps at this batch size committed fewer tokens per second than
-        recent plain ones? (False until both have `min_steps` steps.)"""
-        spec, plain = self.realized.get((rows, True), ()), self.realized.get((rows, False), ())
-        if len(spec) < min_steps or len(plain) < min_steps:
-            return False
-        rate = lambda steps: sum(t for t, _ in steps) / max(sum(s for _, s in steps), 1e-9)  # noqa: E731
-        return rate(spec) < rate(plain)
-
-    def _observe_step(self, seconds: float, rows: int, width: int, tokens: int) -> None:
-        """Fold a whole step's measured time into the cost scale of its kind (width 1 or more),
-        and its tokens per second into the realized figures."""
-        if not self._modelled:
-            return
-        self.realized.setdefault((rows, width > 1), deque(maxlen=32)).append((tokens, seconds))
-        ratio = seconds / max(self._cost(rows, width) / self.scale[width > 1], 1e-9)
-        self.scale[width > 1] = 0.9 * self.scale[width > 1] + 0.1 * ratio
+        return self.policy.choose_k([r.history for r in self.rows]) if self.policy else self.k_max
 
     # ----- one step for every row ------------------------------------------------------------
     @torch.inference_mode()
@@ -348,7 +208,8 @@ class BatchDecoder:
             return []
         target, dtype = self.target, self.target.dtype
         step_start = time.perf_counter()
-        k = self.last_k = self.choose_k()
+        trim = self.policy is not None and all(getattr(r.drafter, "trimmable", False) for r in self.rows)
+        k = self.k_max if trim else self.choose_k()  # trimmable drafters: the longest drafts, cut below
         drafts, offered = [], []
         for r in self.rows:
             budget = r.params.max_new_tokens - r.stats.new_tokens
@@ -361,6 +222,11 @@ class BatchDecoder:
                 r.error, d = f"{type(exc).__name__}: {exc}", Draft.empty()
             r.stats.drafter_time += time.perf_counter() - t0
             drafts.append(d)
+        if trim:  # SmartSpec picks k with every row's draft in hand, and the drafts are cut to it
+            k = self.policy.choose_k([r.history for r in self.rows], [d.size for d in drafts])
+            drafts = [d.truncate(k) for d in drafts]
+            offered = [min(o, k) for o in offered]
+        self.last_k = k
         trees = [d.tree or Tree.from_parents(list(range(-1, d.size - 1))) for d in drafts]
         B, q, T = len(self.rows), 1 + max(d.size for d in drafts), self.kv.width
         ids = torch.zeros(B, q, dtype=torch.long)  # [B, q]: last committed token + draft, padded
@@ -395,12 +261,12 @@ class BatchDecoder:
                                        hidden[b:b + 1] if r.drafter.needs_hidden_states else None)
             except Exception as exc:  # this row fails alone; the others go on
                 r.error, r.done, new = f"{type(exc).__name__}: {exc}", True, []
-            if k_row > 0 and r.error is None:
-                r.spec.append((k_row, r.stats.accepted_per_step[-1]))
-                self.pool.append(r.spec[-1])
+            if k_row > 0 and r.error is None and self.policy:
+                self.policy.record(r.history, k_row, d.size, r.stats.accepted_per_step[-1])
             out.append((r, new))
         self.kv.valid = torch.cat([self.kv.valid, new_valid], dim=1)
-        self._observe_step(time.perf_counter() - step_start, B, q, sum(len(new) for _, new in out))
+        if self.policy:
+            self.policy.observe_step(time.perf_counter() - step_start, B, q, sum(len(new) for _, new in out))
         self._drop_finished()
         if self.rows and self.kv.width > 2 * int(self.kv.valid.sum(1).max()) + 32:
             self.kv.compact()

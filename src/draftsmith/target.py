@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 
+from .attention import use_packed_gqa
 from .errors import DraftsmithError, ModelNotFoundError
 from .tree import Tree
 
@@ -41,10 +42,12 @@ class ForwardOut:
 
 
 class CausalLM:
-    """A causal LM plus its KV cache (batch 1)."""
+    """A causal LM plus its KV cache (batch 1). Its `sdpa` attention is switched to the
+    packed-GQA variant (the same attention, without copying the KV cache; see attention.py)."""
 
     def __init__(self, model: PreTrainedModel, tokenizer=None, name: str | None = None):
         self.model = model.eval()
+        use_packed_gqa(self.model)
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.cache: DynamicCache | None = None

@@ -81,6 +81,15 @@ class Draft:
     def empty(batch: int = 1, device: torch.device | str = "cpu") -> Draft:
         return Draft(torch.empty(batch, 0, dtype=torch.long, device=device))
 
+    def truncate(self, n: int) -> Draft:
+        """The chain's first n nodes (a prefix of a chain is itself a valid draft: each node was
+        proposed given the ones before it)."""
+        if self.parents is not None:
+            raise DraftsmithError("only a chain draft can be truncated")
+        if n >= self.size:
+            return self
+        return Draft(self.token_ids[:, :n], None if self.q is None else self.q[:, :n])
+
 
 @dataclass(frozen=True)
 class VerifyResult:

@@ -139,7 +139,7 @@ DECODERS = {
     # draft heads on the target's hidden states, drafts sampled from the heads' q
     **{kind: (lambda target, draft, kind=kind: SpeculativeDecoder(target, build_drafter(
         kind, heads=random_heads(target, kind, tempfile.mkdtemp(), seed=2, scale=0.5))))
-       for kind in ("medusa", "hydra", "eagle")},
+       for kind in ("medusa", "hydra", "eagle", "amphista", "koala")},
     "eagle-tree": lambda target, draft: SpeculativeDecoder(target, build_drafter(
         "eagle", heads=random_heads(target, "eagle", tempfile.mkdtemp(), seed=2, scale=0.5), tree_nodes=6, topk=2)),
     # a tree of siblings sampled independently from the drafter's q
@@ -151,7 +151,8 @@ DECODERS = {
                                            ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
                                            ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
                                            ("hierarchy", "t0.7-topk3"), ("medusa", "t1"), ("hydra", "t0.7-topk3"),
-                                           ("eagle", "t1"), ("eagle-tree", "t1"), ("sampled-tree", "t1"),
+                                           ("eagle", "t1"), ("eagle-tree", "t1"), ("amphista", "t1"),
+                                           ("koala", "t0.7-topk3"), ("sampled-tree", "t1"),
                                            ("sampled-tree", "t0.7-topk3")])
 def test_sampling_is_lossless(pair, decoder, case):
     target, drafter_model = pair

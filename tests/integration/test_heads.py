@@ -1,4 +1,4 @@
-"""Draft heads (Medusa, Hydra, EAGLE-style): forward shapes, greedy equality with the
+"""Draft heads (Medusa, Hydra, EAGLE-style, Amphista, KOALA): forward shapes, greedy equality with the
 autoregressive output (single row and batched), a tiny training run whose loss falls and whose
 heads then get drafts accepted, and the errors a user meets."""
 
@@ -16,7 +16,7 @@ from draftsmith.errors import DraftsmithError
 from draftsmith.heads import HeadsConfig, build_heads, load_heads
 from tests.conftest import random_heads, tiny_model
 
-KINDS = ["medusa", "hydra", "eagle"]
+KINDS = ["medusa", "hydra", "eagle", "amphista", "koala"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 
 
@@ -27,9 +27,9 @@ def test_forward_shapes(kind):
     m = build_heads(cfg)
     H, V = target.config.hidden_size, target.vocab_size
     lm_head = target.model.get_output_embeddings()
-    if kind == "medusa":
+    if kind in ("medusa", "amphista"):
         assert m(torch.randn(2, 5, H), lm_head).shape == (2, 5, 3, V)
-    elif kind == "hydra":
+    elif kind in ("hydra", "koala"):
         assert m(torch.randn(2, 5, H), torch.randn(2, 5, 3, H), lm_head).shape == (2, 5, 3, V)
         assert m.head(1, torch.randn(4, H), torch.randn(4, 2, H)).shape == (4, H)
     else:
@@ -39,19 +39,38 @@ def test_forward_shapes(kind):
         assert m(torch.randn(1, 1, H), torch.randn(1, 1, H), torch.tensor([[6]]), cache).shape == (1, 1, H)
 
 
-@pytest.mark.parametrize("kind", ["medusa", "hydra"])
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "amphista", "koala"])
 def test_untrained_heads_start_at_the_lm_head(kind):
-    """Zero-initialised residual branches: Medusa/Hydra heads begin as the identity on h (EAGLE's
-    layer does not)."""
+    """Zero-initialised residual branches: Medusa/Hydra/Amphista/KOALA heads begin as the
+    identity on h (EAGLE's layer does not)."""
     target = tiny_model("llama")
     m = build_heads(HeadsConfig.for_target(kind, target.config, num_heads=2))
     h = torch.randn(3, target.config.hidden_size)
-    feat = m.heads[0](h) if kind == "medusa" else m.head(0, h, torch.randn(3, 1, target.config.hidden_size))
-    assert torch.allclose(feat, h, atol=1e-6)
+    if kind in ("medusa", "amphista"):
+        assert torch.allclose(m.features(h), h[:, None].expand(3, 2, -1), atol=1e-6)
+    else:
+        assert torch.allclose(m.head(1, h, torch.randn(3, 2, target.config.hidden_size)), h, atol=1e-6)
+
+
+def test_amphista_heads_see_each_other():
+    """The auto-embedding block is bi-directional: head 0's feature changes when another head's
+    input does (trained weights: perturbed, so the zero-initialised branches are live)."""
+    target = tiny_model("llama")
+    m = build_heads(HeadsConfig.for_target("amphista", target.config, num_heads=3))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        h = torch.randn(2, target.config.hidden_size)
+        base = m.features(h)  # [2, 3, H]
+        m.heads[2][0].linear.bias.add_(1.0)  # only head 2's own block changes
+        moved = m.features(h)
+    assert not torch.allclose(base[:, 0], moved[:, 0])
 
 
 VARIANTS = {"medusa": {}, "medusa-tree": {"tree_nodes": 8, "topk": 3}, "hydra": {}, "eagle": {},
-            "eagle-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}}
+            "eagle-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "amphista": {},
+            "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -72,19 +91,8 @@ def test_trained_heads_are_accepted_and_stay_exact(tmp_path):
     over between prompts, so this checks the pipeline, not generalisation): held-out agreement
     is reported, drafts on a training prompt get accepted, and the output still equals the
     target's."""
-    target = tiny_model("llama", vocab=64, seed=4)
-    folder = tmp_path / "target"
-    target.model.save_pretrained(folder)
-    gen = torch.Generator().manual_seed(0)
-    rollouts = tmp_path / "rollouts.jsonl"
+    target, folder, rollouts, prompts = _self_distillation_data(tmp_path, sequences=40)
     params = SamplingParams(max_new_tokens=48, ignore_eos=True)
-    prompts = []
-    with rollouts.open("w") as f:
-        for i in range(40):
-            prompt = torch.randint(64, (8,), generator=gen).tolist()
-            prompts.append(prompt)
-            answer = SpeculativeDecoder(target, "none").generate(prompt, params).token_ids
-            f.write(json.dumps({"id": str(i), "prompt_ids": prompt, "response_ids": answer}) + "\n")
     out = tmp_path / "eagle"
     assert main(["train", "heads", "--kind", "eagle", "--target", str(folder), "--data", str(rollouts), "--out",
                  str(out), "--steps", "150", "--batch-tokens", "256", "--lr", "3e-3", "--save-every", "100"]) == 0
@@ -97,19 +105,61 @@ def test_trained_heads_are_accepted_and_stay_exact(tmp_path):
     assert got.stats.accepted > 0 and got.stats.steps < ref.stats.steps
 
 
-def test_heads_training_loss_falls(tmp_path):
+def _self_distillation_data(tmp_path, sequences: int, new_tokens: int = 48):
+    """A tiny target saved to a folder and a rollouts file of its greedy answers to random prompts."""
+    target = tiny_model("llama", vocab=64, seed=4)
+    folder = tmp_path / "target"
+    target.model.save_pretrained(folder)
+    gen = torch.Generator().manual_seed(0)
+    rollouts = tmp_path / "rollouts.jsonl"
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+    prompts = []
+    with rollouts.open("w") as f:
+        for i in range(sequences):
+            prompt = torch.randint(64, (8,), generator=gen).tolist()
+            prompts.append(prompt)
+            answer = SpeculativeDecoder(target, "none").generate(prompt, params).token_ids
+            f.write(json.dumps({"id": str(i), "prompt_ids": prompt, "response_ids": answer}) + "\n")
+    return target, folder, rollouts, prompts
+
+
+@pytest.mark.parametrize("kind", ["amphista", "koala"])
+def test_train_heads_end_to_end(kind, tmp_path):
+    """`draftsmith train heads` for the kinds with no shipped heads (KOALA with its adversarial
+    term): the folder loads as that drafter, reports held-out agreement, and decodes exactly."""
+    target, folder, rollouts, prompts = _self_distillation_data(tmp_path, sequences=20, new_tokens=24)
+    out = tmp_path / kind
+    extra = ["--adversarial", "0.1"] if kind == "koala" else []
+    assert main(["train", "heads", "--kind", kind, "--target", str(folder), "--data", str(rollouts), "--out", str(out),
+                 "--steps", "20", "--batch-tokens", "128", "--lr", "3e-3", "--num-heads", "3", *extra]) == 0
+    cfg = load_heads(out).cfg
+    assert cfg.kind == kind and cfg.num_layers == (2 if kind == "koala" else 1)
+    assert cfg.training["adversarial"] == (0.1 if kind == "koala" else 0.0)
+    assert 0 <= cfg.training["held_out"]["top1_agreement"][0] <= 1 and (out / "README.md").is_file()
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    ref = SpeculativeDecoder(target, "none").generate(prompts[-1], params)
+    assert SpeculativeDecoder(target, kind, heads=str(out)).generate(prompts[-1], params).token_ids == ref.token_ids
+
+
+TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1}}
+
+
+@pytest.mark.parametrize("variant", TRAINING)
+def test_heads_training_loss_falls(variant, tmp_path):
     from draftsmith.train.heads import HeadsTrainConfig, extract_features, train_heads
 
+    kind = variant.split("-")[0]
     target = tiny_model("llama", vocab=64, seed=4)
     gen = torch.Generator().manual_seed(1)
     seqs = [(torch.randint(64, (40,), generator=gen).tolist(), 4) for _ in range(24)]
     data = extract_features(target, seqs, max_len=64, progress=False)
-    for kind in ("medusa", "hydra"):
-        cfg = HeadsTrainConfig(kind=kind, out=str(tmp_path / kind), steps=40, num_heads=2, batch_tokens=128,
-                               lr=3e-3, holdout=4, log_every=5)
-        train_heads(target, data, cfg, progress=False)
-        losses = _scalars(tmp_path / kind / "runs", "train/loss")
-        assert losses[-1] < losses[0], f"{kind}: {losses}"
+    cfg = HeadsTrainConfig(kind=kind, out=str(tmp_path / kind), steps=40, num_heads=2, batch_tokens=128,
+                           lr=3e-3, holdout=4, log_every=5, **TRAINING[variant])
+    train_heads(target, data, cfg, progress=False)
+    losses = _scalars(tmp_path / kind / "runs", "train/loss")
+    assert losses[-1] < losses[0], f"{variant}: {losses}"
+    if cfg.adversarial:  # the discriminator trained and its losses were logged beside the heads'
+        assert len(_scalars(tmp_path / kind / "runs", "train/adversarial_discriminator")) == len(losses)
 
 
 def _scalars(logdir, tag):
@@ -132,3 +182,9 @@ def test_missing_or_mismatched_heads_are_clear_errors(tmp_path):
     other = random_heads(tiny_model("llama", vocab=50), "medusa", tmp_path / "o")
     with pytest.raises(DraftsmithError, match="vocabulary"):
         SpeculativeDecoder(target, "medusa", heads=other)
+
+
+@pytest.mark.parametrize("kind", ["amphista", "koala"])
+def test_no_shipped_heads_is_a_clear_error(kind):
+    with pytest.raises(DraftsmithError, match=f"no trained {kind} heads ship .* --kind {kind}"):
+        SpeculativeDecoder(tiny_model("llama"), kind)

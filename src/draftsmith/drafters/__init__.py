@@ -9,7 +9,7 @@ from ..errors import DraftsmithError
 from .base import DraftContext, Drafter, NoDrafter
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
-from .heads import EagleDrafter, HydraDrafter, MedusaDrafter
+from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, MedusaDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
@@ -24,7 +24,7 @@ def register(cls: type) -> type:
 
 
 for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter, HierarchyDrafter, LookaheadDrafter,
-             MedusaDrafter, HydraDrafter, EagleDrafter):
+             MedusaDrafter, HydraDrafter, EagleDrafter, AmphistaDrafter, KoalaDrafter):
     register(_cls)
 
 
@@ -69,4 +69,5 @@ def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
 
 
 __all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "HierarchyDrafter",
-           "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "build_drafter", "parse_spec", "register", "REGISTRY"]
+           "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter",
+           "build_drafter", "parse_spec", "register", "REGISTRY"]

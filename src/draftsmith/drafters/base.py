@@ -25,6 +25,11 @@ class DraftContext:
 
 @runtime_checkable
 class Drafter(Protocol):
+    """Optional class attribute `trimmable = True`: the drafter proposes chains that are cheap to
+    make at full length and keeps no state that assumes its whole draft was verified, so the
+    batched loop may ask for the longest draft and cut it to the length SmartSpec picks once it
+    has seen every row's draft."""
+
     name: ClassVar[str]
     needs_hidden_states: ClassVar[bool]
 
@@ -48,6 +53,7 @@ class NoDrafter:
 
     name: ClassVar[str] = "none"
     needs_hidden_states: ClassVar[bool] = False
+    trimmable: ClassVar[bool] = True
 
     def bind(self, target: CausalLM) -> None:
         pass

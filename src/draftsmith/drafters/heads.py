@@ -1,5 +1,5 @@
-"""Draft heads on the target's own hidden states (Medusa, Hydra, EAGLE-style): no second model
-runs, and the features come from the verification forward the loop makes anyway.
+"""Draft heads on the target's own hidden states (Medusa, Hydra, EAGLE-style, Amphista, KOALA): no
+second model runs, and the features come from the verification forward the loop makes anyway.
 
 The loop hands the drafter the target's last hidden state (`feature`, [H]) of every committed
 token but the newest (the bonus token, whose feature the next step computes): in `prefill`
@@ -115,7 +115,7 @@ class MedusaDrafter(HeadsDrafter):
     def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4):
         super().__init__(heads, k)
         if tree_nodes < 0 or topk < 1:
-            raise DraftsmithError(f"medusa: tree_nodes must be >= 0 and topk >= 1, got {tree_nodes}, {topk}")
+            raise DraftsmithError(f"{self.name}: tree_nodes must be >= 0 and topk >= 1, got {tree_nodes}, {topk}")
         self.tree_nodes, self.topk = tree_nodes, topk
 
     def clone(self):
@@ -169,6 +169,19 @@ class HydraDrafter(HeadsDrafter):
             qs += [q] if q is not None else []
             prev = torch.cat([prev, self.embed(torch.tensor([[tok]], device=h.device))], dim=1)
         return self._draft(tokens, qs)
+
+
+class AmphistaDrafter(MedusaDrafter):
+    """Amphista heads: Medusa's drafting (a chain, or a tree of each head's top-k), with all K
+    heads computed together in one call (their bi-directional block needs every position)."""
+
+    name: ClassVar[str] = "amphista"
+
+
+class KoalaDrafter(HydraDrafter):
+    """KOALA heads: Hydra's sequential drafting, each head several decoder blocks deep."""
+
+    name: ClassVar[str] = "koala"
 
 
 class EagleDrafter(HeadsDrafter):

@@ -24,6 +24,7 @@ def earlier_matches(ids: torch.Tensor, n: int) -> list[int]:
 class NgramDrafter:
     name: ClassVar[str] = "ngram"
     needs_hidden_states: ClassVar[bool] = False
+    trimmable: ClassVar[bool] = True  # a lookup: the full-length draft costs nothing more; no state
 
     def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1):
         if not (isinstance(k, int) and k >= 1):

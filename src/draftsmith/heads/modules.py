@@ -11,8 +11,16 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
     EAGLE   one decoder layer autoregressing on features:
                                 f̂_{t+1} = Layer(fc([e_{t+1}; f_t]))  (causal over the sequence)
                                 logits_{t+2} = lm_head(f̂_{t+1}); then ([f̂_{t+1}; e_{t+2}]) -> ...
+    Amphista (Li et al. 2024)   Medusa's heads between a shared adaptation stage and an
+                                "auto-embedding block" (one decoder layer, bi-directional over the K
+                                head positions, so the heads see each other):
+                                x_i = ResBlocks_i(ResBlock(h_t)); logits_{t+1+i} = lm_head(Layer(x_1..x_K)_i)
+    KOALA   (Zhang et al. 2024) Hydra's heads with multi-layer heads: `num_layers` (default 2)
+                                decoder blocks per head instead of residual blocks (the adversarial
+                                term of KOALA's training is in draftsmith.train.heads)
 
-All three start out close to the LM head itself (zero-initialised residual branches), as in Medusa.
+All start out close to the LM head itself (zero-initialised residual branches), as in Medusa;
+Medusa, Hydra, Amphista and KOALA heads are exactly the identity on h at init.
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from ..errors import DraftsmithError
 
-KINDS = ("medusa", "hydra", "eagle")
+KINDS = ("medusa", "hydra", "eagle", "amphista", "koala")
+DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)
 
 
 @dataclass
@@ -37,9 +46,9 @@ class HeadsConfig:
     kind: str
     hidden_size: int
     vocab_size: int
-    num_heads: int = 4  # Medusa/Hydra: tokens proposed per step; EAGLE: the default draft length
-    num_layers: int = 1  # residual blocks per Medusa/Hydra head
-    # EAGLE's decoder layer (the target's attention shape by default)
+    num_heads: int = 4  # tokens proposed per step (one per head); EAGLE: the default draft length
+    num_layers: int = 0  # blocks per Medusa/Hydra/Amphista/KOALA head; 0 = the kind's default (DEFAULT_LAYERS)
+    # EAGLE's and Amphista's decoder layer, KOALA's blocks (the target's shape by default)
     num_attention_heads: int = 8
     num_key_value_heads: int = 8
     intermediate_size: int = 1536
@@ -52,6 +61,17 @@ class HeadsConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise DraftsmithError(f"unknown head kind {self.kind!r}; known: {', '.join(KINDS)}")
+        self.num_layers = self.num_layers or DEFAULT_LAYERS.get(self.kind, 1)
+
+    def llama(self) -> LlamaConfig:
+        """A one-layer Llama config of the heads' shape (for the decoder layers they hold)."""
+        llama = LlamaConfig(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+                            num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
+                            num_hidden_layers=1, vocab_size=self.vocab_size, rms_norm_eps=self.rms_norm_eps,
+                            max_position_embeddings=self.max_position_embeddings,
+                            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta})
+        llama._attn_implementation = "sdpa"
+        return llama
 
     @classmethod
     def for_target(cls, kind: str, target_config, **overrides) -> "HeadsConfig":
@@ -77,19 +97,83 @@ class ResBlock(nn.Module):
         return x + nn.functional.silu(self.linear(x))
 
 
+class DecoderBlock(nn.Module):
+    """A decoder layer on a single position (KOALA's head layer): attention over one position is
+    its value and output projections, then the SwiGLU MLP; pre-norm, with the output projection
+    and the MLP's down projection zero-initialised so that the block starts as the identity."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        H, llama = cfg.hidden_size, cfg.llama()
+        self.attn_norm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.v_proj = nn.Linear(H, H, bias=False)
+        self.o_proj = nn.Linear(H, H, bias=False)
+        self.mlp_norm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(llama)
+        nn.init.zeros_(self.o_proj.weight)
+        nn.init.zeros_(self.mlp.down_proj.weight)
+
+    def forward(self, x):
+        x = x + self.o_proj(self.v_proj(self.attn_norm(x)))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def head_blocks(cfg: HeadsConfig, block) -> nn.ModuleList:
+    """`num_layers` blocks (block(cfg)) per head, one stack per head."""
+    return nn.ModuleList(nn.Sequential(*[block(cfg) for _ in range(cfg.num_layers)]) for _ in range(cfg.num_heads))
+
+
+def res_block(cfg: HeadsConfig) -> ResBlock:
+    return ResBlock(cfg.hidden_size)
+
+
 class MedusaHeads(nn.Module):
     def __init__(self, cfg: HeadsConfig):
         super().__init__()
         self.cfg = cfg
-        self.heads = nn.ModuleList(nn.Sequential(*[ResBlock(cfg.hidden_size) for _ in range(cfg.num_layers)])
-                                   for _ in range(cfg.num_heads))
+        self.heads = head_blocks(cfg, res_block)
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """h [.., H] -> the heads' features [.., K, H] for the tokens 2..K+1 after h's position."""
+        return torch.stack([head(h) for head in self.heads], dim=-2)
 
     def forward(self, h: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
         """h [.., H] -> logits [.., K, V] for the tokens 2..K+1 after h's position."""
-        return lm_head(torch.stack([head(h) for head in self.heads], dim=-2))
+        return lm_head(self.features(h))
+
+
+class AmphistaHeads(MedusaHeads):
+    """Amphista: staged adaptation (a shared residual block turns the target's autoregressive
+    feature into the heads' input, then each head's own residual blocks adapt it to its position),
+    then the auto-embedding block: one decoder layer with bi-directional (non-causal) attention
+    over the K head positions (RoPE gives each position its place), so that every head sees what
+    the others predict. The attention and MLP outputs are zero-initialised: at init the block
+    is the identity and the heads are Medusa's at init."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__(cfg)
+        self.adapt = ResBlock(cfg.hidden_size)
+        llama = cfg.llama()
+        self.mix = LlamaDecoderLayer(llama, layer_idx=0)
+        self.mix.self_attn.is_causal = False  # bi-directional: each head position sees all K
+        nn.init.zeros_(self.mix.self_attn.o_proj.weight)
+        nn.init.zeros_(self.mix.mlp.down_proj.weight)
+        self.rotary = LlamaRotaryEmbedding(llama)
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        x = super().features(self.adapt(h))  # [.., K, H]
+        K, H = x.shape[-2:]
+        flat = x.reshape(-1, K, H)  # [B, K, H]
+        positions = torch.arange(K, device=x.device)[None].expand(flat.shape[0], K)  # [B, K]
+        out = self.mix(flat, attention_mask=None, position_ids=positions,
+                       position_embeddings=self.rotary(flat, positions))
+        out = out[0] if isinstance(out, tuple) else out
+        return out.reshape(x.shape)
 
 
 class HydraHeads(nn.Module):
+    block = staticmethod(res_block)  # what a head stacks `num_layers` of
+
     def __init__(self, cfg: HeadsConfig):
         super().__init__()
         self.cfg = cfg
@@ -100,8 +184,7 @@ class HydraHeads(nn.Module):
             nn.init.zeros_(lin.bias)
             with torch.no_grad():
                 lin.weight[:, :H] = torch.eye(H)
-        self.blocks = nn.ModuleList(nn.Sequential(*[ResBlock(H) for _ in range(cfg.num_layers)])
-                                    for _ in range(cfg.num_heads))
+        self.blocks = head_blocks(cfg, self.block)
 
     def head(self, i: int, h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Head i (0-based): h [.., H] and the embeddings of the i+1 tokens after h's position
@@ -115,6 +198,13 @@ class HydraHeads(nn.Module):
         return lm_head(torch.stack([self.head(i, h, prev[..., : i + 1, :]) for i in range(self.cfg.num_heads)], dim=-2))
 
 
+class KoalaHeads(HydraHeads):
+    """KOALA on Hydra: the same sequentially dependent heads, each `num_layers` (default 2)
+    decoder blocks deep instead of residual blocks."""
+
+    block = DecoderBlock
+
+
 class EagleHead(nn.Module):
     """fc([next-token embedding; feature]) -> one Llama decoder layer -> predicted next feature.
     The layout of the EAGLE(-1) checkpoints that vLLM and SGLang read: weights `fc.weight` (no
@@ -124,13 +214,7 @@ class EagleHead(nn.Module):
     def __init__(self, cfg: HeadsConfig):
         super().__init__()
         self.cfg = cfg
-        self.llama = LlamaConfig(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                                 num_attention_heads=cfg.num_attention_heads,
-                                 num_key_value_heads=cfg.num_key_value_heads, num_hidden_layers=1,
-                                 vocab_size=cfg.vocab_size, rms_norm_eps=cfg.rms_norm_eps,
-                                 max_position_embeddings=cfg.max_position_embeddings,
-                                 rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
-        self.llama._attn_implementation = "sdpa"
+        self.llama = cfg.llama()
         self.fc = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.layers = nn.ModuleList([LlamaDecoderLayer(self.llama, layer_idx=0)])
         self.layers[0].input_layernorm = nn.Identity()
@@ -158,7 +242,7 @@ class EagleHead(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead}
+MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads}
 
 
 def build_heads(cfg: HeadsConfig) -> nn.Module:

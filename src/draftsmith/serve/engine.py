@@ -65,8 +65,8 @@ class Engine:
                  smartspec: bool = True, k_max: int = 8):
         self.target = target
         self.decoder = BatchDecoder(target, make_drafter, k_max=k_max, smartspec=smartspec)
-        if smartspec:
-            self.decoder.calibrate()
+        if smartspec:  # time the batched forward at 1, 2, 4, ... rows up to max_batch
+            self.decoder.calibrate(sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)}))
         self.max_batch = max_batch
         self.metrics = Metrics()
         self.jobs: queue.Queue[Job | None] = queue.Queue()

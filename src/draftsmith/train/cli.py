@@ -65,15 +65,18 @@ def add_train_parser(sub) -> None:
     k.add_argument("--adaspec-keep", type=float, default=0.4, help="AdaSPEC: fraction of tokens kept")
     k.set_defaults(func=cmd_distill)
 
-    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle) on the frozen target")
-    h.add_argument("--kind", required=True, help="medusa | hydra | eagle")
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala) on the frozen target")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala")
     h.add_argument("--target", default=DEFAULT_MODEL)
     h.add_argument("--data", required=True, help="rollouts JSONL from `draftsmith train data` (self-distillation)")
     h.add_argument("--out", required=True, help="output folder (reruns resume from its checkpoint)")
     h.add_argument("--features", help="feature cache file (default: beside --data)")
     h.add_argument("--steps", type=int, default=600)
-    h.add_argument("--num-heads", type=int, default=4, help="medusa/hydra: heads; eagle: default draft length")
-    h.add_argument("--num-layers", type=int, default=1, help="medusa/hydra: residual blocks per head")
+    h.add_argument("--num-heads", type=int, default=4, help="heads; eagle: default draft length")
+    h.add_argument("--num-layers", type=int, default=0,
+                   help="blocks per head (not eagle); 0 = the kind's default (koala 2, others 1)")
+    h.add_argument("--adversarial", type=float, default=0.0,
+                   help="KOALA's adversarial term: weight of the generator loss against a discriminator (0 = off)")
     h.add_argument("--batch-tokens", type=int, default=2048)
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--loss", default="kl", help="kl (the target's soft labels) | ce (the sampled tokens)")
@@ -140,7 +143,8 @@ def cmd_heads(args) -> int:
 
     cfg = HeadsTrainConfig(kind=args.kind, out=args.out, steps=args.steps, num_heads=args.num_heads,
                            num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,
-                           max_len=args.max_len, seed=args.seed, save_every=args.save_every)
+                           max_len=args.max_len, seed=args.seed, save_every=args.save_every,
+                           adversarial=args.adversarial)
     cfg.check()
     target = _target(args.target)
     data = load_or_extract(target, args.data, args.max_len, args.features)

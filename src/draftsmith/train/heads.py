@@ -6,11 +6,18 @@
    p_m = softmax(lm_head(feats[m-1])), so soft labels cost one LM-head pass, not a target pass.
 2. Heads train with the target frozen (its LM head and embeddings shared, not updated), on the
    answer tokens only:
-   - medusa / hydra: head i (0-based) at position t predicts token t+2+i. Loss per head: forward
-     KL to the target's soft label (`kl`, Hydra++'s teacher distillation) or cross-entropy on the
-     token (`ce`); Hydra's heads see the true previous tokens (teacher forcing).
+   - medusa / hydra / amphista / koala: head i (0-based) at position t predicts token t+2+i. Loss
+     per head: forward KL to the target's soft label (`kl`, Hydra++'s teacher distillation) or
+     cross-entropy on the token (`ce`); Hydra's and KOALA's heads see the true previous tokens
+     (teacher forcing); Amphista's K heads run together (their block is bi-directional).
    - eagle: pairs (f_j + noise, e_{j+1}) -> f̂_{j+1}; loss = SmoothL1(f̂_{j+1}, f_{j+1})
      + w_cls * KL/CE(lm_head(f̂_{j+1}) vs token j+2), as in EAGLE (noise U(-0.1, 0.1)).
+   - adversarial (KOALA's, any kind; `adversarial` > 0): a small discriminator D learns to tell
+     the target's next-token distribution p from a head's q, both given the context feature the
+     head read (h_t; EAGLE: f_j). D sees a distribution r [V] through the target's frozen LM head,
+     as its expected output embedding r @ W_lm [H], so it has no vocabulary-wide weights. D
+     trains on BCE (p real, q fake, q detached); the heads add `adversarial` times the
+     non-saturating generator loss -log D(q) to their loss, per predicted token.
    Logged per head: top-1 agreement with the target's argmax (what greedy acceptance needs).
 3. Output: `config.json` + `model.safetensors` (the heads' weights only) + a model card; a
    checkpoint (`checkpoint/`) every `save_every` steps that a rerun resumes from.
@@ -23,12 +30,13 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import DraftsmithError
-from ..heads.modules import KINDS, HeadsConfig, build_heads, load_heads, save_heads
+from ..heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
 from ..target import CausalLM
 
 
@@ -38,13 +46,14 @@ class HeadsTrainConfig:
     out: str
     steps: int = 600
     num_heads: int = 4
-    num_layers: int = 1
+    num_layers: int = 0  # blocks per head; 0 = the kind's default (koala 2, others 1)
     batch_tokens: int = 2048  # answer tokens per step (whole sequences, packed greedily)
     lr: float = 1e-3
     warmup: float = 0.05
     loss: str = "kl"  # kl (soft labels from the target) | ce (the sampled token)
     cls_weight: float = 0.1  # eagle: weight of the token loss beside the feature regression
     noise: float = 0.1  # eagle: uniform feature noise
+    adversarial: float = 0.0  # KOALA's generator-loss weight (0 = no discriminator)
     max_len: int = 512
     seed: int = 0
     log_every: int = 10
@@ -58,6 +67,8 @@ class HeadsTrainConfig:
             raise DraftsmithError(f"--loss must be kl or ce, got {self.loss!r}")
         if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8:
             raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8")
+        if self.num_layers < 0 or self.adversarial < 0:
+            raise DraftsmithError("--num-layers and --adversarial must be >= 0")
 
 
 @torch.inference_mode()
@@ -85,14 +96,48 @@ def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tens
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+class Discriminator(torch.nn.Module):
+    """KOALA's adversary, small: context feature h [n, H] and a distribution's expected output
+    embedding [n, H] -> logit [n] that the distribution is the target's."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2 * hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([h, embedded], dim=-1))[:, 0]
+
+
+class Adversarial(NamedTuple):
+    """Loss sums of the adversarial term: the heads' (generator) and the discriminator's. Two
+    graphs, backpropagated one after the other (so never stacked into one tensor)."""
+
+    generator: torch.Tensor = torch.zeros(())
+    discriminator: torch.Tensor = torch.zeros(())
+
+    def __add__(self, other: "Adversarial") -> "Adversarial":
+        return Adversarial(self.generator + other.generator, self.discriminator + other.discriminator)
+
+
 class HeadsLoss:
     """The loss of one sequence for each head kind, with per-head agreement counts."""
 
-    def __init__(self, module, lm_head, embed, cfg: HeadsTrainConfig):
-        self.m, self.lm_head, self.embed, self.cfg = module, lm_head, embed, cfg
+    def __init__(self, module, lm_head, embed, cfg: HeadsTrainConfig, disc: Discriminator | None = None):
+        self.m, self.lm_head, self.embed, self.cfg, self.disc = module, lm_head, embed, cfg, disc
+
+    def _adversarial(self, h: torch.Tensor, logits: torch.Tensor, p_logits: torch.Tensor) -> Adversarial:
+        """h [n, H], the head's and the target's logits [n, V] -> the two loss sums."""
+        if self.disc is None:
+            return Adversarial()
+        w = self.lm_head.weight  # [V, H]
+        q = F.softmax(logits.float(), dim=-1)  # [n, V]
+        p = F.softmax(p_logits.float(), dim=-1)
+        return Adversarial(-F.logsigmoid(self.disc(h, q @ w)).sum(),
+                           F.softplus(-self.disc(h, p @ w)).sum() + F.softplus(self.disc(h, q.detach() @ w)).sum())
 
     def __call__(self, ids: torch.Tensor, feats: torch.Tensor, start: int, generator: torch.Generator):
-        """ids [L], feats [L, H] -> (loss sum, tokens, per-head [agree, count])."""
+        """ids [L], feats [L, H] -> (loss sum, tokens, per-head [agree, count], Adversarial
+        (zero without a discriminator))."""
         kind, K, L = self.cfg.kind, self.m.cfg.num_heads, len(ids)
         feats = feats.float()
         lo = max(start - 1, 0)  # the losses read the target's view of answer tokens only
@@ -108,22 +153,26 @@ class HeadsLoss:
             logits = self.lm_head(f_hat[j])  # [n, V]
             tok = _token_loss(logits, p_logits[j + 1 - lo], ids[j + 2], self.cfg.loss)
             stats[0] += torch.tensor([(logits.argmax(-1) == p_logits[j + 1 - lo].argmax(-1)).sum().item(), len(j)])
-            return (reg + self.cfg.cls_weight * tok).sum(), len(j), stats
-        total, n_tok = 0.0, 0
+            adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
+            return (reg + self.cfg.cls_weight * tok).sum(), len(j), stats, adv
+        total, n_tok, adv = 0.0, 0, Adversarial()
         t = torch.arange(max(start - 2, 0), L - 2)  # head 0 at t predicts token t+2
         h = feats[t]  # [n, H]
         prev = self.embed(ids[torch.clamp(t[:, None] + 1 + torch.arange(K), max=L - 1)]).float()  # [n, K, H]
+        parallel = isinstance(self.m, MedusaHeads)  # medusa, amphista: all K heads from h alone
+        all_feats = self.m.features(h) if parallel else None  # [n, K, H]
         for i in range(K):
             ok = t + 2 + i < L
             if not ok.any():
                 break
-            feat_i = self.m.heads[i](h[ok]) if kind == "medusa" else self.m.head(i, h[ok], prev[ok, : i + 1])
+            feat_i = all_feats[ok, i] if parallel else self.m.head(i, h[ok], prev[ok, : i + 1])
             logits = self.lm_head(feat_i)  # [n_i, V]
             target_pos = t[ok] + 1 + i  # the target's view of token m is p_logits[m-1-lo]
             total = total + _token_loss(logits, p_logits[target_pos - lo], ids[target_pos + 1], self.cfg.loss).sum()
+            adv = adv + self._adversarial(h[ok], logits, p_logits[target_pos - lo])
             n_tok += int(ok.sum())
             stats[i] += torch.tensor([(logits.argmax(-1) == p_logits[target_pos - lo].argmax(-1)).sum().item(), int(ok.sum())])
-        return total, n_tok, stats
+        return total, n_tok, stats, adv
 
 
 def _lr(step: int, cfg: HeadsTrainConfig) -> float:
@@ -155,6 +204,8 @@ def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, i
     torch.manual_seed(cfg.seed)
     module = build_heads(hcfg).float().train()
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
+    disc = Discriminator(hcfg.hidden_size).float().train() if cfg.adversarial > 0 else None
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.0) if disc is not None else None
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     ckpt = out / "checkpoint" / "state.pt"
@@ -162,47 +213,61 @@ def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, i
         state = torch.load(ckpt, weights_only=False)
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["opt"])
+        if disc is not None and "disc" in state:
+            disc.load_state_dict(state["disc"])
+            disc_opt.load_state_dict(state["disc_opt"])
         generator.set_state(state["generator"])
         step, cursor = state["step"], state["cursor"]
     else:
         cursor = 0
-    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg)
+    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc)
     writer = SummaryWriter(str(out / "runs"))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)
-    window = {"loss": 0.0, "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
+    window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        total, tokens, stats = 0.0, 0, torch.zeros(cfg.num_heads, 2)
+        total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
         while tokens < cfg.batch_tokens:
             ids, feats, start = train[order[cursor % len(train)]]
             cursor += 1
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, n, s = loss_fn(ids, feats, start, generator)
-            total, tokens, stats = total + loss, tokens + n, stats + s
+                loss, n, s, a = loss_fn(ids, feats, start, generator)
+            total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
         loss = total / max(tokens, 1)
+        gen_loss, disc_loss = adv.generator / max(tokens, 1), adv.discriminator / max(tokens, 1)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + cfg.adversarial * gen_loss).backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         opt.step()
+        if disc is not None:  # after the heads' step: clears what the generator term left in D's grads
+            disc_opt.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            disc_opt.step()
         step += 1
         bar.update(1)
         window["loss"] += float(loss.detach()) * tokens
+        window["adv"] += torch.stack([gen_loss, disc_loss]).detach().float() * tokens
         window["tokens"] += tokens
         window["stats"] += stats
         if step % cfg.log_every == 0 or step == cfg.steps:
             acc = (window["stats"][:, 0] / window["stats"][:, 1].clamp(min=1)).tolist()
             writer.add_scalar("train/loss", window["loss"] / max(window["tokens"], 1), step)
+            if disc is not None:
+                gen, dis = (window["adv"] / max(window["tokens"], 1)).tolist()
+                writer.add_scalar("train/adversarial_generator", gen, step)
+                writer.add_scalar("train/adversarial_discriminator", dis, step)
             for i, a in enumerate(acc):
                 writer.add_scalar(f"train/top1_head{i}", a, step)
             bar.set_postfix(loss=f"{window['loss'] / max(window['tokens'], 1):.3f}",
                             top1=" ".join(f"{a:.2f}" for a in acc if a > 0))
-            window = {"loss": 0.0, "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
+            window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
         if step % cfg.save_every == 0 or step == cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
+            extra = {"disc": disc.state_dict(), "disc_opt": disc_opt.state_dict()} if disc is not None else {}
             torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
-                        "step": step, "cursor": cursor}, ckpt)
+                        "step": step, "cursor": cursor, **extra}, ckpt)
     bar.close()
     writer.close()
     module.eval()
@@ -218,12 +283,22 @@ def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
     """Top-1 agreement with the target's argmax per head on held-out sequences."""
     stats = torch.zeros(loss_fn.m.cfg.num_heads, 2)
     g = torch.Generator().manual_seed(0)
-    saved, loss_fn.cfg.noise = loss_fn.cfg.noise, 0.0
+    saved, loss_fn.cfg.noise, disc, loss_fn.disc = loss_fn.cfg.noise, 0.0, loss_fn.disc, None
     for ids, feats, start in held:
         stats += loss_fn(ids, feats, start, g)[2]
-    loss_fn.cfg.noise = saved
+    loss_fn.cfg.noise, loss_fn.disc = saved, disc
     return {"top1_agreement": [round(a, 4) for a in (stats[:, 0] / stats[:, 1].clamp(min=1)).tolist() if a > 0],
             "tokens": int(stats[0, 1])}
+
+
+CARD_ARCHITECTURE = {
+    "medusa": "- heads: {heads}, residual blocks per head: {layers}",
+    "hydra": "- heads: {heads}, residual blocks per head: {layers}",
+    "eagle": "- one Llama decoder layer on [feature; next-token embedding] (EAGLE-style)",
+    "amphista": "- heads: {heads}, residual blocks per head: {layers}, then one bi-directional decoder layer over the "
+                "heads (Amphista)",
+    "koala": "- heads: {heads}, decoder blocks per head: {layers} (KOALA on Hydra)",
+}
 
 
 def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
@@ -231,9 +306,9 @@ def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
     lines = [f"# {cfg.kind} draft heads for {cfg.target}", "",
              f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen (self-distillation on "
              f"the target's own answers).", "",
-             f"- heads: {cfg.num_heads}, residual blocks per head: {cfg.num_layers}" if cfg.kind != "eagle"
-             else "- one Llama decoder layer on [feature; next-token embedding] (EAGLE-style)",
-             f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}",
+             CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
+             f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
+             + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else ""),
              f"- training sequences: {t.get('sequences')}", "",
              "## Held-out top-1 agreement with the target's argmax, per head", "",
              " | ".join(f"head {i}: {a:.3f}" for i, a in enumerate(metrics["top1_agreement"])) +
