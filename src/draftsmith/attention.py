@@ -13,11 +13,18 @@ is read as it is:
     out   [B, H_kv, n_rep·q, D]                  ->  [B, q, H, D]
 
 Each query row sees the same keys, values and mask entries as before, so the result is the same
-attention (identical in fp32; in bf16 the kernel may round differently). Every other case (no
-mask, one query token, a per-head mask, position biases) goes to transformers' own `sdpa`.
+attention (bit-identical on this CPU in fp32 and bf16 for the same shapes). Every other case (no
+mask, one query token, a per-head mask, a mask whose length is not the keys', position biases)
+goes to transformers' own `sdpa`. Models are switched only where that is safe: one config (no
+sub-models), attention through transformers' AttentionInterface, and modeling code that never
+branches on the name "sdpa" (a few do, e.g. Falcon and Gemma 4); the others keep their attention.
 """
 
 from __future__ import annotations
+
+import inspect
+import sys
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -34,26 +41,59 @@ def packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 
     attention_mask [B, 1, q, T] (additive or boolean) -> ([B, q, H, D], None)."""
     n_rep = getattr(module, "num_key_value_groups", 1)
     B, H, q, D = query.shape
+    T = key.shape[2]
     if (n_rep == 1 or q == 1 or attention_mask is None or attention_mask.dim() != 4
-            or attention_mask.shape[1] != 1 or kwargs.get("position_bias") is not None
-            or kwargs.get("softcap") is not None or key.shape[1] * n_rep != H):
+            or attention_mask.shape[1] != 1 or attention_mask.shape[2] != q or attention_mask.shape[3] != T
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+            or key.shape[1] * n_rep != H):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    T = key.shape[2]
-    mask = attention_mask[..., :T]                                                   # [B, 1, q, T]
-    mask = mask[:, :, None].expand(mask.shape[0], 1, n_rep, q, T).reshape(mask.shape[0], 1, n_rep * q, T)
-    packed = query.reshape(B, H // n_rep, n_rep * q, D)                               # [B, H_kv, n_rep·q, D]
+    b = attention_mask.shape[0]  # B, or 1 (broadcast)
+    mask = attention_mask[:, :, None].expand(b, 1, n_rep, q, T).reshape(b, 1, n_rep * q, T)  # [b, 1, n_rep·q, T]
+    packed = query.reshape(B, H // n_rep, n_rep * q, D)                                       # [B, H_kv, n_rep·q, D]
     out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling,
-                                         dropout_p=dropout if module.training else 0.0)
-    return out.reshape(B, H, q, D).transpose(1, 2).contiguous(), None                # [B, q, H, D]
+                                         dropout_p=dropout if module.training else 0.0)      # [B, H_kv, n_rep·q, Dv]
+    return out.reshape(B, H, q, value.shape[-1]).transpose(1, 2).contiguous(), None          # [B, q, H, Dv]
 
 
 AttentionInterface.register(NAME, packed_gqa_sdpa)
 AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks transformers builds for `sdpa` (None = causal)
 
 
-def use_packed_gqa(model) -> None:
-    """Switch a model that runs transformers' `sdpa` attention to the packed-GQA variant (the
-    same attention; other implementations are left as they are)."""
-    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+def _switchable(model) -> bool:
+    config = model.config
+    if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sub_configs", None):
+        return False
+    can = getattr(model, "_can_set_attn_implementation", None)
+    if can is None or not can():
+        return False
+    try:  # modeling code that branches on the name would take its non-sdpa branch under ours
+        source = inspect.getsource(sys.modules[type(model).__module__])
+    except (OSError, TypeError, KeyError):
+        return False
+    return '== "sdpa"' not in source and '!= "sdpa"' not in source
+
+
+def use_packed_gqa(model) -> bool:
+    """Switch a model that runs transformers' `sdpa` attention to the packed-GQA variant where
+    that is safe (see the module docstring); True if it was switched."""
+    if not _switchable(model):
+        return False
+    try:
         model.set_attn_implementation(NAME)
+    except (ValueError, ImportError):
+        return False
+    return model.config._attn_implementation == NAME
+
+
+@contextmanager
+def stock_attention(model):
+    """Run `model` with transformers' own `sdpa` for a while (baselines measured as people run them)."""
+    switched = getattr(model.config, "_attn_implementation", None) == NAME
+    if switched:
+        model.set_attn_implementation("sdpa")
+    try:
+        yield model
+    finally:
+        if switched:
+            model.set_attn_implementation(NAME)

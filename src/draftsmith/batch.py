@@ -223,6 +223,8 @@ class BatchDecoder:
             r.stats.drafter_time += time.perf_counter() - t0
             drafts.append(d)
         if trim:  # SmartSpec picks k with every row's draft in hand, and the drafts are cut to it
+            for r, i in ((r, i) for i, r in enumerate(self.rows) if drafts[i].parents is not None):
+                r.error, drafts[i] = f"{type(r.drafter).__name__} is trimmable but proposed a tree", Draft.empty()
             k = self.policy.choose_k([r.history for r in self.rows], [d.size for d in drafts])
             drafts = [d.truncate(k) for d in drafts]
             offered = [min(o, k) for o in offered]
@@ -266,7 +268,7 @@ class BatchDecoder:
             out.append((r, new))
         self.kv.valid = torch.cat([self.kv.valid, new_valid], dim=1)
         if self.policy:
-            self.policy.observe_step(time.perf_counter() - step_start, B, q, sum(len(new) for _, new in out))
+            self.policy.observe_step(time.perf_counter() - step_start, B, q, sum(len(new) for _, new in out), k)
         self._drop_finished()
         if self.rows and self.kv.width > 2 * int(self.kv.valid.sum(1).max()) + 32:
             self.kv.compact()

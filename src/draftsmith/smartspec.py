@@ -17,14 +17,16 @@ draft length k (0 = plain batched decoding) that maximises expected committed to
   included) have really taken against it lately, separately for plain (w = 1) and drafting steps.
 - After `probe_every` plain steps in a row, one step drafts a single token so the estimates can
   recover.
-- A safety net over the model: for each batch-size bucket (1, 2, 3-4, 5-8, 9-16, ...) the tokens
-  per second really committed by recent drafting steps and by recent plain steps are kept; when
-  drafting has been doing worse, the step is plain. A long drafting run is broken by a plain step
-  so both figures stay current.
+- A safety net over the model: for each batch-size bucket (1, 2, 3-4, 5-8, 9-16, ...) the rate
+  really committed by recent drafting steps and by recent plain steps (tokens per row per plain
+  forward's time at that batch size) is kept; when drafting has been doing worse, the step is
+  plain, and the next probe drafts the k the model wanted. A long drafting run is broken by a
+  plain step so both figures stay current.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -128,6 +130,7 @@ class SmartSpec:
         self.pool: deque[tuple[int, int]] = deque(maxlen=256)  # every row's recent (k offered, accepted)
         self.pool_drafted: deque[tuple[int, int]] = deque(maxlen=256)  # ... and (draft size, accepted)
         self.scale = {False: 1.0, True: 1.0}  # measured step time / predicted forward time, by width > 1
+        self.nodes_per_k = 1.0  # widest draft / k of recent drafting steps: 1 for chains, more for trees
         self.plain_run = self.spec_run = 0
         self.realized: dict[tuple[int, bool], deque] = {}  # (bucket, drafted?) -> recent (tokens, seconds)
 
@@ -178,22 +181,28 @@ class SmartSpec:
             expected = [e + x for e, x in zip(expected, per_k)]
         best_k, best = 0, -1.0
         for k in range(top + 1):
-            goodput = expected[k] / self.step_cost(B, k + 1)
+            width = k + 1 if sizes is not None else 1 + math.ceil(k * self.nodes_per_k - 1e-9)
+            goodput = expected[k] / self.step_cost(B, width)
             if goodput > best * 1.0001:
                 best_k, best = k, goodput
+        model_k = best_k
         if best_k > 0 and self.realized_worse(B):
-            best_k = 0
+            best_k = 0  # the safety net: drafting has really been doing worse at this batch size
+        if top == 0:
+            return 0  # nothing to draft this step: neither a plain choice nor a drafting one
         self.plain_run = self.plain_run + 1 if best_k == 0 else 0
         self.spec_run = self.spec_run + 1 if best_k > 0 else 0
-        if self.plain_run > self.probe_every:  # a one-token probe keeps the history alive
-            self.plain_run, best_k = 0, min(1, top)
+        if self.plain_run > self.probe_every:  # a probe keeps the history and the net's figures alive:
+            self.plain_run, best_k = 0, min(model_k or 1, top)  # at the model's k when the net overruled it
         elif self.spec_run > (self.probe_every if len(self.realized.get((bucket(B), False), ())) >= 8 else 4):
             self.spec_run, best_k = 0, 0  # and a plain step keeps the plain figure current
         return best_k
 
     def realized_worse(self, rows: int, min_steps: int = 8) -> bool:
         """Have recent drafting steps in this batch-size bucket committed fewer tokens per second
-        than recent plain ones? (False until both have `min_steps` steps.)"""
+        than recent plain ones? Each step's rate is taken relative to the plain forward at its own
+        batch size (tokens per row over seconds per `cost(rows, 1)`), so the sizes that share a
+        bucket compare fairly. (False until both kinds have `min_steps` steps.)"""
         b = bucket(rows)
         spec, plain = self.realized.get((b, True), ()), self.realized.get((b, False), ())
         if len(spec) < min_steps or len(plain) < min_steps:
@@ -210,10 +219,15 @@ class SmartSpec:
             history.drafted.append((size, accepted))
             self.pool_drafted.append((size, accepted))
 
-    def observe_step(self, seconds: float, rows: int, width: int, tokens: int) -> None:
+    def observe_step(self, seconds: float, rows: int, width: int, tokens: int, k: int = 0) -> None:
         """Fold a whole step's measured time into the cost scale of its kind (width 1 or more),
-        and its tokens per second into the realized figures of its bucket."""
+        and its rate into the realized figures of its bucket: (tokens per row, seconds in units
+        of the plain forward at this batch size). With the step's k, also how wide drafts of
+        depth k really are (a tree drafter's draft at depth k has more than k nodes)."""
         drafted = width > 1
-        self.realized.setdefault((bucket(rows), drafted), deque(maxlen=32)).append((tokens, seconds))
+        if drafted and k > 0:
+            self.nodes_per_k = 0.8 * self.nodes_per_k + 0.2 * max((width - 1) / k, 1.0)
+        self.realized.setdefault((bucket(rows), drafted), deque(maxlen=16)).append(
+            (tokens / rows, seconds / max(self.cost(rows, 1), 1e-9)))
         ratio = seconds / max(self.cost(rows, width), 1e-9)
         self.scale[drafted] = 0.9 * self.scale[drafted] + 0.1 * ratio

@@ -84,11 +84,11 @@ def test_calibrated_smartspec_rows_still_equal_their_requests_alone(arch):
     probes, drafting steps mixed), every row's greedy output is still its request's alone."""
     target = tiny_model(arch)
     dec = BatchDecoder(target, lambda: build_drafter("ngram", k=4), k_max=4, probe_every=2)
-    cost = dec.calibrate(batches=(1, 4), context=16, repeats=1)
-    assert cost(4, 5) >= cost(4, 1) > 0
+    dec.calibrate(batches=(1, 4), context=16, repeats=1)
     outs = dec.generate(PROMPTS[:4], SamplingParams(max_new_tokens=24))
     for prompt, out in zip(PROMPTS, outs):
         assert out.token_ids == alone(target, prompt, 24)
+    assert sum(o.stats.drafted for o in outs) > 0  # some steps drafted (probes at the least)
 
 
 def test_sampled_rows_are_reproducible_and_follow_the_batch_verifier(arch):

@@ -100,7 +100,54 @@ def test_observed_steps_scale_their_kind():
         policy.observe_step(seconds=0.4, rows=2, width=1, tokens=2)  # plain steps take twice the forward
     assert policy.step_cost(2, 1) == pytest.approx(0.4, rel=0.01)
     assert policy.step_cost(2, 3) == pytest.approx(0.6)           # drafting steps: not seen yet, unscaled
-    assert policy.realized[(2, False)][-1] == (2, 0.4)
+    assert policy.realized[(2, False)][-1] == (1.0, 2.0)  # tokens per row, seconds per plain forward
+
+
+def test_tree_drafts_are_costed_at_their_real_width():
+    """A tree drafter asked for depth k proposes many more than k nodes: once steps have shown
+    it, k is chosen for the width the batch really gets."""
+    cost = by_tokens({1: 1.0, 4: 1.0, 64: 3.0})
+    policy = SmartSpec(4, cost)
+    rows = [History(spec=[(4, 1)] * 8)] * 4           # one token accepted per drafting step
+    assert policy.choose_k(rows) == 1                  # as chains: 4 rows × 2 tokens is nearly free
+    for _ in range(30):
+        policy.observe_step(seconds=cost(4, 9), rows=4, width=9, tokens=8, k=1)  # 8 nodes at depth 1
+    assert policy.nodes_per_k == pytest.approx(8.0, rel=0.01)
+    assert policy.choose_k(rows) == 0                  # 4 rows × 9 tokens for one more token each: no
+
+
+def test_the_net_compares_batch_sizes_in_a_bucket_fairly():
+    """Plain steps at 16 rows commit more tokens per second than drafting steps at 9 rows only
+    because they have more rows: per row and per plain forward of its own size, drafting (τ 2 at
+    a 1.33x step) wins, so the net must not switch drafting off."""
+    cost = lambda rows, width: 1.0 + 0.01 * rows * width  # noqa: E731
+    policy = SmartSpec(4, cost)
+    for _ in range(8):
+        policy.observe_step(seconds=cost(16, 1), rows=16, width=1, tokens=16)
+        policy.observe_step(seconds=cost(9, 5), rows=9, width=5, tokens=18)
+    assert 16 / cost(16, 1) > 18 / cost(9, 5)  # the raw rates would say drafting is worse
+    assert not policy.realized_worse(9) and not policy.realized_worse(16)
+    for _ in range(16):
+        policy.observe_step(seconds=cost(9, 5), rows=9, width=5, tokens=9)  # now τ 1 at a wider step
+    assert policy.realized_worse(12)
+
+
+def test_a_probe_after_the_net_drafts_the_models_k():
+    policy = SmartSpec(8, FREE, probe_every=2)
+    policy.realized[(1, True)] = deque([(1.0, 2.0)] * 8)   # drafting: half the plain rate
+    policy.realized[(1, False)] = deque([(1.0, 1.0)] * 8)
+    rows = [History(spec=[(8, 8)] * 8)]                  # the model says: draft all 8
+    assert [policy.choose_k(rows) for _ in range(4)] == [0, 0, 8, 0]
+
+
+def test_trimmed_rows_without_history_borrow_the_pooled_drafts():
+    cost = by_tokens({1: 1.0, 4: 1.0, 40: 1.5})
+    policy = SmartSpec(8, cost)
+    policy.pool_drafted.extend([(6, 6)] * 10)            # drafts of this kind have been kept whole
+    assert policy.choose_k([History(), History()], [6, 2]) == 6
+    policy.pool_drafted.clear()
+    policy.pool_drafted.extend([(6, 0)] * 10)            # ... and now they never are
+    assert policy.choose_k([History(), History()], [6, 2]) == 0
 
 
 @pytest.mark.parametrize("rows, want", [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (16, 16), (17, 32)])

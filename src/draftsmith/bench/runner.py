@@ -14,10 +14,12 @@ from __future__ import annotations
 import difflib
 import time
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 
+from ..attention import stock_attention
 from ..decoding import SpeculativeDecoder
 from ..drafters import REGISTRY, build_drafter, parse_spec
 from ..errors import DraftsmithError
@@ -96,7 +98,11 @@ class Method:
             if "max_ngram" in self.spec.options:
                 kwargs["max_matching_ngram_size"] = self.spec.options["max_ngram"]
         input_ids = torch.tensor([prompt_ids], device=self.target.device)
-        out = self.target.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        with ExitStack() as stack:  # Hugging Face as people run it: its own sdpa attention
+            for model in (self.target.model, kwargs.get("assistant_model")):
+                if model is not None:
+                    stack.enter_context(stock_attention(model))
+            out = self.target.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
         return out[0, len(prompt_ids):].tolist()
 
 
