@@ -107,6 +107,13 @@ class AlwaysAccept:
         return VerifyResult(torch.cat([draft.token_ids, bonus], -1), draft.size, draft.size)
 
 
+def _with_vocab(heads: str, ids: list[int]) -> str:
+    from draftsmith.heads.vocab import save_vocab
+
+    save_vocab(heads, ids)
+    return heads
+
+
 @pytest.fixture(scope="module")
 def pair():
     target = tiny_model("llama", vocab=V, seed=0, std=0.5)
@@ -142,6 +149,10 @@ DECODERS = {
        for kind in ("medusa", "hydra", "eagle", "amphista", "koala")},
     "eagle-tree": lambda target, draft: SpeculativeDecoder(target, build_drafter(
         "eagle", heads=random_heads(target, "eagle", tempfile.mkdtemp(), seed=2, scale=0.5), tree_nodes=6, topk=2)),
+    # heads drafting over part of the vocabulary: q is zero outside it
+    "eagle-vocab": lambda target, draft: SpeculativeDecoder(target, build_drafter(
+        "eagle", heads=_with_vocab(random_heads(target, "eagle", tempfile.mkdtemp(), seed=2, scale=0.5), [1, 3]),
+        vocab=2)),
     # a tree of siblings sampled independently from the drafter's q
     "sampled-tree": lambda target, draft: SpeculativeDecoder(target, SampledTree(draft)),
 }
@@ -151,7 +162,7 @@ DECODERS = {
                                            ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
                                            ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
                                            ("hierarchy", "t0.7-topk3"), ("medusa", "t1"), ("hydra", "t0.7-topk3"),
-                                           ("eagle", "t1"), ("eagle-tree", "t1"), ("amphista", "t1"),
+                                           ("eagle", "t1"), ("eagle-tree", "t1"), ("eagle-vocab", "t1"), ("amphista", "t1"),
                                            ("koala", "t0.7-topk3"), ("sampled-tree", "t1"),
                                            ("sampled-tree", "t0.7-topk3")])
 def test_sampling_is_lossless(pair, decoder, case):

@@ -14,6 +14,7 @@ from draftsmith.batch import BatchDecoder
 from draftsmith.cli import main
 from draftsmith.errors import DraftsmithError
 from draftsmith.heads import HeadsConfig, build_heads, load_heads
+from draftsmith.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import random_heads, tiny_model
 
 KINDS = ["medusa", "hydra", "eagle", "amphista", "koala"]
@@ -86,6 +87,39 @@ def test_greedy_equals_autoregressive(arch, variant, tmp_path):
     assert [r.token_ids for r in dec.generate(PROMPTS, params)] == refs
 
 
+def test_subset_lm_head_is_the_lm_head_on_its_tokens():
+    target = tiny_model("llama")
+    lm_head = target.model.get_output_embeddings()
+    ids = torch.tensor([7, 3, 50])
+    x = torch.randn(2, 4, target.config.hidden_size)  # [B, n, H]
+    full, sub = lm_head(x), SubsetLMHead(lm_head, ids)(x)
+    assert sub.shape == full.shape
+    torch.testing.assert_close(sub[..., ids], full[..., ids])
+    others = torch.ones(full.shape[-1], dtype=torch.bool)
+    others[ids] = False
+    assert torch.isinf(sub[..., others]).all() and (sub[..., others] < 0).all()
+
+
+@pytest.mark.parametrize("variant", ["medusa-tree", "hydra", "eagle", "eagle-tree"])
+def test_greedy_with_a_draft_vocabulary(arch, variant, tmp_path):
+    """Heads drafting over a third of the vocabulary (the ids stored beside them): the output is
+    still the target's own, single row and batched."""
+    kind, options = variant.split("-")[0], VARIANTS[variant]
+    target = tiny_model(arch)
+    heads = random_heads(target, kind, tmp_path / kind)
+    save_vocab(heads, list(range(0, target.vocab_size, 3)))
+    drafter = build_drafter(kind, heads=heads, vocab=20, **options)
+    drafter.bind(target)
+    assert isinstance(drafter.lm_head, SubsetLMHead) and drafter.lm_head.weight.shape[0] == 20
+    params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+    refs = [SpeculativeDecoder(target, "none").generate(p, params).token_ids for p in PROMPTS]
+    outs = [SpeculativeDecoder(target, kind, heads=heads, vocab=20, **options).generate(p, params) for p in PROMPTS]
+    assert [o.token_ids for o in outs] == refs
+    assert sum(o.stats.drafted for o in outs) > 0
+    dec = BatchDecoder(target, lambda: build_drafter(kind, heads=heads, vocab=20, **options), k_max=3, smartspec=False)
+    assert [r.token_ids for r in dec.generate(PROMPTS, params)] == refs
+
+
 def test_trained_heads_are_accepted_and_stay_exact(tmp_path):
     """Self-distillation on the target's own greedy answers (a random model's: little carries
     over between prompts, so this checks the pipeline, not generalisation): held-out agreement
@@ -136,6 +170,10 @@ def test_train_heads_end_to_end(kind, tmp_path):
     assert cfg.kind == kind and cfg.num_layers == (2 if kind == "koala" else 1)
     assert cfg.training["adversarial"] == (0.1 if kind == "koala" else 0.0)
     assert 0 <= cfg.training["held_out"]["top1_agreement"][0] <= 1 and (out / "README.md").is_file()
+    vocab = load_vocab(out, 10_000)  # the draft vocabulary: the training answers' tokens, most frequent first
+    answers = [t for line in rollouts.read_text().splitlines() for t in json.loads(line)["response_ids"]]
+    counts = [answers.count(t) for t in vocab.tolist() if t not in target.eos_token_ids]
+    assert set(vocab.tolist()) >= set(answers) and counts == sorted(counts, reverse=True)
     params = SamplingParams(max_new_tokens=24, ignore_eos=True)
     ref = SpeculativeDecoder(target, "none").generate(prompts[-1], params)
     assert SpeculativeDecoder(target, kind, heads=str(out)).generate(prompts[-1], params).token_ids == ref.token_ids

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..heads.modules import HeadsConfig, load_heads
+from ..heads.vocab import SubsetLMHead, load_vocab
 from ..sampling import probs, sample
 from ..target import CausalLM
 from ..types import Draft, VerifyResult
@@ -38,18 +39,22 @@ class HeadsDrafter:
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = True
 
-    def __init__(self, heads: str | None = None, k: int | None = None):
+    def __init__(self, heads: str | None = None, k: int | None = None, vocab: int = 8192):
         """heads: a folder written by `draftsmith train heads` (default: the heads shipped for
-        the target, if any). k: longest draft (default: what the heads were trained for)."""
+        the target, if any). k: longest draft (default: what the heads were trained for).
+        vocab: draft over the `vocab` most frequent tokens listed beside the heads (0 = the
+        whole vocabulary; see heads/vocab.py)."""
         if k is not None and not (isinstance(k, int) and k >= 1):
             raise DraftsmithError(f"{self.name}: k (draft length) must be an integer >= 1, got {k!r}")
-        self.heads_spec, self.k = heads, k
+        if not (isinstance(vocab, int) and vocab >= 0):
+            raise DraftsmithError(f"{self.name}: vocab must be an integer >= 0 (0 = the whole vocabulary), got {vocab!r}")
+        self.heads_spec, self.k, self.vocab = heads, k, vocab
         self.module = None
         self.features: list[torch.Tensor] = []  # [H] per committed token but the newest
 
     def clone(self):
         """A drafter for another sequence: the same heads, its own features."""
-        other = type(self)(self.heads_spec, self.k)
+        other = type(self)(self.heads_spec, self.k, vocab=self.vocab)
         other.module, other.lm_head, other.embed, other.dtype = self.module, self.lm_head, self.embed, self.dtype
         return other
 
@@ -68,6 +73,9 @@ class HeadsDrafter:
                 f"{folder}: heads for hidden size {cfg.hidden_size} / vocabulary {cfg.vocab_size}, but target "
                 f"{target.name!r} has {target.config.hidden_size} / {target.vocab_size}")
         self.lm_head = target.model.get_output_embeddings()
+        ids = load_vocab(folder, self.vocab) if self.vocab else None
+        if ids is not None and len(ids) < target.vocab_size:  # draft over the most frequent tokens only
+            self.lm_head = SubsetLMHead(self.lm_head, ids)
         self.embed = target.model.get_input_embeddings()
         self.dtype = target.dtype
         self.k = self.k or cfg.num_heads
@@ -112,8 +120,9 @@ class MedusaDrafter(HeadsDrafter):
 
     name: ClassVar[str] = "medusa"
 
-    def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4):
-        super().__init__(heads, k)
+    def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4,
+                 vocab: int = 8192):
+        super().__init__(heads, k, vocab)
         if tree_nodes < 0 or topk < 1:
             raise DraftsmithError(f"{self.name}: tree_nodes must be >= 0 and topk >= 1, got {tree_nodes}, {topk}")
         self.tree_nodes, self.topk = tree_nodes, topk
@@ -195,8 +204,8 @@ class EagleDrafter(HeadsDrafter):
     name: ClassVar[str] = "eagle"
 
     def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4,
-                 beam: int = 4):
-        super().__init__(heads, k)
+                 beam: int = 4, vocab: int = 8192):
+        super().__init__(heads, k, vocab)
         if tree_nodes < 0 or topk < 1 or beam < 1:
             raise DraftsmithError(f"eagle: tree_nodes must be >= 0, topk and beam >= 1; got {tree_nodes}, {topk}, {beam}")
         self.tree_nodes, self.topk, self.beam = tree_nodes, topk, beam

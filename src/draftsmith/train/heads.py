@@ -19,7 +19,8 @@
      trains on BCE (p real, q fake, q detached); the heads add `adversarial` times the
      non-saturating generator loss -log D(q) to their loss, per predicted token.
    Logged per head: top-1 agreement with the target's argmax (what greedy acceptance needs).
-3. Output: `config.json` + `model.safetensors` (the heads' weights only) + a model card; a
+3. Output: `config.json` + `model.safetensors` (the heads' weights only) + `draft_vocab.safetensors`
+   (the answers' tokens by frequency: the pruned draft vocabulary, heads/vocab.py) + a model card; a
    checkpoint (`checkpoint/`) every `save_every` steps that a rerun resumes from.
 """
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from ..errors import DraftsmithError
 from ..heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
+from ..heads.vocab import count_tokens, save_vocab
 from ..target import CausalLM
 
 
@@ -274,6 +276,8 @@ def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, i
     metrics = evaluate_heads(loss_fn, held)
     module.cfg.training = {**asdict(cfg), "sequences": len(train), "held_out": metrics}
     save_heads(module, out)
+    # the draft vocabulary: the tokens of the training answers, most frequent first (heads/vocab.py)
+    save_vocab(out, count_tokens(ids[start:].tolist() for ids, _, start in data), always=sorted(target.eos_token_ids))
     write_card(out, module.cfg, metrics)
     return out
 
