@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import sys
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,17 @@ AttentionInterface.register(NAME, packed_gqa_sdpa)
 AttentionMaskInterface.register(NAME, sdpa_mask)  # the masks transformers builds for `sdpa` (None = causal)
 
 
+@lru_cache(maxsize=None)
+def _branches_on_sdpa_name(module_name: str) -> bool:
+    """Does this modeling module compare the attention implementation's name to "sdpa"? (Its
+    non-sdpa branch would run under ours.) Unreadable source counts as yes. Read once per module."""
+    try:
+        source = inspect.getsource(sys.modules[module_name])
+    except (OSError, TypeError, KeyError):
+        return True
+    return '== "sdpa"' in source or '!= "sdpa"' in source
+
+
 def _switchable(model) -> bool:
     config = model.config
     if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sub_configs", None):
@@ -67,11 +79,7 @@ def _switchable(model) -> bool:
     can = getattr(model, "_can_set_attn_implementation", None)
     if can is None or not can():
         return False
-    try:  # modeling code that branches on the name would take its non-sdpa branch under ours
-        source = inspect.getsource(sys.modules[type(model).__module__])
-    except (OSError, TypeError, KeyError):
-        return False
-    return '== "sdpa"' not in source and '!= "sdpa"' not in source
+    return not _branches_on_sdpa_name(type(model).__module__)
 
 
 def use_packed_gqa(model) -> bool:
