@@ -5,6 +5,7 @@ heads then get drafts accepted, and the errors a user meets."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -184,16 +185,15 @@ TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adver
 
 @pytest.mark.parametrize("variant", TRAINING)
 def test_heads_training_loss_falls(variant, tmp_path):
-    from draftsmith.train.heads import HeadsTrainConfig, extract_features, train_heads
+    from draftsmith.train.heads import HeadsTrainConfig, train_heads
 
     kind = variant.split("-")[0]
     target = tiny_model("llama", vocab=64, seed=4)
     gen = torch.Generator().manual_seed(1)
     seqs = [(torch.randint(64, (40,), generator=gen).tolist(), 4) for _ in range(24)]
-    data = extract_features(target, seqs, max_len=64, progress=False)
     cfg = HeadsTrainConfig(kind=kind, out=str(tmp_path / kind), steps=40, num_heads=2, batch_tokens=128,
                            lr=3e-3, holdout=4, log_every=5, **TRAINING[variant])
-    train_heads(target, data, cfg, progress=False)
+    train_heads(target, seqs, cfg, progress=False)
     losses = _scalars(tmp_path / kind / "runs", "train/loss")
     assert losses[-1] < losses[0], f"{variant}: {losses}"
     if cfg.adversarial:  # the discriminator trained and its losses were logged beside the heads'
@@ -226,3 +226,73 @@ def test_missing_or_mismatched_heads_are_clear_errors(tmp_path):
 def test_no_shipped_heads_is_a_clear_error(kind):
     with pytest.raises(DraftsmithError, match=f"no trained {kind} heads ship .* --kind {kind}"):
         SpeculativeDecoder(tiny_model("llama"), kind)
+
+
+def test_batched_features_equal_one_sequence_at_a_time():
+    """The target's features for a step come from one right-padded batch; padding after a
+    sequence must change none of its positions, and the order of the sequences is kept."""
+    from draftsmith.train.heads import extract_features
+
+    target = tiny_model("llama", vocab=64, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    seqs = [(torch.randint(64, (n,), generator=gen).tolist(), s) for n, s in [(30, 5), (12, 3), (41, 10), (6, 4), (20, 2)]]
+    batched = extract_features(target, seqs, max_len=36, top=True, batch_tokens=10_000)
+    alone = [item for seq in seqs for item in extract_features(target, [seq], max_len=36, top=True)]
+    assert [len(it.ids) for it in batched] == [30, 12, 36, 20]  # (6, 4) has 2 answer tokens: dropped; 41 cut to 36
+    for b, a, (ids, start) in zip(batched, alone, [s for s in seqs if len(s[0]) - s[1] >= 3]):
+        assert b.ids.tolist() == ids[:36] and b.start == start
+        torch.testing.assert_close(b.feats, a.feats, rtol=1e-4, atol=1e-5)
+        with torch.inference_mode():
+            logits = target.model(input_ids=b.ids[None]).logits[0]  # [L, V]
+        assert torch.equal(b.top, logits.argmax(-1))
+
+
+def test_training_vocabulary_losses_and_agreement():
+    """Over a training vocabulary: a token outside it costs nothing under `ce`, and agreement
+    maps the head's best index back to its token before comparing with the target's argmax."""
+    from draftsmith.train.heads import HeadsLoss, HeadsTrainConfig, _token_loss
+
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]]))  # q over 3 training tokens
+    ce = _token_loss(logits, logits, torch.tensor([1, -1]), "ce")
+    torch.testing.assert_close(ce, torch.tensor([-math.log(0.25), 0.0]))
+    p = torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.1, 0.2, 0.7]]))
+    kl = _token_loss(logits, p, torch.tensor([0, 0]), "kl")
+    expected = 0.25 * math.log(0.25 / 0.5) + 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(1.0)
+    torch.testing.assert_close(kl, torch.tensor([expected, 0.0]))
+
+    target = tiny_model("llama", vocab=64)
+    vocab_ids = torch.tensor([7, 3, 50])
+    embed = target.model.get_input_embeddings()
+    loss = HeadsLoss(None, None, embed, HeadsTrainConfig(kind="eagle", out="unused"), vocab_ids=vocab_ids)
+    assert loss._labels(torch.tensor([3, 50, 9, 7])).tolist() == [1, 2, -1, 0]
+    head = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], [0.0, 0.0, 5.0]])  # best: tokens 3, 7, 50
+    assert loss._agree(head, head, torch.tensor([3, 9, 50])).tolist() == [2, 3]
+    assert loss._agree(head, torch.tensor([[0.0, 1.0, 0.0]] * 3), None).tolist() == [1, 3]
+
+
+def test_sharegpt_first_turns_as_training_sequences(tmp_path):
+    """`--data` a ShareGPT file: each usable first turn becomes the chat-template prompt plus the
+    answer as the template closes an assistant turn; other records are skipped."""
+    from transformers import PreTrainedTokenizerFast
+
+    from draftsmith.target import CausalLM
+    from draftsmith.train.data import sharegpt_answers
+    from draftsmith.train.heads import load_sequences
+    from tests.conftest import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    target = CausalLM(tiny_model("llama", vocab=len(tok)).model, tokenizer=tok, name="tiny-chat")
+    records = [{"id": "a", "conversations": [{"from": "human", "value": "hello world"},
+                                             {"from": "gpt", "value": "the quick brown fox"}]},
+               {"id": "b", "conversations": [{"from": "gpt", "value": "no question first"}]},
+               {"id": "c", "conversations": [{"from": "human", "value": "tiny"}, {"from": "gpt", "value": "  "}]}]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(records))
+    (ids, start), = load_sequences(target, str(path))
+    assert ids[:start] == target.encode([{"role": "user", "content": "hello world"}])
+    assert tok.decode(ids[start:]) == "the quick brown fox<eos>"
+    with pytest.raises(DraftsmithError, match="no usable ShareGPT"):
+        sharegpt_answers(target, str(path), max_prompt_tokens=2)

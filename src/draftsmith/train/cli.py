@@ -56,7 +56,9 @@ def add_train_parser(sub) -> None:
     k = stages.add_parser("distill", help="knowledge distillation on target rollouts")
     _common(k, steps=400, lr=5e-4, batch=8)
     k.add_argument("--drafter", required=True, help="drafter folder to start from (e.g. the pretrain output)")
-    k.add_argument("--data", required=True, help="rollouts JSONL from `draftsmith train data`")
+    k.add_argument("--data", required=True,
+                   help="rollouts JSONL from `draftsmith train data` (the recipe's target answers), or `sharegpt` / a "
+                        "ShareGPT .json file (first turns with ShareGPT's answers; the target still gives the labels)")
     k.add_argument("--loss", default="fkl", help="fkl | rkl | jsd | tvd | tvdpp (default fkl)")
     k.add_argument("--max-len", type=int, default=512)
     k.add_argument("--on-policy", type=float, default=0.0, help="DistillSpec: fraction of batches answered by the drafter")
@@ -68,9 +70,11 @@ def add_train_parser(sub) -> None:
     h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala) on the frozen target")
     h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala")
     h.add_argument("--target", default=DEFAULT_MODEL)
-    h.add_argument("--data", required=True, help="rollouts JSONL from `draftsmith train data` (self-distillation)")
+    h.add_argument("--data", required=True,
+                   help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "
+                        "(the packaged ShareGPT: first turns with ShareGPT's answers) or a ShareGPT .json file")
+    h.add_argument("--limit", type=int, help="use at most this many training sequences")
     h.add_argument("--out", required=True, help="output folder (reruns resume from its checkpoint)")
-    h.add_argument("--features", help="feature cache file (default: beside --data)")
     h.add_argument("--steps", type=int, default=600)
     h.add_argument("--num-heads", type=int, default=4, help="heads; eagle: default draft length")
     h.add_argument("--num-layers", type=int, default=0,
@@ -81,6 +85,8 @@ def add_train_parser(sub) -> None:
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--loss", default="kl", help="kl (the target's soft labels) | ce (the sampled tokens)")
     h.add_argument("--max-len", type=int, default=512)
+    h.add_argument("--train-vocab", type=int, default=8192,
+                   help="train over the N most frequent answer tokens, the heads' draft vocabulary (0 = all)")
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--save-every", type=int, default=100)
     h.set_defaults(func=cmd_heads)
@@ -139,14 +145,15 @@ def cmd_distill(args) -> int:
 
 
 def cmd_heads(args) -> int:
-    from .heads import HeadsTrainConfig, load_or_extract, train_heads
+    from .heads import HeadsTrainConfig, load_sequences, train_heads
 
     cfg = HeadsTrainConfig(kind=args.kind, out=args.out, steps=args.steps, num_heads=args.num_heads,
                            num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
-                           adversarial=args.adversarial)
+                           adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data)
     cfg.check()
+    if args.limit is not None and args.limit < 1:
+        raise DraftsmithError("--limit must be >= 1")
     target = _target(args.target)
-    data = load_or_extract(target, args.data, args.max_len, args.features)
-    print(train_heads(target, data, cfg))
+    print(train_heads(target, load_sequences(target, args.data, limit=args.limit), cfg))
     return 0

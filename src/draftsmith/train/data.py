@@ -200,3 +200,44 @@ def read_rollouts(path: str | Path) -> list[dict]:
         if row.get("response_ids"):
             rows.append(row)
     return rows
+
+
+# ----- training rows: rollouts, or ShareGPT's own answers ------------------------------------
+def training_rows(target: CausalLM, data: str, *, limit: int | None = None, max_prompt_tokens: int = 256) -> list[dict]:
+    """Rows with `prompt_ids` and `response_ids` from `data`: a rollouts JSONL file (the target's
+    own answers), or ShareGPT (`sharegpt` for the packaged file, or a ShareGPT .json path)."""
+    if data == "sharegpt" or data.endswith(".json"):
+        return sharegpt_answers(target, None if data == "sharegpt" else data, limit=limit,
+                                max_prompt_tokens=max_prompt_tokens)
+    return read_rollouts(data)[:limit]
+
+
+def sharegpt_answers(target: CausalLM, path: str | Path | None = None, *, limit: int | None = None,
+                     max_prompt_tokens: int = 256) -> list[dict]:
+    """ShareGPT first turns as rows: the question in the target's chat template (`prompt_ids`),
+    then ShareGPT's answer as the template closes an assistant turn (`response_ids`). The fixed
+    data of EAGLE and Medusa: the tokens are ShareGPT's, the labels a loss takes from the target."""
+    if target.tokenizer is None or not target.has_chat_template:
+        raise DraftsmithError(f"{target.name}: ShareGPT training data needs the target's tokenizer and chat template")
+    rows = []
+    for i, record in enumerate(read_sharegpt(sharegpt_path(path))):
+        turns = _turns(record)
+        if len(turns) < 2 or turns[0][0] != "human" or turns[1][0] != "gpt":
+            continue
+        (_, user), (_, answer) = turns[:2]
+        if not user.strip() or not answer.strip():
+            continue
+        prompt = target.encode([{"role": "user", "content": user}])
+        if len(prompt) > max_prompt_tokens:
+            continue
+        whole = target.tokenizer.apply_chat_template([{"role": "user", "content": user},
+                                                      {"role": "assistant", "content": answer}], tokenize=True)
+        whole = list(whole["input_ids"] if hasattr(whole, "keys") else whole)
+        if whole[: len(prompt)] != prompt:  # a template that renders earlier turns differently: unusable
+            continue
+        rows.append({"id": str(record.get("id", i)), "prompt_ids": prompt, "response_ids": whole[len(prompt):]})
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows:
+        raise DraftsmithError(f"{path or 'sharegpt'}: no usable ShareGPT first turns (a human turn, then a gpt turn)")
+    return rows

@@ -1,9 +1,17 @@
 """`draftsmith train heads`: draft heads on a frozen target (self-distillation).
 
-1. Features: the target runs once over every training sequence (prompt + the target's own answer
-   from `draftsmith train data`, or chat-formatted ShareGPT) and its last hidden states are kept
-   (`feats`, [L, H] per sequence). The target's distribution at every position is then free:
-   p_m = softmax(lm_head(feats[m-1])), so soft labels cost one LM-head pass, not a target pass.
+1. Features: every step, the target (frozen, in its own dtype) runs over that step's training
+   sequences, right-padded into one batch (causal attention: padding after a sequence changes
+   none of its positions), and its last hidden states are the features (`feats`, [L, H] per
+   sequence). Sequences are a prompt + the target's own answer (`draftsmith train data`), or a
+   ShareGPT first turn in the chat template with ShareGPT's answer (the fixed-data recipe of
+   EAGLE and Medusa; the labels are still the target's). Features are made on the fly, not
+   cached, so the data can be larger than memory. The target's distribution at every position is
+   then free: p_m = softmax(lm_head(feats[m-1])), one LM-head pass, not a target pass.
+   Training vocabulary (`train_vocab` N > 0, FR-Spec / EAGLE-3): heads draft over the N most
+   frequent answer tokens (heads/vocab.py), so they also train over them: q and p are the
+   softmaxes of the N logits (p conditioned on the subset), which costs N/V of the LM head. The
+   logged agreement is still with the target's argmax over the whole vocabulary.
 2. Heads train with the target frozen (its LM head and embeddings shared, not updated), on the
    answer tokens only:
    - medusa / hydra / amphista / koala: head i (0-based) at position t predicts token t+2+i. Loss
@@ -61,6 +69,8 @@ class HeadsTrainConfig:
     log_every: int = 10
     save_every: int = 100
     holdout: int = 16  # sequences kept aside for the final evaluation
+    data: str = ""  # where the sequences came from (for the model card)
+    train_vocab: int = 8192  # train over the N most frequent answer tokens (the draft vocabulary); 0 = all
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -69,31 +79,62 @@ class HeadsTrainConfig:
             raise DraftsmithError(f"--loss must be kl or ce, got {self.loss!r}")
         if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8:
             raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8")
-        if self.num_layers < 0 or self.adversarial < 0:
-            raise DraftsmithError("--num-layers and --adversarial must be >= 0")
+        if self.num_layers < 0 or self.adversarial < 0 or self.train_vocab < 0:
+            raise DraftsmithError("--num-layers, --adversarial and --train-vocab must be >= 0")
+
+
+class Item(NamedTuple):
+    """One training sequence with the target's view of it."""
+
+    ids: torch.Tensor    # [L]
+    feats: torch.Tensor  # [L, H] the target's last hidden states
+    start: int           # first answer token
+    top: torch.Tensor | None = None  # [L] the target's argmax over the whole vocabulary after each position
 
 
 @torch.inference_mode()
-def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int,
-                     progress: bool = True) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(ids, answer start) per sequence -> (ids [L], feats [L, H] in the target's dtype, start)."""
+def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int, *,
+                     top: bool = False, progress: bool = False, batch_tokens: int = 8192) -> list[Item]:
+    """(ids, answer start) per sequence -> Items, in order (`top`: with the target's argmax over
+    the whole vocabulary, one more LM-head pass). Sequences with fewer than 3 answer tokens after
+    truncation to `max_len` are dropped. The target runs on right-padded batches of at most
+    `batch_tokens` (padded) tokens, of sequences of similar lengths."""
     from tqdm import tqdm
 
-    out = []
-    for ids, start in tqdm(sequences, desc="target features", disable=not progress):
-        ids = ids[:max_len]
-        if len(ids) - start < 3:
-            continue
-        o = target.model(input_ids=torch.tensor([ids], device=target.device), output_hidden_states=True, logits_to_keep=1)
-        out.append((torch.tensor(ids), o.hidden_states[-1][0].to("cpu"), start))
-    return out
+    kept = [(ids[:max_len], start) for ids, start in sequences if len(ids[:max_len]) - start >= 3]
+    by_length = sorted(range(len(kept)), key=lambda k: len(kept[k][0]))
+    lm_head = target.model.get_output_embeddings()
+    out: dict[int, Item] = {}
+    bar = tqdm(total=len(kept), desc="target features", disable=not progress)
+    i = 0
+    while i < len(by_length):
+        j = i + 1  # lengths ascend, so the last sequence taken is the longest
+        while j < len(by_length) and len(kept[by_length[j]][0]) * (j - i + 1) <= batch_tokens:
+            j += 1
+        chunk = by_length[i:j]
+        longest = len(kept[chunk[-1]][0])
+        ids = torch.zeros((len(chunk), longest), dtype=torch.long)  # [B, T], right-padded with token 0
+        for row, k in enumerate(chunk):
+            ids[row, : len(kept[k][0])] = torch.tensor(kept[k][0])
+        hidden = target.model(input_ids=ids.to(target.device), output_hidden_states=True,
+                              logits_to_keep=1).hidden_states[-1]  # [B, T, H]
+        for row, k in enumerate(chunk):
+            h = hidden[row, : len(kept[k][0])]  # [L, H]
+            out[k] = Item(ids[row, : len(h)].clone(), h.to("cpu"), kept[k][1],
+                          lm_head(h).argmax(-1).to("cpu") if top else None)
+        bar.update(len(chunk))
+        i = j
+    bar.close()
+    return [out[k] for k in range(len(kept))]
 
 
 def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per position: KL(p || q) with p from the target's logits, or CE on the token. [N, V] -> [N]."""
+    """Per position: KL(p || q) with p from the target's logits, or CE on the token (its index in
+    the training vocabulary; -1, outside it, costs nothing). [N, V] -> [N]."""
     logq = F.log_softmax(logits.float(), dim=-1)
     if kind == "ce":
-        return -logq.gather(-1, tokens[:, None])[:, 0]
+        inside = tokens >= 0
+        return -logq.gather(-1, tokens.clamp(min=0)[:, None])[:, 0] * inside
     logp = F.log_softmax(p_logits.float(), dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1)
 
@@ -124,8 +165,28 @@ class Adversarial(NamedTuple):
 class HeadsLoss:
     """The loss of one sequence for each head kind, with per-head agreement counts."""
 
-    def __init__(self, module, lm_head, embed, cfg: HeadsTrainConfig, disc: Discriminator | None = None):
+    def __init__(self, module, lm_head, embed, cfg: HeadsTrainConfig, disc: Discriminator | None = None,
+                 vocab_ids: torch.Tensor | None = None):
+        """`lm_head` gives logits over the training vocabulary `vocab_ids` [N] (None: all V tokens)."""
         self.m, self.lm_head, self.embed, self.cfg, self.disc = module, lm_head, embed, cfg, disc
+        self.vocab_ids = vocab_ids
+        self.index_of = None  # token id -> its index in the training vocabulary, -1 outside it
+        if vocab_ids is not None:
+            self.index_of = torch.full((embed.weight.shape[0],), -1, dtype=torch.long)
+            self.index_of[vocab_ids] = torch.arange(len(vocab_ids))
+
+    def _labels(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens if self.index_of is None else self.index_of[tokens]
+
+    def _agree(self, logits: torch.Tensor, p_logits: torch.Tensor, top: torch.Tensor | None) -> torch.Tensor:
+        """[agreements, count] of the head's argmax with the target's: over the whole vocabulary
+        when `top` is known, else within the training vocabulary."""
+        if top is None:
+            return torch.tensor([int((logits.argmax(-1) == p_logits.argmax(-1)).sum()), len(logits)])
+        best = logits.argmax(-1)
+        if self.vocab_ids is not None:
+            best = self.vocab_ids[best]
+        return torch.tensor([int((best == top).sum()), len(top)])
 
     def _adversarial(self, h: torch.Tensor, logits: torch.Tensor, p_logits: torch.Tensor) -> Adversarial:
         """h [n, H], the head's and the target's logits [n, V] -> the two loss sums."""
@@ -137,9 +198,10 @@ class HeadsLoss:
         return Adversarial(-F.logsigmoid(self.disc(h, q @ w)).sum(),
                            F.softplus(-self.disc(h, p @ w)).sum() + F.softplus(self.disc(h, q.detach() @ w)).sum())
 
-    def __call__(self, ids: torch.Tensor, feats: torch.Tensor, start: int, generator: torch.Generator):
-        """ids [L], feats [L, H] -> (loss sum, tokens, per-head [agree, count], Adversarial
-        (zero without a discriminator))."""
+    def __call__(self, item: Item, generator: torch.Generator):
+        """One sequence -> (loss sum, tokens, per-head [agree, count], Adversarial (zero without
+        a discriminator))."""
+        ids, feats, start, top = item
         kind, K, L = self.cfg.kind, self.m.cfg.num_heads, len(ids)
         feats = feats.float()
         lo = max(start - 1, 0)  # the losses read the target's view of answer tokens only
@@ -153,8 +215,8 @@ class HeadsLoss:
             j = torch.arange(max(start - 2, 0), L - 2)  # f̂_{j+1} predicts token j+2, an answer token
             reg = F.smooth_l1_loss(f_hat[j], feats[j + 1], reduction="none").mean(-1)
             logits = self.lm_head(f_hat[j])  # [n, V]
-            tok = _token_loss(logits, p_logits[j + 1 - lo], ids[j + 2], self.cfg.loss)
-            stats[0] += torch.tensor([(logits.argmax(-1) == p_logits[j + 1 - lo].argmax(-1)).sum().item(), len(j)])
+            tok = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
+            stats[0] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
             adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
             return (reg + self.cfg.cls_weight * tok).sum(), len(j), stats, adv
         total, n_tok, adv = 0.0, 0, Adversarial()
@@ -170,10 +232,11 @@ class HeadsLoss:
             feat_i = all_feats[ok, i] if parallel else self.m.head(i, h[ok], prev[ok, : i + 1])
             logits = self.lm_head(feat_i)  # [n_i, V]
             target_pos = t[ok] + 1 + i  # the target's view of token m is p_logits[m-1-lo]
-            total = total + _token_loss(logits, p_logits[target_pos - lo], ids[target_pos + 1], self.cfg.loss).sum()
+            total = total + _token_loss(logits, p_logits[target_pos - lo], self._labels(ids[target_pos + 1]),
+                                        self.cfg.loss).sum()
             adv = adv + self._adversarial(h[ok], logits, p_logits[target_pos - lo])
             n_tok += int(ok.sum())
-            stats[i] += torch.tensor([(logits.argmax(-1) == p_logits[target_pos - lo].argmax(-1)).sum().item(), int(ok.sum())])
+            stats[i] += self._agree(logits, p_logits[target_pos - lo], None if top is None else top[target_pos])
         return total, n_tok, stats, adv
 
 
@@ -184,22 +247,33 @@ def _lr(step: int, cfg: HeadsTrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
 
 
-def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, int]], cfg: HeadsTrainConfig, *,
+def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: HeadsTrainConfig, *,
                 progress: bool = True) -> Path:
-    """Train heads on extracted features; write `cfg.out`. Resumes from `cfg.out/checkpoint`."""
+    """Train heads on (ids, answer start) sequences, the target's features made step by step;
+    write `cfg.out`. Resumes from `cfg.out/checkpoint`. The first `cfg.holdout` sequences are
+    held out for the final evaluation."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     cfg.check()
-    if len(data) <= cfg.holdout:
-        raise DraftsmithError(f"{len(data)} usable training sequences; need more than the {cfg.holdout} held out")
+    sequences = [(ids[: cfg.max_len], start) for ids, start in sequences if len(ids[: cfg.max_len]) - start >= 3]
+    if len(sequences) <= cfg.holdout:
+        raise DraftsmithError(f"{len(sequences)} usable training sequences; need more than the {cfg.holdout} held out")
     out = Path(cfg.out)
-    held, train = data[: cfg.holdout], data[cfg.holdout:]
+    held, train = sequences[: cfg.holdout], sequences[cfg.holdout:]
+    # the draft vocabulary: the answers' tokens, most frequent first (heads/vocab.py); the end of
+    # sequence tokens always in it
+    vocab = [int(t) for t in dict.fromkeys([*sorted(target.eos_token_ids),
+                                             *count_tokens(ids[start:] for ids, start in sequences)])]
+    vocab_ids = torch.tensor(vocab[: cfg.train_vocab], dtype=torch.long) if cfg.train_vocab else None
     lm_head, embed = target.model.get_output_embeddings(), target.model.get_input_embeddings()
     for p in target.model.parameters():
         p.requires_grad_(False)
-    lm_head_f32 = torch.nn.Linear(lm_head.in_features, lm_head.out_features, bias=False)
-    lm_head_f32.weight = torch.nn.Parameter(lm_head.weight.detach().float(), requires_grad=False)
+    weight = lm_head.weight.detach().float()  # [V, H]
+    if vocab_ids is not None:
+        weight = weight[vocab_ids]  # [N, H]
+    lm_head_f32 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lm_head_f32.weight = torch.nn.Parameter(weight, requires_grad=False)
     embed_f32 = torch.nn.Embedding.from_pretrained(embed.weight.detach().float(), freeze=True)
     hcfg = HeadsConfig.for_target(cfg.kind, target.config, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                                   target=target.name)
@@ -219,10 +293,10 @@ def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, i
             disc.load_state_dict(state["disc"])
             disc_opt.load_state_dict(state["disc_opt"])
         generator.set_state(state["generator"])
-        step, cursor = state["step"], state["cursor"]
+        step, cursor, seen = state["step"], state["cursor"], state.get("seen", 0)
     else:
-        cursor = 0
-    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc)
+        cursor, seen = 0, 0
+    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc, vocab_ids)
     writer = SummaryWriter(str(out / "runs"))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)
@@ -230,12 +304,17 @@ def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, i
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
-        total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
-        while tokens < cfg.batch_tokens:
-            ids, feats, start = train[order[cursor % len(train)]]
+        picked, answer_tokens = [], 0  # whole sequences until the step has batch_tokens answer tokens
+        while answer_tokens < cfg.batch_tokens:
+            ids, start = train[order[cursor % len(train)]]
             cursor += 1
+            picked.append((ids, start))
+            answer_tokens += len(ids) - start
+        seen += answer_tokens
+        total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
+        for item in extract_features(target, picked, cfg.max_len):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss, n, s, a = loss_fn(ids, feats, start, generator)
+                loss, n, s, a = loss_fn(item, generator)
             total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
         loss = total / max(tokens, 1)
         gen_loss, disc_loss = adv.generator / max(tokens, 1), adv.discriminator / max(tokens, 1)
@@ -255,29 +334,32 @@ def train_heads(target: CausalLM, data: list[tuple[torch.Tensor, torch.Tensor, i
         window["stats"] += stats
         if step % cfg.log_every == 0 or step == cfg.steps:
             acc = (window["stats"][:, 0] / window["stats"][:, 1].clamp(min=1)).tolist()
+            seconds = time.perf_counter() - window["t"]
             writer.add_scalar("train/loss", window["loss"] / max(window["tokens"], 1), step)
+            writer.add_scalar("train/tokens_per_second", window["tokens"] / max(seconds, 1e-9), step)
             if disc is not None:
                 gen, dis = (window["adv"] / max(window["tokens"], 1)).tolist()
                 writer.add_scalar("train/adversarial_generator", gen, step)
                 writer.add_scalar("train/adversarial_discriminator", dis, step)
             for i, a in enumerate(acc):
                 writer.add_scalar(f"train/top1_head{i}", a, step)
+            writer.flush()
             bar.set_postfix(loss=f"{window['loss'] / max(window['tokens'], 1):.3f}",
-                            top1=" ".join(f"{a:.2f}" for a in acc if a > 0))
+                            top1=" ".join(f"{a:.2f}" for a in acc if a > 0),
+                            tok_s=f"{window['tokens'] / max(seconds, 1e-9):.0f}")
             window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
         if step % cfg.save_every == 0 or step == cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             extra = {"disc": disc.state_dict(), "disc_opt": disc_opt.state_dict()} if disc is not None else {}
             torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "generator": generator.get_state(),
-                        "step": step, "cursor": cursor, **extra}, ckpt)
+                        "step": step, "cursor": cursor, "seen": seen, **extra}, ckpt)
     bar.close()
     writer.close()
     module.eval()
-    metrics = evaluate_heads(loss_fn, held)
-    module.cfg.training = {**asdict(cfg), "sequences": len(train), "held_out": metrics}
+    metrics = evaluate_heads(loss_fn, extract_features(target, held, cfg.max_len, top=True))
+    module.cfg.training = {**asdict(cfg), "sequences": len(train), "answer_tokens_seen": seen, "held_out": metrics}
     save_heads(module, out)
-    # the draft vocabulary: the tokens of the training answers, most frequent first (heads/vocab.py)
-    save_vocab(out, count_tokens(ids[start:].tolist() for ids, _, start in data), always=sorted(target.eos_token_ids))
+    save_vocab(out, vocab)
     write_card(out, module.cfg, metrics)
     return out
 
@@ -288,8 +370,8 @@ def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
     stats = torch.zeros(loss_fn.m.cfg.num_heads, 2)
     g = torch.Generator().manual_seed(0)
     saved, loss_fn.cfg.noise, disc, loss_fn.disc = loss_fn.cfg.noise, 0.0, loss_fn.disc, None
-    for ids, feats, start in held:
-        stats += loss_fn(ids, feats, start, g)[2]
+    for item in held:
+        stats += loss_fn(item, g)[2]
     loss_fn.cfg.noise, loss_fn.disc = saved, disc
     return {"top1_agreement": [round(a, 4) for a in (stats[:, 0] / stats[:, 1].clamp(min=1)).tolist() if a > 0],
             "tokens": int(stats[0, 1])}
@@ -308,10 +390,13 @@ CARD_ARCHITECTURE = {
 def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
     t = cfg.training
     lines = [f"# {cfg.kind} draft heads for {cfg.target}", "",
-             f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen (self-distillation on "
-             f"the target's own answers).", "",
+             f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen, on "
+             + (f"ShareGPT first turns (`{t['data']}`; ShareGPT's answers, the target's soft labels)."
+                if t.get("data") == "sharegpt" or str(t.get("data", "")).endswith(".json")
+                else "the target's own answers (self-distillation)."), "",
              CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
              f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
+             f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
              + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else ""),
              f"- training sequences: {t.get('sequences')}", "",
              "## Held-out top-1 agreement with the target's argmax, per head", "",
@@ -321,20 +406,9 @@ def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
-def sequences_from_rollouts(path: str) -> list[tuple[list[int], int]]:
-    from .data import read_rollouts
+def load_sequences(target: CausalLM, data: str, *, limit: int | None = None) -> list[tuple[list[int], int]]:
+    """Training sequences (ids, answer start) from `data` (data.training_rows: rollouts, or
+    ShareGPT first turns)."""
+    from .data import training_rows
 
-    return [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in read_rollouts(path)]
-
-
-def load_or_extract(target: CausalLM, data: str, max_len: int, cache: str | None, progress: bool = True):
-    """Features for a rollout file, cached (`cache`, default beside the data) so that several
-    head kinds train on one target pass."""
-    path = Path(cache) if cache else Path(f"{data}.features-{target.config.hidden_size}x{max_len}.pt")
-    if path.is_file():
-        saved = torch.load(path, weights_only=False)
-        if saved.get("data") == str(Path(data).resolve()) and saved.get("target") == target.name:
-            return saved["items"]
-    items = extract_features(target, sequences_from_rollouts(data), max_len, progress)
-    torch.save({"data": str(Path(data).resolve()), "target": target.name, "items": items}, path)
-    return items
+    return [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in training_rows(target, data, limit=limit)]

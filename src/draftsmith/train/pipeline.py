@@ -18,7 +18,7 @@ import torch
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
 from .batches import Batch, pack_texts, packed_batch, rollout_batch
-from .data import read_rollouts, sample_batch, sharegpt_path, read_sharegpt, _turns
+from .data import _turns, read_sharegpt, sample_batch, sharegpt_path, training_rows
 from .drafter_model import new_drafter
 from .trainer import TrainConfig, train
 
@@ -64,9 +64,9 @@ def pretrain(target: CausalLM, cfg: TrainConfig, *, sharegpt: str | None = None,
 
 def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *, max_len: int = 512,
             progress: bool = True) -> Path:
-    rows = read_rollouts(data)
+    rows = training_rows(target, data)
     if len(rows) < 2:
-        raise DraftsmithError(f"{data} holds {len(rows)} rollouts; distillation needs at least 2 (one is held out)")
+        raise DraftsmithError(f"{data} holds {len(rows)} training rows; distillation needs at least 2 (one is held out)")
     held = max(1, len(rows) // 50)  # 2% held out for the model card's agreement numbers
     train_rows, eval_rows = rows[held:], rows[:held]
     drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
@@ -87,7 +87,8 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
         answers = sample_batch(CausalLM(model, target.tokenizer), batch.prompts, params, generator, pad)
         return rollout_batch([{"prompt_ids": p, "response_ids": a} for p, (a, _) in zip(batch.prompts, answers)], pad, max_len)
 
-    cfg.extra.update(stage_data=f"{len(train_rows)} target rollouts ({data})", init_from=str(drafter_path), max_len=max_len)
+    what = "ShareGPT first turns with ShareGPT's answers" if data == "sharegpt" or data.endswith(".json") else "target rollouts"
+    cfg.extra.update(stage_data=f"{len(train_rows)} {what} ({data})", init_from=str(drafter_path), max_len=max_len)
     metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample, progress=progress)
     if not _main_process():  # one process writes the folder
         return Path(cfg.out)
