@@ -116,3 +116,22 @@ def test_two_processes_with_gloo(workdir):
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4 and state["processes"] == 2
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
+
+
+def test_distill_on_sharegpt_answers(workdir):
+    """`train distill --data sharegpt.json`: ShareGPT's own answers under the target's labels."""
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    lm = tiny_model("llama", vocab=len(tok), seed=3, eos=tok.eos_token_id)
+    target = workdir / "chat-target"
+    lm.model.save_pretrained(target)
+    tok.save_pretrained(target)
+    pre, out = workdir / "chat-pre", workdir / "chat-kd"
+    run("train", "pretrain", "--target", str(target), "--sharegpt", str(workdir / "sharegpt.json"), "--out", str(pre),
+        "--steps", "2", "--batch-size", "2", "--seq-len", "16")
+    run("train", "distill", "--target", str(target), "--drafter", str(pre), "--data", str(workdir / "sharegpt.json"),
+        "--out", str(out), "--steps", "4", "--batch-size", "4")
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["extra"]["stage_data"].startswith("22 ShareGPT first turns")  # 23 whole records, 1 held out
+    assert record["config"]["extra"]["held_out"]["tokens"] > 0
