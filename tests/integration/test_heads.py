@@ -296,3 +296,39 @@ def test_sharegpt_first_turns_as_training_sequences(tmp_path):
     assert tok.decode(ids[start:]) == "the quick brown fox<eos>"
     with pytest.raises(DraftsmithError, match="no usable ShareGPT"):
         sharegpt_answers(target, str(path), max_prompt_tokens=2)
+
+
+def test_feature_file_is_made_once_and_matches_its_sequences(tmp_path, monkeypatch):
+    """`--features FILE`: the target's features are made once and read back for the same
+    sequences; other sequences make the file again."""
+    from draftsmith.train import heads as heads_mod
+
+    target = tiny_model("llama", vocab=64, seed=2)
+    gen = torch.Generator().manual_seed(0)
+    seqs = [(torch.randint(64, (n,), generator=gen).tolist(), 3) for n in (20, 9, 31)]
+    path = str(tmp_path / "feats.pt")
+    made = heads_mod.cached_features(target, seqs, 32, path, progress=False)
+    calls = []
+    monkeypatch.setattr(heads_mod, "extract_features", lambda *a, **k: calls.append(1) or [])
+    again = heads_mod.cached_features(target, seqs, 32, path, progress=False)
+    assert not calls and [it.ids.tolist() for it in again] == [s[:32] for s, _ in seqs]
+    for a, b in zip(made, again):
+        assert torch.equal(a.feats, b.feats) and a.start == b.start
+    with pytest.raises(DraftsmithError):  # other sequences: made again (here by the stub, which makes none)
+        heads_mod.cached_features(target, seqs[:2], 32, path, progress=False)
+    assert calls
+
+
+def test_training_from_a_feature_file(tmp_path):
+    """Heads train over several epochs of stored features, and the loss falls."""
+    from draftsmith.train.heads import HeadsTrainConfig, train_heads
+
+    target = tiny_model("llama", vocab=64, seed=4)
+    gen = torch.Generator().manual_seed(1)
+    seqs = [(torch.randint(64, (40,), generator=gen).tolist(), 4) for _ in range(12)]
+    cfg = HeadsTrainConfig(kind="eagle", out=str(tmp_path / "eagle"), steps=30, batch_tokens=128, lr=3e-3, holdout=4,
+                           log_every=5, features=str(tmp_path / "feats.pt"))
+    train_heads(target, seqs, cfg, progress=False)  # 30 steps of ~4 sequences: ~15 epochs of 8 sequences
+    losses = _scalars(tmp_path / "eagle" / "runs", "train/loss")
+    assert (tmp_path / "feats.pt").is_file() and losses[-1] < losses[0]
+    assert load_heads(tmp_path / "eagle").cfg.training["answer_tokens_seen"] >= 30 * 128

@@ -74,6 +74,9 @@ def add_train_parser(sub) -> None:
                    help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "
                         "(the packaged ShareGPT: first turns with ShareGPT's answers) or a ShareGPT .json file")
     h.add_argument("--limit", type=int, help="use at most this many training sequences")
+    h.add_argument("--features",
+                   help="keep the target's features of the training sequences in this file, made once (H x 2 bytes a "
+                        "token in bf16) and reused by every epoch and by later runs; without it they are made every step")
     h.add_argument("--out", required=True, help="output folder (reruns resume from its checkpoint)")
     h.add_argument("--steps", type=int, default=600)
     h.add_argument("--num-heads", type=int, default=4, help="heads; eagle: default draft length")
@@ -150,7 +153,8 @@ def cmd_heads(args) -> int:
     cfg = HeadsTrainConfig(kind=args.kind, out=args.out, steps=args.steps, num_heads=args.num_heads,
                            num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
-                           adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data)
+                           adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
+                           features=args.features or "")
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")

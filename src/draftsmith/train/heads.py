@@ -70,6 +70,7 @@ class HeadsTrainConfig:
     save_every: int = 100
     holdout: int = 16  # sequences kept aside for the final evaluation
     data: str = ""  # where the sequences came from (for the model card)
+    features: str = ""  # keep the target's features of the training sequences in this file (epochs reuse them)
     train_vocab: int = 8192  # train over the N most frequent answer tokens (the draft vocabulary); 0 = all
 
     def check(self) -> None:
@@ -126,6 +127,34 @@ def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], m
         i = j
     bar.close()
     return [out[k] for k in range(len(kept))]
+
+
+def cached_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int, path: str,
+                    progress: bool = True) -> list[Item]:
+    """The target's features of `sequences` (each with at least 3 answer tokens), made once and
+    kept in `path` (bf16 or the target's dtype: H x 2 bytes a token) for later epochs and later
+    runs: another head kind, other settings. A file made from other sequences, another target
+    or another `max_len` is made again."""
+    import zlib
+
+    digest = zlib.crc32(json.dumps([[ids[:max_len], start] for ids, start in sequences]).encode())
+    meta = {"target": target.name, "max_len": max_len, "sequences": len(sequences), "crc32": digest}
+    file = Path(path)
+    if file.is_file():
+        saved = torch.load(file, weights_only=True)
+        if saved.get("meta") == meta:
+            return [Item(i, f, int(s)) for i, f, s in zip(saved["ids"], saved["feats"], saved["start"].tolist())]
+    items = []
+    for b in range(0, len(sequences), 256):  # in slices, so that the bar moves
+        items += extract_features(target, sequences[b:b + 256], max_len)
+        if progress:
+            print(f"target features: {len(items)}/{len(sequences)} sequences", flush=True)
+    if len(items) != len(sequences):
+        raise DraftsmithError("cached_features: every sequence needs at least 3 answer tokens after truncation")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": meta, "ids": [it.ids for it in items], "feats": [it.feats for it in items],
+                "start": torch.tensor([it.start for it in items])}, file)
+    return items
 
 
 def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
@@ -297,8 +326,18 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     else:
         cursor, seen = 0, 0
     loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc, vocab_ids)
+    stored = cached_features(target, train, cfg.max_len, cfg.features, progress) if cfg.features else None
     writer = SummaryWriter(str(out / "runs"))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    orders: dict[int, list[int]] = {}
+
+    def pick(c: int) -> int:
+        """The c-th sequence drawn: each epoch is its own seeded permutation."""
+        epoch = c // len(train)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch)).tolist()
+        return orders[epoch][c % len(train)]
+
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)
     window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
     while step < cfg.steps:
@@ -306,13 +345,14 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
             g["lr"] = _lr(step, cfg)
         picked, answer_tokens = [], 0  # whole sequences until the step has batch_tokens answer tokens
         while answer_tokens < cfg.batch_tokens:
-            ids, start = train[order[cursor % len(train)]]
+            k = pick(cursor)
             cursor += 1
-            picked.append((ids, start))
-            answer_tokens += len(ids) - start
+            picked.append(k)
+            answer_tokens += len(train[k][0]) - train[k][1]
         seen += answer_tokens
         total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
-        for item in extract_features(target, picked, cfg.max_len):
+        items = [stored[k] for k in picked] if stored else extract_features(target, [train[k] for k in picked], cfg.max_len)
+        for item in items:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss, n, s, a = loss_fn(item, generator)
             total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
