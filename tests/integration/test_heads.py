@@ -180,7 +180,8 @@ def test_train_heads_end_to_end(kind, tmp_path):
     assert SpeculativeDecoder(target, kind, heads=str(out)).generate(prompts[-1], params).token_ids == ref.token_ids
 
 
-TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1}}
+TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1},
+            "eagle": {}, "eagle-unroll": {"unroll": 2}}
 
 
 @pytest.mark.parametrize("variant", TRAINING)
@@ -332,3 +333,35 @@ def test_training_from_a_feature_file(tmp_path):
     losses = _scalars(tmp_path / "eagle" / "runs", "train/loss")
     assert (tmp_path / "feats.pt").is_file() and losses[-1] < losses[0]
     assert load_heads(tmp_path / "eagle").cfg.training["answer_tokens_seen"] >= 30 * 128
+
+
+def test_eagle_unrolled_training_matches_drafting_step_by_step():
+    """Training-time test: draft step u computed for every index at once equals what the
+    drafter computes at its u-th draft token, with the target's features in its cache and its
+    own predicted features for the u - 1 newest tokens."""
+    from draftsmith.train.heads import eagle_passes
+
+    target = tiny_model("llama")
+    cfg = HeadsConfig.for_target("eagle", target.config, num_heads=4)
+    torch.manual_seed(3)
+    head = build_heads(cfg).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    head = head.double()  # float64: the two orders of summation agree to ~1e-12
+    n, H = 9, cfg.hidden_size
+    feats, embeds = torch.randn(1, n, H, dtype=torch.float64), torch.randn(1, n, H, dtype=torch.float64)  # f_i, e_{i+1}
+    with torch.no_grad():
+        outs = eagle_passes(head, feats, embeds, 3)
+        for i in range(n):  # drafting from the committed pairs 0..i-1 onwards
+            cache = head.new_cache()
+            if i:
+                head(feats[:, :i], embeds[:, :i], torch.arange(i)[None], cache)
+            f = head(feats[:, i:i + 1], embeds[:, i:i + 1], torch.tensor([[i]]), cache)  # step 1 at index i
+            torch.testing.assert_close(f, outs[0][:, i:i + 1], rtol=1e-9, atol=1e-9)
+            for u in (2, 3):  # step u at index i + u - 1 reads the previous step's output
+                k = i + u - 1
+                if k >= n:
+                    break
+                f = head(f, embeds[:, k:k + 1], torch.tensor([[k]]), cache)
+                torch.testing.assert_close(f, outs[u - 1][:, k:k + 1], rtol=1e-9, atol=1e-9)

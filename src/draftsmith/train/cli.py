@@ -88,6 +88,11 @@ def add_train_parser(sub) -> None:
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--loss", default="kl", help="kl (the target's soft labels) | ce (the sampled tokens)")
     h.add_argument("--max-len", type=int, default=512)
+    h.add_argument("--unroll", type=int, default=1,
+                   help="eagle: draft steps trained per position (1 = EAGLE-1; 2-3 = EAGLE-3's training-time test)")
+    h.add_argument("--unroll-weight", type=float, default=1.0, help="eagle: loss weight of draft steps after the first")
+    h.add_argument("--cls-weight", type=float, default=0.1,
+                   help="eagle: weight of the token loss beside the feature regression (EAGLE: 0.1)")
     h.add_argument("--train-vocab", type=int, default=8192,
                    help="train over the N most frequent answer tokens, the heads' draft vocabulary (0 = all)")
     h.add_argument("--seed", type=int, default=0)
@@ -154,7 +159,8 @@ def cmd_heads(args) -> int:
                            num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
                            adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
-                           features=args.features or "")
+                           features=args.features or "", unroll=args.unroll, unroll_weight=args.unroll_weight,
+                           cls_weight=args.cls_weight)
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")

@@ -63,6 +63,8 @@ class HeadsTrainConfig:
     loss: str = "kl"  # kl (soft labels from the target) | ce (the sampled token)
     cls_weight: float = 0.1  # eagle: weight of the token loss beside the feature regression
     noise: float = 0.1  # eagle: uniform feature noise
+    unroll: int = 1  # eagle: draft steps trained per position (1 = EAGLE-1; > 1 = EAGLE-3's training-time test)
+    unroll_weight: float = 1.0  # eagle: weight of the loss of draft steps after the first
     adversarial: float = 0.0  # KOALA's generator-loss weight (0 = no discriminator)
     max_len: int = 512
     seed: int = 0
@@ -80,6 +82,9 @@ class HeadsTrainConfig:
             raise DraftsmithError(f"--loss must be kl or ce, got {self.loss!r}")
         if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8:
             raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8")
+        if self.unroll < 1 or self.unroll_weight < 0 or (self.kind == "eagle" and self.unroll > self.num_heads):
+            raise DraftsmithError("--unroll must be between 1 and --num-heads (eagle's draft length), "
+                                  "--unroll-weight >= 0")
         if self.num_layers < 0 or self.adversarial < 0 or self.train_vocab < 0:
             raise DraftsmithError("--num-layers, --adversarial and --train-vocab must be >= 0")
 
@@ -168,6 +173,34 @@ def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tens
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+def eagle_passes(head, features: torch.Tensor, embeds: torch.Tensor, passes: int) -> list[torch.Tensor]:
+    """An EAGLE head's predictions at draft steps 1..`passes` for every index of a sequence at
+    once (training-time test, as in EAGLE-3). features [1, n, H] (f_i), embeds [1, n, H] (e_{i+1})
+    -> `passes` tensors [1, n, H], each f̂_{i+1} at index i.
+
+    Step 1 is EAGLE-1: index i reads (f_i, e_{i+1}) and attends causally to the pairs before it.
+    Step u > 1 predicts the same f_{i+1} from what the drafter holds at its u-th draft token: the
+    newest u - 1 features are its own (step u reads step u-1's output at i - 1), all older ones
+    the target's. So its query at i attends to step 1's keys before i - u + 2 and to step v's key
+    at i - u + v (v = 2..u): the drafter's cache at that draft step. Index i < u - 1 has no such
+    history (its output is not meaningful)."""
+    n = features.shape[1]
+    positions = torch.arange(n, device=features.device)[None]
+    cache = head.new_cache()
+    outs = [head(features, embeds, positions, cache)]
+    idx = torch.arange(n, device=features.device)
+    for u in range(2, passes + 1):
+        prev = torch.cat([torch.zeros_like(outs[-1][:, :1]), outs[-1][:, :-1]], dim=1)  # step u-1's output at i - 1
+        allow = torch.zeros(n, u * n, dtype=torch.bool, device=features.device)
+        allow[:, :n] = idx[None, :] < (idx[:, None] - u + 2)  # step 1's keys: the target's features
+        for v in range(2, u + 1):
+            col = idx - u + v
+            ok = col >= 0
+            allow[idx[ok], (v - 1) * n + col[ok]] = True
+        outs.append(head(prev, embeds, positions, cache, allow=allow))
+    return outs
+
+
 class Discriminator(torch.nn.Module):
     """KOALA's adversary, small: context feature h [n, H] and a distribution's expected output
     embedding [n, H] -> logit [n] that the distribution is the target's."""
@@ -199,6 +232,7 @@ class HeadsLoss:
         """`lm_head` gives logits over the training vocabulary `vocab_ids` [N] (None: all V tokens)."""
         self.m, self.lm_head, self.embed, self.cfg, self.disc = module, lm_head, embed, cfg, disc
         self.vocab_ids = vocab_ids
+        self.passes = cfg.unroll  # EAGLE draft steps run per sequence (evaluation may run more than are trained)
         self.index_of = None  # token id -> its index in the training vocabulary, -1 outside it
         if vocab_ids is not None:
             self.index_of = torch.full((embed.weight.shape[0],), -1, dtype=torch.long)
@@ -227,6 +261,32 @@ class HeadsLoss:
         return Adversarial(-F.logsigmoid(self.disc(h, q @ w)).sum(),
                            F.softplus(-self.disc(h, p @ w)).sum() + F.softplus(self.disc(h, q.detach() @ w)).sum())
 
+    def _eagle(self, ids, feats, start, top, p_logits, lo, generator):
+        """EAGLE's loss at draft steps 1..`passes` (eagle_passes); steps past `unroll` are only
+        counted (evaluation)."""
+        L = len(ids)
+        noise = (torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise
+        outs = eagle_passes(self.m, (feats[:-1] + noise[:-1])[None], self.embed(ids[1:])[None].float(), self.passes)
+        j_all = torch.arange(max(start - 2, 0), L - 2)  # f̂_{i+1} predicts token i+2, an answer token
+        stats = torch.zeros(self.m.cfg.num_heads, 2)  # row u-1: draft step u
+        total, count, adv = 0.0, 0, Adversarial()
+        for u, out in enumerate(outs, start=1):
+            j = j_all[j_all >= u - 1]
+            if len(j) == 0:
+                break
+            f_hat = out[0, j]  # [m, H]
+            logits = self.lm_head(f_hat)  # [m, N]
+            stats[u - 1] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
+            if u > self.cfg.unroll:
+                continue
+            reg = F.smooth_l1_loss(f_hat, feats[j + 1], reduction="none").mean(-1)
+            tok = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
+            total = total + (reg + self.cfg.cls_weight * tok).sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
+            if u == 1:
+                count = len(j)
+                adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
+        return total, count, stats, adv
+
     def __call__(self, item: Item, generator: torch.Generator):
         """One sequence -> (loss sum, tokens, per-head [agree, count], Adversarial (zero without
         a discriminator))."""
@@ -238,16 +298,7 @@ class HeadsLoss:
             p_logits = self.lm_head(feats[lo:])  # [L-lo, V]: row m-1-lo is the target's view of token m
         stats = torch.zeros(K, 2)
         if kind == "eagle":
-            noise = (torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise
-            e_next = self.embed(ids[1:])[None]  # [1, L-1, H]
-            f_hat = self.m((feats[:-1] + noise[:-1])[None], e_next.float(), torch.arange(L - 1)[None])[0]  # [L-1, H]: f̂_{1..L-1}
-            j = torch.arange(max(start - 2, 0), L - 2)  # f̂_{j+1} predicts token j+2, an answer token
-            reg = F.smooth_l1_loss(f_hat[j], feats[j + 1], reduction="none").mean(-1)
-            logits = self.lm_head(f_hat[j])  # [n, V]
-            tok = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
-            stats[0] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
-            adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
-            return (reg + self.cfg.cls_weight * tok).sum(), len(j), stats, adv
+            return self._eagle(ids, feats, start, top, p_logits, lo, generator)
         total, n_tok, adv = 0.0, 0, Adversarial()
         t = torch.arange(max(start - 2, 0), L - 2)  # head 0 at t predicts token t+2
         h = feats[t]  # [n, H]
@@ -409,10 +460,11 @@ def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
     """Top-1 agreement with the target's argmax per head on held-out sequences."""
     stats = torch.zeros(loss_fn.m.cfg.num_heads, 2)
     g = torch.Generator().manual_seed(0)
-    saved, loss_fn.cfg.noise, disc, loss_fn.disc = loss_fn.cfg.noise, 0.0, loss_fn.disc, None
+    saved, loss_fn.cfg.noise, disc, loss_fn.disc, passes = loss_fn.cfg.noise, 0.0, loss_fn.disc, None, loss_fn.passes
+    loss_fn.passes = max(passes, min(3, loss_fn.m.cfg.num_heads))  # eagle: agreement at draft steps 1-3 at least
     for item in held:
         stats += loss_fn(item, g)[2]
-    loss_fn.cfg.noise, loss_fn.disc = saved, disc
+    loss_fn.cfg.noise, loss_fn.disc, loss_fn.passes = saved, disc, passes
     return {"top1_agreement": [round(a, 4) for a in (stats[:, 0] / stats[:, 1].clamp(min=1)).tolist() if a > 0],
             "tokens": int(stats[0, 1])}
 
