@@ -489,10 +489,14 @@ def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
              CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
              f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
              f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
-             + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else ""),
-             f"- training sequences: {t.get('sequences')}", "",
-             "## Held-out top-1 agreement with the target's argmax, per head", "",
-             " | ".join(f"head {i}: {a:.3f}" for i, a in enumerate(metrics["top1_agreement"])) +
+             + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")
+             + (f", draft steps trained: {t.get('unroll', 1)}" if cfg.kind == "eagle" else ""),
+             f"- training sequences: {t.get('sequences')}, answer tokens seen: {t.get('answer_tokens_seen')}", "",
+             ("## Held-out top-1 agreement with the target's argmax, per draft step (step u drafts from the head's "
+              "own u-1 newest features)" if cfg.kind == "eagle" else
+              "## Held-out top-1 agreement with the target's argmax, per head"), "",
+             " | ".join(f"{'step' if cfg.kind == 'eagle' else 'head'} {i + (cfg.kind == 'eagle')}: {a:.3f}"
+                        for i, a in enumerate(metrics["top1_agreement"])) +
              f" ({metrics['tokens']} tokens)", "",
              "Use: `build_drafter(\"" + cfg.kind + "\", heads=\"THIS_FOLDER\")`."]
     (out / "README.md").write_text("\n".join(lines) + "\n")
