@@ -1,13 +1,14 @@
-"""`draftsmith train heads`: draft heads on a frozen target (self-distillation).
+"""`draftsmith train heads`: draft heads on a frozen target, which gives every label.
 
 1. Features: every step, the target (frozen, in its own dtype) runs over that step's training
    sequences, right-padded into one batch (causal attention: padding after a sequence changes
    none of its positions), and its last hidden states are the features (`feats`, [L, H] per
    sequence). Sequences are a prompt + the target's own answer (`draftsmith train data`), or a
    ShareGPT first turn in the chat template with ShareGPT's answer (the fixed-data recipe of
-   EAGLE and Medusa; the labels are still the target's). Features are made on the fly, not
-   cached, so the data can be larger than memory. The target's distribution at every position is
-   then free: p_m = softmax(lm_head(feats[m-1])), one LM-head pass, not a target pass.
+   EAGLE and Medusa; the labels are still the target's). Features are made on the fly, so the
+   data can be larger than memory, or (`features`: a file) made once for all training sequences
+   and read back by every epoch and by later runs. The target's distribution at every position
+   is then free: p_m = softmax(lm_head(feats[m-1])), one LM-head pass, not a target pass.
    Training vocabulary (`train_vocab` N > 0, FR-Spec / EAGLE-3): heads draft over the N most
    frequent answer tokens (heads/vocab.py), so they also train over them: q and p are the
    softmaxes of the N logits (p conditioned on the subset), which costs N/V of the LM head. The
@@ -19,14 +20,17 @@
      cross-entropy on the token (`ce`); Hydra's and KOALA's heads see the true previous tokens
      (teacher forcing); Amphista's K heads run together (their block is bi-directional).
    - eagle: pairs (f_j + noise, e_{j+1}) -> f̂_{j+1}; loss = SmoothL1(f̂_{j+1}, f_{j+1})
-     + w_cls * KL/CE(lm_head(f̂_{j+1}) vs token j+2), as in EAGLE (noise U(-0.1, 0.1)).
+     + w_cls * KL/CE(lm_head(f̂_{j+1}) vs token j+2), as in EAGLE (noise U(-0.1, 0.1)). With
+     `unroll` U > 1 the same loss is added at draft steps 2..U (EAGLE-3's training-time test,
+     `eagle_passes`): the head then also learns from its own predicted features, as it drafts.
    - adversarial (KOALA's, any kind; `adversarial` > 0): a small discriminator D learns to tell
      the target's next-token distribution p from a head's q, both given the context feature the
      head read (h_t; EAGLE: f_j). D sees a distribution r [V] through the target's frozen LM head,
      as its expected output embedding r @ W_lm [H], so it has no vocabulary-wide weights. D
      trains on BCE (p real, q fake, q detached); the heads add `adversarial` times the
      non-saturating generator loss -log D(q) to their loss, per predicted token.
-   Logged per head: top-1 agreement with the target's argmax (what greedy acceptance needs).
+   Logged per head (eagle: per draft step): top-1 agreement with the target's argmax (what
+   greedy acceptance needs).
 3. Output: `config.json` + `model.safetensors` (the heads' weights only) + `draft_vocab.safetensors`
    (the answers' tokens by frequency: the pruned draft vocabulary, heads/vocab.py) + a model card; a
    checkpoint (`checkpoint/`) every `save_every` steps that a rerun resumes from.
