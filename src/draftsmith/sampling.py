@@ -11,13 +11,22 @@ import torch
 from .types import SamplingParams
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """[..., V] -> [...] the argmax, first index on ties. Reduced-precision logits are upcast first:
+    the result is the same (the upcast is exact) and on CPU torch's bf16 argmax is about 10x
+    slower than upcast + argmax (17 x 49,152 logits: 5.8 ms against 0.6 ms)."""
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    return logits.argmax(-1)
+
+
 def probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """[..., V] logits -> [..., V] float32 probabilities after temperature, top-k, top-p.
 
     Greedy params give the one-hot of the argmax."""
     logits = logits.float()
     if params.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        return torch.nn.functional.one_hot(greedy(logits), logits.shape[-1]).float()
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]  # [..., 1]

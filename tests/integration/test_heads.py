@@ -365,3 +365,16 @@ def test_eagle_unrolled_training_matches_drafting_step_by_step():
                     break
                 f = head(f, embeds[:, k:k + 1], torch.tensor([[k]]), cache)
                 torch.testing.assert_close(f, outs[u - 1][:, k:k + 1], rtol=1e-9, atol=1e-9)
+
+
+def test_top_tokens_over_a_draft_vocabulary_are_the_full_layouts():
+    """The drafter's top-n over a draft vocabulary (never building V-wide logits) equals top-n of
+    the V-wide logits SubsetLMHead returns: same token ids, same log q."""
+    target = tiny_model("llama", vocab=96)
+    drafter = build_drafter("eagle", heads=None)
+    drafter.lm_head = SubsetLMHead(target.model.get_output_embeddings(), torch.tensor([50, 3, 77, 10, 91, 0, 42]))
+    x = torch.randn(4, target.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    values, ids = drafter._top(x, 3)
+    full = drafter.lm_head(x).float().log_softmax(-1).topk(3, dim=-1)
+    assert torch.equal(ids, full.indices)
+    torch.testing.assert_close(values, full.values)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from draftsmith import DraftsmithError, SamplingParams
-from draftsmith.sampling import probs
+from draftsmith.sampling import greedy, probs
 
 
 def test_greedy_is_one_hot_argmax():
@@ -42,3 +42,12 @@ def test_bad_sampling_values_are_clear_errors(kwargs):
     with pytest.raises(DraftsmithError) as err:
         SamplingParams(**kwargs)
     assert next(iter(kwargs)) in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("row,want", [([0.0, 3.0, 1.0], 1), ([2.0, 2.0, 1.0], 0), ([-1.0, -1.0, -1.0], 0),
+                                      ([1.0, 1.5, 1.5], 1), ([float("-inf"), -5.0, float("-inf")], 1)])
+def test_greedy_picks_the_first_maximum_in_every_precision(dtype, row, want):
+    assert greedy(torch.tensor([row, row]).to(dtype)).tolist() == [want, want]
+    big = torch.randn(3, 5, 4096, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.equal(greedy(big), big.float().argmax(-1))

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError, IncompatibleDrafterError
-from ..sampling import probs, sample
+from ..sampling import greedy, probs, sample
 from ..target import CausalLM, load_causal_lm
 from ..types import Draft, VerifyResult
 from .base import DraftContext
@@ -123,7 +123,7 @@ class DraftModelDrafter:
             if i:
                 logits = self.draft.forward([tokens[-1]]).logits
             if ctx.params.greedy:
-                tokens.append(int(logits[0, -1].argmax()))
+                tokens.append(int(greedy(logits[0, -1])))
             else:
                 q = self._q(logits, ctx.params)
                 qs.append(q)

@@ -19,7 +19,7 @@ import torch
 from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..heads.modules import HeadsConfig, load_heads
 from ..heads.vocab import SubsetLMHead, load_vocab
-from ..sampling import probs, sample
+from ..sampling import greedy, probs, sample
 from ..target import CausalLM
 from ..types import Draft, VerifyResult
 from .base import DraftContext
@@ -96,10 +96,19 @@ class HeadsDrafter:
                                   "pass hidden states in prefill and observe")
         return bool(self.features)
 
+    def _top(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features x [.., H] -> q's n most likely tokens: (log q [.., n], token ids [.., n]). Over
+        a draft vocabulary the V-wide logits are never built (a fifth of a drafted token's cost)."""
+        if isinstance(self.lm_head, SubsetLMHead):
+            top = self.lm_head.subset(x).float().log_softmax(-1).topk(n, dim=-1)
+            return top.values, self.lm_head.token_ids[top.indices]
+        top = self.lm_head(x).float().log_softmax(-1).topk(n, dim=-1)
+        return top.values, top.indices
+
     def _choose(self, logits: torch.Tensor, ctx: DraftContext) -> tuple[int, torch.Tensor | None]:
         """logits [V] -> (token, q [V] or None when greedy)."""
         if ctx.params.greedy:
-            return int(logits.argmax()), None
+            return int(greedy(logits)), None
         q = probs(logits[None].float(), ctx.params)  # [1, V]
         return int(sample(q, ctx.generator)), q[0]
 
@@ -246,7 +255,10 @@ class EagleDrafter(HeadsDrafter):
         n, dev = len(self.features), f.device
         tokens, qs = [], []
         for i in range(k):
-            tok, q = self._choose(self.lm_head(f)[0, 0], ctx)
+            if ctx.params.greedy:
+                tok, q = int(self._top(f[0, 0], 1)[1][0]), None
+            else:
+                tok, q = self._choose(self.lm_head(f)[0, 0], ctx)
             tokens.append(tok)
             qs += [q] if q is not None else []
             if i + 1 < k:
@@ -265,12 +277,11 @@ class EagleDrafter(HeadsDrafter):
         fhat = {-1: f}  # node -> predicted feature once the node is fed (the root: f)
         slot: dict[int, int] = {}  # node -> its cache slot
         frontier = [-1]
-        logq = self.lm_head(f)[0].float().log_softmax(-1)  # [1, V]: the root's children
+        values, indices = self._top(f[0], self.topk)  # [1, topk]: the root's best children
         for d in range(depth):
-            top = logq.topk(self.topk, dim=-1)  # [F, topk]
             for row, node in enumerate(frontier):
                 base = scores[node] if node >= 0 else 0.0
-                for v, t in zip(top.values[row].tolist(), top.indices[row].tolist()):
+                for v, t in zip(values[row].tolist(), indices[row].tolist()):
                     tokens.append(t)
                     parents.append(node)
                     scores.append(base + v)
@@ -294,7 +305,7 @@ class EagleDrafter(HeadsDrafter):
             out = self.module(feats, embeds, torch.full((1, len(frontier)), n + d, device=dev), self.cache, allow=allow)
             for r, node in enumerate(frontier):
                 fhat[node] = out[:, r:r + 1]
-            logq = self.lm_head(out)[0].float().log_softmax(-1)  # [F, V]
+            values, indices = self._top(out[0], self.topk)  # [F, topk]
         # the most likely nodes, each with its parent (a parent never scores below its child)
         kept: list[int] = []
         chosen: set[int] = set()

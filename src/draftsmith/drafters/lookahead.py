@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError
+from ..sampling import greedy
 from ..types import VerifyResult
 from .base import DraftContext
 from .trie import merge_paths
@@ -81,7 +82,7 @@ class LookaheadDrafter:
     def observe(self, result: VerifyResult) -> None:
         if result.target_logits is None or not self.window_nodes or result.num_drafted < len(self.window_nodes):
             return
-        best = result.target_logits[0].argmax(-1).tolist()  # [N + 1]: row 0 is the root
+        best = greedy(result.target_logits[0]).tolist()  # [N + 1]: row 0 is the root
         # row 0 predicts position L (the root is the last committed token); node j at position p predicts p + 1
         self.predicted = {self.committed: best[0]}
         for node, pos in zip(self.window_nodes, self.window_at):

@@ -44,8 +44,12 @@ class SubsetLMHead(nn.Module):
         bias = getattr(lm_head, "bias", None)
         self.bias = None if bias is None else nn.Parameter(bias.detach().index_select(0, ids), requires_grad=False)
 
+    def subset(self, x: torch.Tensor) -> torch.Tensor:
+        """x [.., H] -> the subset's logits [.., N], in `token_ids` order."""
+        return nn.functional.linear(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sub = nn.functional.linear(x, self.weight, self.bias)                   # [.., N]
+        sub = self.subset(x)                                                    # [.., N]
         full = sub.new_full((*sub.shape[:-1], self.vocab_size), float("-inf"))  # [.., V]
         return full.index_copy_(-1, self.token_ids, sub)
 

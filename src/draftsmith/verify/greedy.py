@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from ..sampling import greedy
 from ..types import Draft, SamplingParams, VerifyResult
 
 
@@ -21,7 +22,7 @@ class GreedyVerifier:
         generator: torch.Generator | None = None,
     ) -> VerifyResult:
         n_draft = draft.size
-        target_ids = target_logits.argmax(-1)  # [B, N+1]
+        target_ids = greedy(target_logits)  # [B, N+1]
         if draft.parents is not None:
             return self._verify_tree(draft, target_ids, target_logits)
         match = draft.token_ids == target_ids[:, :n_draft]  # [B, N]
