@@ -11,7 +11,8 @@ h() { if [ -n "${HEADS:-}" ]; then echo "heads=$HEADS/$1,"; fi; }
 METHODS=(--method none --method ngram --method hierarchy
   --method "medusa:$(h medusa)" --method "medusa:$(h medusa)tree_nodes=16,topk=4"
   --method "hydra:$(h hydra)"
-  --method "eagle:$(h eagle)k=5" --method "eagle:$(h eagle)k=5,tree_nodes=16,topk=4,beam=4")
+  --method "eagle:$(h eagle)k=5" --method "eagle:$(h eagle)k=5,tree_nodes=16,topk=4,beam=4"
+  --method "eagle:$(h eagle)k=6,tree_nodes=32,topk=4,beam=4")
 
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category 1 --max-new-tokens 128 \
   "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-heads-greedy
