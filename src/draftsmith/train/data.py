@@ -203,10 +203,15 @@ def read_rollouts(path: str | Path) -> list[dict]:
 
 
 # ----- training rows: rollouts, or ShareGPT's own answers ------------------------------------
+def is_sharegpt(data: str) -> bool:
+    """`--data` names ShareGPT (`sharegpt`, the packaged file, or a .json file), not rollouts."""
+    return data == "sharegpt" or data.endswith(".json")
+
+
 def training_rows(target: CausalLM, data: str, *, limit: int | None = None, max_prompt_tokens: int = 256) -> list[dict]:
     """Rows with `prompt_ids` and `response_ids` from `data`: a rollouts JSONL file (the target's
     own answers), or ShareGPT (`sharegpt` for the packaged file, or a ShareGPT .json path)."""
-    if data == "sharegpt" or data.endswith(".json"):
+    if is_sharegpt(data):
         return sharegpt_answers(target, None if data == "sharegpt" else data, limit=limit,
                                 max_prompt_tokens=max_prompt_tokens)
     return read_rollouts(data)[:limit]

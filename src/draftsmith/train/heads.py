@@ -52,6 +52,7 @@ from ..errors import DraftsmithError
 from ..heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
 from ..heads.vocab import count_tokens, save_vocab
 from ..target import CausalLM
+from .data import is_sharegpt
 
 
 @dataclass
@@ -488,7 +489,7 @@ def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
     lines = [f"# {cfg.kind} draft heads for {cfg.target}", "",
              f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen, on "
              + (f"ShareGPT first turns (`{t['data']}`; ShareGPT's answers, the target's soft labels)."
-                if t.get("data") == "sharegpt" or str(t.get("data", "")).endswith(".json")
+                if is_sharegpt(str(t.get("data", "")))
                 else "the target's own answers (self-distillation)."), "",
              CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
              f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"

@@ -18,7 +18,7 @@ import torch
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
 from .batches import Batch, pack_texts, packed_batch, rollout_batch
-from .data import _turns, read_sharegpt, sample_batch, sharegpt_path, training_rows
+from .data import _turns, is_sharegpt, read_sharegpt, sample_batch, sharegpt_path, training_rows
 from .drafter_model import new_drafter
 from .trainer import TrainConfig, train
 
@@ -87,7 +87,7 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
         answers = sample_batch(CausalLM(model, target.tokenizer), batch.prompts, params, generator, pad)
         return rollout_batch([{"prompt_ids": p, "response_ids": a} for p, (a, _) in zip(batch.prompts, answers)], pad, max_len)
 
-    what = "ShareGPT first turns with ShareGPT's answers" if data == "sharegpt" or data.endswith(".json") else "target rollouts"
+    what = "ShareGPT first turns with ShareGPT's answers" if is_sharegpt(data) else "target rollouts"
     cfg.extra.update(stage_data=f"{len(train_rows)} {what} ({data})", init_from=str(drafter_path), max_len=max_len)
     metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample, progress=progress)
     if not _main_process():  # one process writes the folder
