@@ -98,7 +98,7 @@ class HeadsDrafter:
 
     def _top(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Features x [.., H] -> q's n most likely tokens: (log q [.., n], token ids [.., n]). Over
-        a draft vocabulary the V-wide logits are never built (a fifth of a drafted token's cost)."""
+        a draft vocabulary the V-wide logits (-inf outside it) are never built."""
         if isinstance(self.lm_head, SubsetLMHead):
             top = self.lm_head.subset(x).float().log_softmax(-1).topk(n, dim=-1)
             return top.values, self.lm_head.token_ids[top.indices]
