@@ -60,11 +60,15 @@ def count_tokens(sequences: Iterable[Iterable[int]]) -> list[int]:
     return [t for t, _ in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))]
 
 
+def vocab_order(token_ids: Iterable[int], always: Iterable[int] = ()) -> list[int]:
+    """The draft vocabulary's order: the `always` ids (end of sequence, say) first, then
+    `token_ids` (most frequent first), each id once."""
+    return [int(t) for t in dict.fromkeys([*always, *token_ids])]
+
+
 def save_vocab(folder: str | Path, token_ids: list[int], always: Iterable[int] = ()) -> Path:
-    """Write `token_ids` (most frequent first) to the heads folder; the `always` ids (end of
-    sequence, say) are put first."""
-    first = [int(t) for t in dict.fromkeys(always)]
-    ids = first + [t for t in token_ids if t not in set(first)]
+    """Write `token_ids` (most frequent first) to the heads folder, in `vocab_order`."""
+    ids = vocab_order(token_ids, always)
     path = Path(folder) / FILE
     save_file({"token_ids": torch.tensor(ids, dtype=torch.int64)}, str(path))
     return path

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from ..errors import DraftsmithError
 from ..heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
-from ..heads.vocab import count_tokens, save_vocab
+from ..heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
 from .data import is_sharegpt
 
@@ -301,9 +301,9 @@ class HeadsLoss:
         lo = max(start - 1, 0)  # the losses read the target's view of answer tokens only
         with torch.no_grad():
             p_logits = self.lm_head(feats[lo:])  # [L-lo, V]: row m-1-lo is the target's view of token m
-        stats = torch.zeros(K, 2)
         if kind == "eagle":
             return self._eagle(ids, feats, start, top, p_logits, lo, generator)
+        stats = torch.zeros(K, 2)
         total, n_tok, adv = 0.0, 0, Adversarial()
         t = torch.arange(max(start - 2, 0), L - 2)  # head 0 at t predicts token t+2
         h = feats[t]  # [n, H]
@@ -348,8 +348,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     held, train = sequences[: cfg.holdout], sequences[cfg.holdout:]
     # the draft vocabulary: the answers' tokens, most frequent first (heads/vocab.py); the end of
     # sequence tokens always in it
-    vocab = [int(t) for t in dict.fromkeys([*sorted(target.eos_token_ids),
-                                             *count_tokens(ids[start:] for ids, start in sequences)])]
+    vocab = vocab_order(count_tokens(ids[start:] for ids, start in sequences), always=sorted(target.eos_token_ids))
     vocab_ids = torch.tensor(vocab[: cfg.train_vocab], dtype=torch.long) if cfg.train_vocab else None
     lm_head, embed = target.model.get_output_embeddings(), target.model.get_input_embeddings()
     for p in target.model.parameters():
