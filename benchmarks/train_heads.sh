@@ -15,3 +15,10 @@ DATA=(--data sharegpt --limit 8000 --features "$OUT/feats-8000.pt")
 # with --steps 1000 to the end (a resumed run continues the cosine of its own --steps).
 $B train heads --kind eagle "${DATA[@]}" --out "$OUT/eagle" --steps "${STEPS:-1000}" --batch-tokens 4096 --lr 1e-3 \
   --unroll 2 --cls-weight 1.0 --save-every 100
+
+# medusa, hydra, amphista and koala on the same feature file (no training-time test: their heads
+# read the target's features only), 400 steps x 4096 answer tokens each (1.6M tokens, ~0.9 epoch).
+for KIND in ${KINDS:-medusa hydra amphista koala}; do
+  $B train heads --kind "$KIND" "${DATA[@]}" --out "$OUT/$KIND" --steps "${HEAD_STEPS:-400}" --batch-tokens 4096 \
+    --lr 1e-3 --save-every 100
+done

@@ -118,15 +118,22 @@ def test_two_processes_with_gloo(workdir):
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0
 
 
+def _chat_target(workdir) -> Path:
+    """The tiny target with a chat template (ShareGPT data needs one)."""
+    target = workdir / "chat-target"
+    if not (target / "config.json").is_file():
+        tok = tiny_tokenizer()
+        tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+                             "{% if add_generation_prompt %}<assistant>{% endif %}")
+        lm = tiny_model("llama", vocab=len(tok), seed=3, eos=tok.eos_token_id)
+        lm.model.save_pretrained(target)
+        tok.save_pretrained(target)
+    return target
+
+
 def test_distill_on_sharegpt_answers(workdir):
     """`train distill --data sharegpt.json`: ShareGPT's own answers under the target's labels."""
-    tok = tiny_tokenizer()
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
-    lm = tiny_model("llama", vocab=len(tok), seed=3, eos=tok.eos_token_id)
-    target = workdir / "chat-target"
-    lm.model.save_pretrained(target)
-    tok.save_pretrained(target)
+    target = _chat_target(workdir)
     pre, out = workdir / "chat-pre", workdir / "chat-kd"
     run("train", "pretrain", "--target", str(target), "--sharegpt", str(workdir / "sharegpt.json"), "--out", str(pre),
         "--steps", "2", "--batch-size", "2", "--seq-len", "16")
@@ -135,3 +142,52 @@ def test_distill_on_sharegpt_answers(workdir):
     record = json.loads((out / "training.json").read_text())
     assert record["config"]["extra"]["stage_data"].startswith("22 ShareGPT first turns")  # 23 whole records, 1 held out
     assert record["config"]["extra"]["held_out"]["tokens"] > 0
+
+
+def test_distill_from_a_feature_file_over_a_training_vocabulary(workdir):
+    """`train pretrain/distill --train-vocab`, `distill --features`: the drafter trains over the
+    data's most frequent tokens (labels outside them skipped), p comes from the target's stored
+    hidden states through its LM head and equals p from a target forward, the file is made once
+    and reused, and the drafter drafts over its vocabulary, still token for token the target's."""
+    from draftsmith.heads.vocab import SubsetLMHead, load_vocab
+    from draftsmith.train.batches import feature_batch
+    from draftsmith.train.heads import HOLDOUT, cached_features, load_sequences, usable
+    from draftsmith.train.trainer import SelectedLogits, subset_logits
+
+    target, sharegpt = _chat_target(workdir), str(workdir / "sharegpt.json")
+    pre, feats = workdir / "voc-pre", workdir / "feats.pt"
+    run("train", "pretrain", "--target", str(target), "--sharegpt", sharegpt, "--out", str(pre), "--steps", "4",
+        "--batch-size", "2", "--seq-len", "16", "--train-vocab", "8")
+    vocab = load_vocab(pre, None)
+    tgt = load_target(str(target), dtype="float32")
+    assert len(vocab) == 8 and int(vocab[0]) in tgt.eos_token_ids  # end of sequence first, then by frequency
+    for out in (workdir / "voc-kd", workdir / "voc-kd2"):
+        run("train", "distill", "--target", str(target), "--drafter", str(pre), "--data", sharegpt, "--out", str(out),
+            "--features", str(feats), "--steps", "3", "--batch-size", "1", "--loss", "tvdpp")
+        if out.name == "voc-kd":
+            made = feats.stat().st_mtime_ns
+    assert feats.stat().st_mtime_ns == made  # the second run read the file
+    record = json.loads((out / "training.json").read_text())
+    assert "target's features" in record["config"]["extra"]["stage_data"]
+    assert record["config"]["extra"]["held_out"]["tokens"] > 0
+    assert torch.equal(load_vocab(out, None), vocab)  # distillation keeps the drafter's vocabulary
+
+    # p from a feature file == p from a target forward, position for position (fp32 here; the runs'
+    # file is the bf16 target's)
+    sequences = usable(load_sequences(tgt, sharegpt), 512)[HOLDOUT:]
+    batch = feature_batch(cached_features(tgt, sequences, 512, str(workdir / "feats32.pt"), progress=False)[:3], pad_id=0)
+    lm_head = tgt.model.get_output_embeddings()
+    from_file = subset_logits(lm_head, batch.target_hidden, vocab)  # [N, 8]
+    with torch.no_grad():
+        from_forward = SelectedLogits(tgt.model, vocab)(batch.ids, batch.attention, batch.loss_mask.bool())
+    assert from_file.shape == from_forward.shape and torch.allclose(from_file, from_forward, atol=1e-4)
+
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    want = SpeculativeDecoder(tgt, NoDrafter()).generate("the quick brown fox", params).token_ids
+    for vocab_arg, subset in ((None, True), (0, False)):
+        drafter = build_drafter("draft_model", model=str(out), dtype="float32", k=3, vocab=vocab_arg)
+        got = SpeculativeDecoder(tgt, drafter).generate("the quick brown fox", params)
+        assert got.token_ids == want
+        assert isinstance(drafter.draft.model.get_output_embeddings(), SubsetLMHead) == subset
+    with pytest.raises(Exception, match="has none beside it"):
+        SpeculativeDecoder(tgt, build_drafter("draft_model", model=str(target), vocab=8)).generate("the", params)

@@ -1,5 +1,10 @@
 """An independent draft model: a smaller causal LM sharing the target's tokenizer proposes k
-tokens autoregressively (sampled from q when sampling, argmax when greedy)."""
+tokens autoregressively (sampled from q when sampling, argmax when greedy).
+
+A draft model trained by `draftsmith train` over a training vocabulary has that vocabulary beside
+it (`draft_vocab.safetensors`, heads/vocab.py); the drafter then drafts over those tokens only,
+which skips most of its LM head (the largest matmul of a small drafter). q is zero outside them,
+so sampling stays lossless; the target still emits every token."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError, IncompatibleDrafterError
+from ..heads.vocab import SubsetLMHead, load_vocab
 from ..sampling import greedy, probs, sample
 from ..target import CausalLM, load_causal_lm
 from ..types import Draft, VerifyResult
@@ -43,14 +49,17 @@ class DraftModelDrafter:
     needs_hidden_states: ClassVar[bool] = False
 
     def __init__(self, model: str | CausalLM | None = None, k: int = 5, adaptive: bool = True,
-                 confidence: float = 0.4, cost_ratio: float | None = None, dtype: str | torch.dtype | None = None):
+                 confidence: float = 0.4, cost_ratio: float | None = None, dtype: str | torch.dtype | None = None,
+                 vocab: int | None = None):
         """k: longest draft. adaptive: choose k each step from the measured acceptance rate and
         the cost of a draft token relative to a target step (see length.py). cost_ratio: that
         cost; by default the ratio of the weights a one-token forward reads (decoding is
         memory-bound, so a forward costs about its weight bytes). A fixed ratio rather than a live timing keeps runs
         reproducible: same seed, same output. confidence: stop drafting once the draft model's
         top probability falls below this (0 = off; 0.4 as in Hugging Face's
-        assistant_confidence_threshold)."""
+        assistant_confidence_threshold). vocab: draft over the first `vocab` tokens of the draft
+        vocabulary stored beside the model (None: all of it when there is one; 0: the whole
+        vocabulary)."""
         if model is None:
             raise DraftsmithError("draft_model needs a model: build_drafter('draft_model', model=NAME_OR_PATH)")
         if not (isinstance(k, int) and k >= 1):
@@ -60,7 +69,10 @@ class DraftModelDrafter:
         self.cost_ratio = cost_ratio
         if not 0.0 <= confidence < 1.0:
             raise DraftsmithError(f"draft_model: confidence must be in [0, 1), got {confidence!r}")
+        if vocab is not None and not (isinstance(vocab, int) and vocab >= 0):
+            raise DraftsmithError(f"draft_model: vocab must be an integer >= 0 (0 = the whole vocabulary), got {vocab!r}")
         self.model_spec, self.k, self.adaptive, self.confidence, self.dtype = model, k, adaptive, confidence, dtype
+        self.vocab_limit = vocab
         self.draft: CausalLM | None = None
         self.length = AdaptiveLength(k)
         self.confirmed = 0  # leading tokens of the draft's cache known to be committed
@@ -70,17 +82,34 @@ class DraftModelDrafter:
         """A drafter for another sequence: the same weights, its own KV cache."""
         d = self.draft
         return DraftModelDrafter(CausalLM(d.model, d.tokenizer, d.name), self.k, self.adaptive, self.confidence,
-                                 self.cost_ratio, self.dtype)
+                                 self.cost_ratio, self.dtype, self.vocab_limit)
 
     def bind(self, target: CausalLM) -> None:
         if isinstance(self.model_spec, CausalLM):
             self.draft = self.model_spec
         else:
             self.draft = load_causal_lm(self.model_spec, dtype=self.dtype or target.dtype, device=str(target.device))
+            self._subset_vocab()
         check_same_vocabulary(target, self.draft)
         if self.cost_ratio is None:
             self.cost_ratio = _weights_read_per_token(self.draft) / _weights_read_per_token(target)
         self.vocab = target.vocab_size
+
+    def _subset_vocab(self) -> None:
+        """Draft over the stored draft vocabulary (a model this drafter loaded itself)."""
+        from ..models import resolve_model
+
+        if self.vocab_limit == 0:
+            return
+        ids = load_vocab(resolve_model(self.model_spec, progress=False), self.vocab_limit)
+        if ids is None:
+            if self.vocab_limit is not None:
+                raise DraftsmithError(f"draft_model: vocab={self.vocab_limit} asks for a draft vocabulary, but "
+                                      f"{self.model_spec!r} has none beside it; pass vocab=0 for the whole vocabulary")
+            return
+        lm = self.draft.model
+        if len(ids) < lm.get_output_embeddings().weight.shape[0]:
+            lm.set_output_embeddings(SubsetLMHead(lm.get_output_embeddings(), ids))
 
     def prefill(self, prompt_ids: list[int]) -> None:
         self.draft.reset()

@@ -74,8 +74,9 @@ def save_vocab(folder: str | Path, token_ids: list[int], always: Iterable[int] =
     return path
 
 
-def load_vocab(folder: str | Path, size: int) -> torch.Tensor | None:
-    """The `size` most frequent token ids stored beside the heads, or None if there is no file."""
+def load_vocab(folder: str | Path, size: int | None) -> torch.Tensor | None:
+    """The `size` (None: all) most frequent token ids stored beside the heads or a draft model,
+    or None if there is no file."""
     path = Path(folder) / FILE
     if not path.is_file():
         return None

@@ -15,6 +15,8 @@ class Batch:
     attention: torch.Tensor  # [B, T]
     loss_mask: torch.Tensor  # [B, T]  position t predicts ids[t + 1]
     prompts: list[list[int]] | None = None  # for on-policy resampling of the responses
+    target_hidden: torch.Tensor | None = None  # [N, H] the target's last hidden state at each loss position
+                                               # (row-major order of loss_mask), when it comes from a feature file
 
     @property
     def tokens(self) -> int:
@@ -61,3 +63,13 @@ def rollout_batch(rows: list[dict], pad_id: int, max_len: int) -> Batch:
         attention[i, : len(seq)] = 1
         loss_mask[i, : len(seq)] = torch.tensor(loss)
     return Batch(ids, attention, loss_mask, prompts)
+
+
+def feature_batch(items: list, pad_id: int) -> Batch:
+    """Feature-file items (train/heads.Item: ids [L], the target's feats [L, H], answer start) as
+    a right-padded batch whose loss covers the answer tokens, with the target's hidden state at
+    each loss position (position t predicts ids[t + 1], and feats[t] gives the target's p there)."""
+    batch = rollout_batch([{"prompt_ids": it.ids[: it.start].tolist(), "response_ids": it.ids[it.start:].tolist()}
+                           for it in items], pad_id, max_len=max(len(it.ids) for it in items))
+    batch.target_hidden = torch.cat([it.feats[it.start - 1: len(it.ids) - 1] for it in items])  # [N, H]
+    return batch

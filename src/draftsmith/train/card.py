@@ -35,6 +35,11 @@ def write_card(out: Path, target, model, record: dict, results: str | None = Non
         lines.append(f"- DistillSpec on-policy fraction {cfg['on_policy']} (drafter temperature {cfg['on_policy_temperature']})")
     if cfg.get("adaspec_ref"):
         lines.append(f"- AdaSPEC token selection: keep {cfg['adaspec_keep']} against reference {cfg['adaspec_ref']}")
+    if cfg.get("train_vocab"):
+        lines.append(f"- training vocabulary: the {cfg['train_vocab']} most frequent tokens of the data "
+                     "(`draft_vocab.safetensors`); draftsmith's `draft_model` drafts over them only (q is zero "
+                     "elsewhere, still lossless). Other engines read the whole LM head, whose other rows were "
+                     "trained as input embeddings only.")
     for key in ("init", "init_from"):
         if key in extra:
             lines.append(f"- {key}: {extra[key]}")
@@ -42,7 +47,7 @@ def write_card(out: Path, target, model, record: dict, results: str | None = Non
         lines.append("- last logged: " + ", ".join(f"{k} {v:.4g}" for k, v in record["final_metrics"].items()))
     if "held_out" in extra:
         h = extra["held_out"]
-        lines.append(f"- held-out target rollouts ({h['tokens']} tokens): top-1 agreement {h['top1_agreement']}, "
+        lines.append(f"- held-out sequences ({h['tokens']} tokens): top-1 agreement {h['top1_agreement']}, "
                      f"TVD(p, q) {h['tvd']} (one sampled draft token is accepted with probability 1 - TVD)")
     lines += ["", "Never trained on any evaluation set (Spec-Bench, MT-bench, HumanEval, GSM8K).", ""]
     if results:

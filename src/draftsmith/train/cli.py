@@ -21,6 +21,9 @@ def _common(p: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) ->
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--no-bf16", action="store_true", help="train the drafter's forward in fp32")
+    p.add_argument("--train-vocab", type=int, default=8192,
+                   help="train over the N most frequent tokens of the data, the vocabulary the drafter then drafts "
+                        "over (0 = all; distill keeps the starting drafter's when it has one)")
 
 
 def add_train_parser(sub) -> None:
@@ -59,6 +62,11 @@ def add_train_parser(sub) -> None:
     k.add_argument("--data", required=True,
                    help="rollouts JSONL from `draftsmith train data` (the recipe's target answers), or `sharegpt` / a "
                         "ShareGPT .json file (first turns with ShareGPT's answers; the target still gives the labels)")
+    k.add_argument("--features",
+                   help="the target's features of the data's sequences in this file (the one `train heads --features` "
+                        "makes from the same --data/--limit; made once if missing): p from the target's LM head, no "
+                        "target forward per step; --batch-size x 256 answer tokens a step")
+    k.add_argument("--limit", type=int, help="use at most this many training rows")
     k.add_argument("--loss", default="fkl", help="fkl | rkl | jsd | tvd | tvdpp (default fkl)")
     k.add_argument("--max-len", type=int, default=512)
     k.add_argument("--on-policy", type=float, default=0.0, help="DistillSpec: fraction of batches answered by the drafter")
@@ -105,7 +113,7 @@ def _config(args, stage: str, loss: str):
 
     cfg = TrainConfig(stage=stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       loss=loss, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-                      bf16=not args.no_bf16)
+                      bf16=not args.no_bf16, train_vocab=args.train_vocab)
     if stage == "distill":
         cfg.on_policy, cfg.on_policy_temperature = args.on_policy, args.on_policy_temperature
         cfg.adaspec_ref, cfg.adaspec_keep = args.adaspec_ref, args.adaspec_keep
@@ -147,7 +155,10 @@ def cmd_distill(args) -> int:
     from .pipeline import distill
 
     cfg = _config(args, "distill", args.loss)
-    out = distill(_target(args.target), args.drafter, args.data, cfg, max_len=args.max_len)
+    if args.limit is not None and args.limit < 1:
+        raise DraftsmithError("--limit must be >= 1")
+    out = distill(_target(args.target), args.drafter, args.data, cfg, max_len=args.max_len, features=args.features,
+                  limit=args.limit)
     print(out)
     return 0
 

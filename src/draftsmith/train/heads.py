@@ -55,6 +55,14 @@ from ..target import CausalLM
 from .data import is_sharegpt
 
 
+HOLDOUT = 16  # sequences kept aside for the final evaluation (train distill --features holds out the same)
+
+
+def usable(sequences: list[tuple[list[int], int]], max_len: int) -> list[tuple[list[int], int]]:
+    """(ids, answer start) cut to `max_len`, keeping those with at least 3 answer tokens left."""
+    return [(ids[:max_len], start) for ids, start in sequences if len(ids[:max_len]) - start >= 3]
+
+
 @dataclass
 class HeadsTrainConfig:
     kind: str
@@ -75,7 +83,7 @@ class HeadsTrainConfig:
     seed: int = 0
     log_every: int = 10
     save_every: int = 100
-    holdout: int = 16  # sequences kept aside for the final evaluation
+    holdout: int = HOLDOUT  # sequences kept aside for the final evaluation
     data: str = ""  # where the sequences came from (for the model card)
     features: str = ""  # keep the target's features of the training sequences in this file (epochs reuse them)
     train_vocab: int = 8192  # train over the N most frequent answer tokens (the draft vocabulary); 0 = all
@@ -112,7 +120,7 @@ def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], m
     `batch_tokens` (padded) tokens, of sequences of similar lengths."""
     from tqdm import tqdm
 
-    kept = [(ids[:max_len], start) for ids, start in sequences if len(ids[:max_len]) - start >= 3]
+    kept = usable(sequences, max_len)
     by_length = sorted(range(len(kept)), key=lambda k: len(kept[k][0]))
     lm_head = target.model.get_output_embeddings()
     out: dict[int, Item] = {}
@@ -341,7 +349,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     from tqdm import tqdm
 
     cfg.check()
-    sequences = [(ids[: cfg.max_len], start) for ids, start in sequences if len(ids[: cfg.max_len]) - start >= 3]
+    sequences = usable(sequences, cfg.max_len)
     if len(sequences) <= cfg.holdout:
         raise DraftsmithError(f"{len(sequences)} usable training sequences; need more than the {cfg.holdout} held out")
     out = Path(cfg.out)

@@ -3,7 +3,15 @@
 1. pretrain  a new drafter (drafter_model.py) on chat-formatted ShareGPT conversations,
 2. data      the target answers ShareGPT instructions (data.py),
 3. distill   the drafter on those answers with a distillation loss (losses.py), optionally with
-             DistillSpec on-policy batches and AdaSPEC token selection (trainer.py).
+             DistillSpec on-policy batches and AdaSPEC token selection (trainer.py). With a
+             feature file (`features`, the one `train heads --features` makes from the same
+             data) the target's p comes from its stored last hidden states through its LM head,
+             with no target forward per step.
+
+Both stages train over the training vocabulary (`cfg.train_vocab`, trainer.py): the N most frequent
+tokens of the stage's data, written beside the drafter as `draft_vocab.safetensors` (the format of
+heads/vocab.py), which the `draft_model` drafter then drafts over. Distillation keeps the
+vocabulary of the drafter it starts from when that has one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import torch
 
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
-from .batches import Batch, pack_texts, packed_batch, rollout_batch
+from ..heads.vocab import count_tokens, load_vocab, save_vocab, vocab_order
+from .batches import Batch, feature_batch, pack_texts, packed_batch, rollout_batch
 from .data import _turns, is_sharegpt, read_sharegpt, sample_batch, sharegpt_path, training_rows
 from .drafter_model import new_drafter
 from .trainer import TrainConfig, train
@@ -50,6 +59,7 @@ def pretrain(target: CausalLM, cfg: TrainConfig, *, sharegpt: str | None = None,
     if len(rows) == 0:
         raise DraftsmithError("no pretraining text")
     drafter = new_drafter(target.model, init=init, layers=layers, hidden=hidden, seed=cfg.seed)
+    vocab = training_vocab(target, rows.tolist())
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
 
     def get_batch(i: int) -> Batch:
@@ -58,18 +68,32 @@ def pretrain(target: CausalLM, cfg: TrainConfig, *, sharegpt: str | None = None,
 
     cfg.extra.update(stage_data=f"{len(rows) * (seq_len + 1)} tokens of chat-formatted ShareGPT", seq_len=seq_len,
                      init=init, layers=layers, hidden=drafter.config.hidden_size)
-    metrics = train(drafter, get_batch, cfg, progress=progress)
-    return save_drafter(drafter, target, cfg, metrics) if _main_process() else Path(cfg.out)
+    metrics = train(drafter, get_batch, cfg, vocab_ids=_ids(vocab, cfg), progress=progress)
+    return save_drafter(drafter, target, cfg, metrics, vocab) if _main_process() else Path(cfg.out)
+
+
+def training_vocab(target: CausalLM, sequences) -> list[int]:
+    """The data's tokens, most frequent first, the end-of-sequence ids leading (heads/vocab.py)."""
+    return vocab_order(count_tokens(sequences), always=sorted(target.eos_token_ids))
+
+
+def _ids(vocab: list[int], cfg: TrainConfig) -> torch.Tensor | None:
+    """The training vocabulary as ids [N], or None for the whole vocabulary."""
+    return torch.tensor(vocab[: cfg.train_vocab], dtype=torch.long) if cfg.train_vocab else None
 
 
 def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *, max_len: int = 512,
-            progress: bool = True) -> Path:
-    rows = training_rows(target, data)
+            features: str | None = None, limit: int | None = None, progress: bool = True) -> Path:
+    if features:
+        return distill_from_features(target, drafter_path, data, cfg, features, max_len=max_len, limit=limit,
+                                     progress=progress)
+    rows = training_rows(target, data, limit=limit)
     if len(rows) < 2:
         raise DraftsmithError(f"{data} holds {len(rows)} training rows; distillation needs at least 2 (one is held out)")
     held = max(1, len(rows) // 50)  # 2% held out for the model card's agreement numbers
     train_rows, eval_rows = rows[held:], rows[:held]
     drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
+    vocab = _drafter_vocab(drafter_path, target, [r["response_ids"] for r in train_rows])
     reference = load_causal_lm(cfg.adaspec_ref, dtype="bfloat16", progress=progress).model if cfg.adaspec_ref else None
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
     rng = random.Random(cfg.seed)
@@ -89,11 +113,77 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
 
     what = "ShareGPT first turns with ShareGPT's answers" if is_sharegpt(data) else "target rollouts"
     cfg.extra.update(stage_data=f"{len(train_rows)} {what} ({data})", init_from=str(drafter_path), max_len=max_len)
-    metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample, progress=progress)
+    metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample,
+                    vocab_ids=_ids(vocab, cfg), progress=progress)
     if not _main_process():  # one process writes the folder
         return Path(cfg.out)
-    cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(eval_rows[i:i + 8], pad, max_len) for i in range(0, len(eval_rows), 8)])
-    return save_drafter(drafter, target, cfg, metrics)
+    cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(eval_rows[i:i + 8], pad, max_len)
+                                                             for i in range(0, len(eval_rows), 8)], _ids(vocab, cfg))
+    return save_drafter(drafter, target, cfg, metrics, vocab)
+
+
+def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, features: str, *,
+                          max_len: int = 512, limit: int | None = None, progress: bool = True) -> Path:
+    """Distillation whose p comes from a feature file: the target's last hidden states of the
+    data's sequences, made once (`train heads --features` makes the same file from the same
+    `data`, `limit` and `max_len`, and either run reuses it). Batches take whole sequences until
+    they hold `cfg.batch_size` x 256 answer tokens. No on-policy batches or AdaSPEC here (both
+    need the target's p on tokens the file does not hold)."""
+    from .heads import HOLDOUT, cached_features, extract_features, load_sequences, usable
+
+    if cfg.on_policy or cfg.adaspec_ref:
+        raise DraftsmithError("distill --features: on-policy batches and AdaSPEC need a target forward per step; "
+                              "run them without --features")
+    sequences = usable(load_sequences(target, data, limit=limit), max_len)
+    if len(sequences) <= HOLDOUT:
+        raise DraftsmithError(f"{data}: {len(sequences)} usable sequences; need more than the {HOLDOUT} held out")
+    held, train_seqs = sequences[:HOLDOUT], sequences[HOLDOUT:]
+    items = cached_features(target, train_seqs, max_len, features, progress)
+    drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
+    vocab = _drafter_vocab(drafter_path, target, [ids[start:] for ids, start in train_seqs])
+    pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
+    per_step = cfg.batch_size * 256
+    epochs: list[list[list[int]]] = []  # per epoch, its steps' item indices
+
+    def epoch_steps(epoch: int) -> list[list[int]]:
+        """An epoch: a seeded permutation of the items, cut where a step reaches `per_step` answer tokens."""
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch)).tolist()
+        steps, tokens = [[]], 0
+        for k in order:
+            if tokens >= per_step:
+                steps.append([])
+                tokens = 0
+            steps[-1].append(k)
+            tokens += len(items[k].ids) - items[k].start
+        return steps
+
+    def get_batch(i: int) -> Batch:
+        epoch = 0
+        while True:
+            if epoch == len(epochs):
+                epochs.append(epoch_steps(epoch))
+            if i < len(epochs[epoch]):
+                return feature_batch([items[k] for k in epochs[epoch][i]], pad)
+            i -= len(epochs[epoch])
+            epoch += 1
+
+    cfg.extra.update(stage_data=f"{len(items)} sequences of {data} with the target's features ({features})",
+                     init_from=str(drafter_path), max_len=max_len, answer_tokens_per_step=per_step)
+    metrics = train(drafter, get_batch, cfg, target=target.model, vocab_ids=_ids(vocab, cfg), progress=progress)
+    if not _main_process():
+        return Path(cfg.out)
+    held_items = extract_features(target, held, max_len)
+    cfg.extra["held_out"] = evaluate(drafter, target.model, [feature_batch(held_items[i:i + 8], pad)
+                                                             for i in range(0, len(held_items), 8)], _ids(vocab, cfg))
+    return save_drafter(drafter, target, cfg, metrics, vocab)
+
+
+def _drafter_vocab(drafter_path: str, target: CausalLM, answers) -> list[int]:
+    """The vocabulary of the drafter distillation starts from, or else the answers' (training_vocab)."""
+    from ..models import resolve_model
+
+    stored = load_vocab(resolve_model(drafter_path, progress=False), size=None)
+    return stored.tolist() if stored is not None else training_vocab(target, answers)
 
 
 def _main_process() -> bool:
@@ -103,27 +193,35 @@ def _main_process() -> bool:
 
 
 @torch.inference_mode()
-def evaluate(drafter: torch.nn.Module, target: torch.nn.Module, batches: list[Batch]) -> dict:
+def evaluate(drafter: torch.nn.Module, target: torch.nn.Module, batches: list[Batch],
+             vocab_ids: torch.Tensor | None = None) -> dict:
     """Top-1 agreement and mean TVD(p, q) on held-out rollouts: 1 - TVD is the acceptance
-    probability of one sampled draft token, agreement the greedy one."""
+    probability of one sampled draft token, agreement the greedy one. q is the drafter's as it
+    drafts (over `vocab_ids` when given, zero elsewhere), p the target's over its whole vocabulary."""
     from .trainer import SelectedLogits
 
-    d, t = SelectedLogits(drafter).eval(), SelectedLogits(target).eval()
+    d, t = SelectedLogits(drafter, vocab_ids).eval(), SelectedLogits(target).eval()
     agree = tvd = n = 0.0
     for b in batches:
         select = b.loss_mask.bool()
-        q, p = d(b.ids, b.attention, select).float(), t(b.ids, b.attention, select).float()
+        q, p = d(b.ids, b.attention, select).float(), t(b.ids, b.attention, select).float()  # [N, V or N_vocab], [N, V]
+        if vocab_ids is not None:  # the drafter's logits in the whole vocabulary's layout
+            q = q.new_full(p.shape, float("-inf")).index_copy_(-1, vocab_ids, q)
         agree += float((q.argmax(-1) == p.argmax(-1)).sum())
         tvd += float((0.5 * (p.softmax(-1) - q.softmax(-1)).abs().sum(-1)).sum())
         n += q.shape[0]
     return {"tokens": int(n), "top1_agreement": round(agree / max(n, 1), 4), "tvd": round(tvd / max(n, 1), 4)}
 
 
-def save_drafter(drafter: torch.nn.Module, target: CausalLM, cfg: TrainConfig, metrics: dict) -> Path:
+def save_drafter(drafter: torch.nn.Module, target: CausalLM, cfg: TrainConfig, metrics: dict,
+                 vocab: list[int] | None = None) -> Path:
     """Write a Hugging Face folder: config.json, model.safetensors (bf16), the target's
-    tokenizer, training.json and a model card."""
+    tokenizer, training.json, a model card and, when it trained over a training vocabulary, that
+    vocabulary (`draft_vocab.safetensors`, which the draft_model drafter drafts over)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if vocab is not None and cfg.train_vocab:
+        save_vocab(out, vocab[: cfg.train_vocab])
     model = drafter.to(torch.bfloat16).eval()
     model.config.dtype = "bfloat16"
     model.save_pretrained(out, safe_serialization=True)

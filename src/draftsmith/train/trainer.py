@@ -12,6 +12,15 @@ Stages (the loss per training token):
             `on_policy` a batch's answers are resampled from the drafter itself, and the
             target scores them), and AdaSPEC token selection (score each token by
             FKL(drafter) - FKL(reference drafter); train on the top `adaspec_keep` fraction).
+            p comes from a target forward over the batch, or, when the batch carries the
+            target's last hidden states (`Batch.target_hidden`, from a feature file), from the
+            target's LM head alone.
+
+Training vocabulary (`vocab_ids`, the N most frequent tokens of the data; FR-Spec / EAGLE-3, as
+for draft heads): the drafter's LM head, most of a small drafter's compute, runs on those N rows
+only; q and p are the softmaxes of the N logits (p conditioned on the subset), and pretraining
+skips the labels outside it. The drafter then drafts over the same N tokens (draft_model's
+`vocab`).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ class TrainConfig:
     on_policy_max_new_tokens: int = 128
     adaspec_ref: str | None = None   # AdaSPEC: reference drafter folder
     adaspec_keep: float = 0.4
+    train_vocab: int = 8192          # train over the N most frequent tokens of the data (0 = all)
     bf16: bool = True                # autocast the drafter's forward to bf16
     seed: int = 0
     log_every: int = 10
@@ -65,22 +75,36 @@ class TrainConfig:
             raise DraftsmithError("steps and batch size must be >= 1 and lr > 0")
         if not 0.0 <= self.on_policy <= 1.0 or not 0.0 < self.adaspec_keep <= 1.0:
             raise DraftsmithError("on_policy must be in [0, 1] and adaspec_keep in (0, 1]")
+        if self.train_vocab < 0:
+            raise DraftsmithError(f"train_vocab must be >= 0 (0 = the whole vocabulary), got {self.train_vocab}")
 
 
 class SelectedLogits(nn.Module):
-    """A causal LM returning logits only at selected positions ([N, V]): the LM head, the
-    costliest matmul here, runs on the training tokens alone."""
+    """A causal LM returning logits only at selected positions ([N, V], or [N, N_vocab] over
+    `vocab_ids`): the LM head, the costliest matmul here, runs on the training tokens (and the
+    training vocabulary) alone."""
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, vocab_ids: torch.Tensor | None = None):
         super().__init__()
         self.lm = lm
+        self.vocab_ids = vocab_ids
 
     def forward(self, ids: torch.Tensor, attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
         lm = self.lm
         if hasattr(lm, "model") and hasattr(lm, "lm_head") and not getattr(lm.config, "final_logit_softcapping", None):
             hidden = lm.model(input_ids=ids, attention_mask=attention).last_hidden_state  # [B, T, H]
-            return lm.lm_head(hidden[select])  # [N, V]
-        return lm(input_ids=ids, attention_mask=attention).logits[select]
+            return subset_logits(lm.lm_head, hidden[select], self.vocab_ids)  # [N, V or N_vocab]
+        logits = lm(input_ids=ids, attention_mask=attention).logits[select]  # [N, V]
+        return logits if self.vocab_ids is None else logits[:, self.vocab_ids]
+
+
+def subset_logits(lm_head: nn.Module, hidden: torch.Tensor, vocab_ids: torch.Tensor | None) -> torch.Tensor:
+    """hidden [N, H] -> logits over the whole vocabulary [N, V], or over `vocab_ids` [N, N_vocab]
+    (the gradient reaches the LM head's rows of those tokens only)."""
+    if vocab_ids is None:
+        return lm_head(hidden)
+    bias = getattr(lm_head, "bias", None)
+    return F.linear(hidden, lm_head.weight[vocab_ids], None if bias is None else bias[vocab_ids])
 
 
 def _fresh_window() -> dict:
@@ -99,10 +123,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfig, *,
           target: nn.Module | None = None, reference: nn.Module | None = None,
           resample: Callable[[nn.Module, Batch, torch.Generator], Batch] | None = None,
-          progress: bool = True) -> dict:
+          vocab_ids: torch.Tensor | None = None, progress: bool = True) -> dict:
     """Train `drafter` in place for cfg.steps optimizer steps. `get_batch(i)` returns the i-th
     batch of the run (the same i always gives the same batch, so a resumed run continues the
-    same sequence). Returns the last logged metrics."""
+    same sequence). `vocab_ids` [N]: the training vocabulary (None = all). Returns the last
+    logged metrics."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
@@ -112,12 +137,22 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
     out = Path(cfg.out)
     acc = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(out / "runs"))
     cfg.extra["processes"] = acc.num_processes
-    model = SelectedLogits(drafter)
+    model = SelectedLogits(drafter, vocab_ids)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     model, optimizer = acc.prepare(model, optimizer)
-    teacher = SelectedLogits(target).eval() if target is not None else None
-    ref = SelectedLogits(reference).eval() if reference is not None else None
+    teacher = SelectedLogits(target, vocab_ids).eval() if target is not None else None
+    ref = SelectedLogits(reference, vocab_ids).eval() if reference is not None else None
+    p_head = None  # the target's LM head in float32 (over the training vocabulary), for batches with its features
+    if target is not None:
+        lm_head = target.get_output_embeddings()
+        rows = (lambda w: w.detach() if vocab_ids is None else w.detach()[vocab_ids])
+        bias = getattr(lm_head, "bias", None)
+        p_head = (rows(lm_head.weight).float(), None if bias is None else rows(bias).float())
+    column = None  # token id -> its column among the training vocabulary's logits (-1: outside)
+    if vocab_ids is not None:
+        column = torch.full((int(vocab_ids.max()) + 1,), -1, dtype=torch.long)
+        column[vocab_ids] = torch.arange(len(vocab_ids))
 
     ckpt, start = out / "checkpoint", 0
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
@@ -144,19 +179,26 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
             batch = resample(acc.unwrap_model(model).lm, batch, generator)
             model.train()
         select = batch.loss_mask.bool()  # [B, T]
-        labels = batch.ids[:, 1:][select[:, :-1]]  # [N]
+        labels = batch.ids[:, 1:][select[:, :-1]]  # [N] token ids
+        if column is not None:  # as columns of the training vocabulary; -1 outside it
+            labels = torch.where(labels < len(column), column[labels.clamp(max=len(column) - 1)], -1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            q_logits = model(batch.ids, batch.attention, select)  # [N, V]
+            q_logits = model(batch.ids, batch.attention, select)  # [N, V or N_vocab]
         q_logits = q_logits.float()
         p_logits = None
+        valid = torch.ones(q_logits.shape[0], dtype=torch.bool)  # [N]
         if teacher is not None and cfg.stage == "distill":
             with torch.inference_mode():
-                p_logits = teacher(batch.ids, batch.attention, select).float()  # [N, V]
+                if batch.target_hidden is not None:  # the target's features: its LM head alone gives p
+                    p_logits = F.linear(batch.target_hidden.float(), *p_head)  # [N, V or N_vocab]
+                else:
+                    p_logits = teacher(batch.ids, batch.attention, select).float()  # [N, V or N_vocab]
             p_logits = p_logits.clone()  # inference tensors cannot enter autograd
             per_token = per_token_loss(cfg.loss, p_logits, q_logits, generator=generator)
         else:
-            per_token = F.cross_entropy(q_logits, labels, reduction="none")
-        keep = torch.ones_like(per_token, dtype=torch.bool)
+            valid = labels >= 0  # pretraining over a training vocabulary: labels outside it are skipped
+            per_token = F.cross_entropy(q_logits, labels.clamp(min=0), reduction="none")
+        keep = valid
         if ref is not None and p_logits is not None and cfg.adaspec_keep < 1.0:
             with torch.inference_mode():
                 r_logits = ref(batch.ids, batch.attention, select).float()
@@ -176,7 +218,8 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
         with torch.no_grad():
             window["loss"] += float(loss)
             window["tokens"] += labels.numel()
-            window["agree"] += float((q_logits.argmax(-1) == (p_logits.argmax(-1) if p_logits is not None else labels)).float().mean())
+            truth = p_logits.argmax(-1) if p_logits is not None else labels
+            window["agree"] += float((q_logits.argmax(-1) == truth)[valid].float().mean()) if valid.any() else 0.0
             if p_logits is not None:
                 window["tvd"] += float(0.5 * (p_logits.softmax(-1) - q_logits.softmax(-1)).abs().sum(-1).mean())
             window["n"] += 1
