@@ -155,6 +155,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .heads.export import export_eagle
+    from .models import SHIPPED_HEADS, packs_root
+
+    heads = args.heads
+    if not Path(heads).expanduser().exists() and (heads, "eagle") in SHIPPED_HEADS:  # a target's shipped heads
+        heads = str(packs_root() / SHIPPED_HEADS[(heads, "eagle")])
+    print(export_eagle(heads, args.engine, args.out))
+    return 0
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
@@ -262,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=16)
     s.add_argument("--out", help="folder for report.md, results.json, throughput.png")
     s.set_defaults(func=cmd_bench_serve)
+
+    e = sub.add_parser("export", help="EAGLE heads as a folder vLLM or SGLang loads as an EAGLE draft model")
+    e.add_argument("heads", help="an EAGLE heads folder (`train heads --kind eagle`), or a target whose EAGLE heads ship")
+    e.add_argument("--engine", required=True, choices=["vllm", "sglang"])
+    e.add_argument("--out", required=True, help="output folder")
+    e.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list or fetch model packs")
     m.add_argument("action", choices=["list", "fetch"])

@@ -378,3 +378,43 @@ def test_top_tokens_over_a_draft_vocabulary_are_the_full_layouts():
     full = drafter.lm_head(x).float().log_softmax(-1).topk(3, dim=-1)
     assert torch.equal(ids, full.indices)
     torch.testing.assert_close(values, full.values)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_eagle_export_for_other_engines(engine, tmp_path):
+    """`draftsmith export`: the shipped EAGLE head as the EAGLE-1 folder each engine loads. Every
+    weight but `fc` is a tensor of a one-layer Llama decoder of the target's shape (names
+    without the `model.` prefix, which both loaders add; layer 0 without an input norm; no
+    embeddings, final norm or LM head); vLLM's fc has no bias, SGLang's has one (zero here)."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaModel
+
+    from draftsmith.models import SHIPPED_HEADS, packs_root
+
+    shipped = packs_root() / SHIPPED_HEADS[("smollm2-135m-instruct", "eagle")]
+    out = tmp_path / engine
+    assert main(["export", "smollm2-135m-instruct", "--engine", engine, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == [{"vllm": "LlamaForCausalLM", "sglang": "LlamaForCausalLMEagle"}[engine]]
+    weights, original = load_file(str(out / "model.safetensors")), load_file(str(shipped / "model.safetensors"))
+    layer = LlamaModel(LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "draftsmith_heads")}))
+    reference = {k: v.shape for k, v in layer.state_dict().items()
+                 if not k.startswith(("embed_tokens", "norm", "layers.0.input_layernorm", "rotary"))}
+    assert {k: v.shape for k, v in weights.items() if not k.startswith("fc.")} == reference
+    H = config["hidden_size"]
+    assert weights["fc.weight"].shape == (H, 2 * H) and torch.equal(weights["fc.weight"], original["fc.weight"])
+    if engine == "sglang":
+        assert torch.equal(weights["fc.bias"], torch.zeros(H))
+        assert torch.equal(torch.load(out / "token_map.pt"), load_vocab(shipped, None))
+    else:
+        assert "fc.bias" not in weights and load_heads(out).cfg.kind == "eagle"  # still draftsmith's folder too
+
+
+def test_export_takes_eagle_heads_only(tmp_path, capsys):
+    from draftsmith.models import SHIPPED_HEADS, packs_root
+
+    medusa = packs_root() / SHIPPED_HEADS[("smollm2-135m-instruct", "medusa")]
+    assert main(["export", str(medusa), "--engine", "vllm", "--out", str(tmp_path / "x")]) == 2
+    assert "medusa heads, which vLLM and SGLang have no loader for" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--engine", "sglang", "--out", str(tmp_path / "y")]) == 2
+    assert "export takes EAGLE heads" in capsys.readouterr().err
