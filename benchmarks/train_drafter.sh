@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The drafter for the default model (issue 5), as it was made on the project's 2-core CPU (sixth
 # session; the second session's recipe, distillation on 894 target rollouts with a target forward
-# per step, is in git history). Stages resume from their checkpoints when rerun.
+# per step, is in git history). Stages resume from their checkpoints when rerun. As run, every
+# stage had OMP_NUM_THREADS=1, beside a draft-head training on the other core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=.venv/bin/draftsmith
@@ -20,5 +21,5 @@ $B train pretrain --out runs/train/pretrain --steps "${PRE_STEPS:-2000}" --batch
 #    forward KL and TVD++ from the same start, same data, same steps; 8 x 256 answer tokens a step
 for LOSS in fkl tvdpp; do
   $B train distill --drafter runs/train/pretrain --data sharegpt --limit 8000 --features "$FEATS" --loss "$LOSS" \
-    --out "runs/train/kd-$LOSS" --steps "${KD_STEPS:-1000}" --batch-size 8 --lr 1e-3 --save-every 200
+    --out "runs/train/kd-$LOSS" --steps "${KD_STEPS:-800}" --batch-size 8 --lr 1e-3 --save-every 200
 done

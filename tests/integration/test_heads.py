@@ -223,7 +223,7 @@ def test_missing_or_mismatched_heads_are_clear_errors(tmp_path):
         SpeculativeDecoder(target, "medusa", heads=other)
 
 
-@pytest.mark.parametrize("kind", ["amphista", "koala"])
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "amphista", "koala", "eagle"])
 def test_no_shipped_heads_is_a_clear_error(kind):
     with pytest.raises(DraftsmithError, match=f"no trained {kind} heads ship .* --kind {kind}"):
         SpeculativeDecoder(tiny_model("llama"), kind)

@@ -63,7 +63,8 @@ class HeadsDrafter:
         if folder is None:
             raise IncompatibleDrafterError(
                 f"no trained {self.name} heads ship for target {target.name!r}: train them with "
-                f"`draftsmith train heads --kind {self.name} --target {target.name} --data ROLLOUTS.jsonl --out DIR`, then pass heads=DIR")
+                f"`draftsmith train heads --kind {self.name} --target {target.name} --data sharegpt --out DIR` (or --data "
+                f"ROLLOUTS.jsonl, the target's own answers), then pass heads=DIR")
         self.module = load_heads(folder, dtype=target.dtype, device=target.device)
         cfg: HeadsConfig = self.module.cfg
         if cfg.kind != self.name:
