@@ -21,5 +21,5 @@ $B train pretrain --out runs/train/pretrain --steps "${PRE_STEPS:-2000}" --batch
 #    forward KL and TVD++ from the same start, same data, same steps; 8 x 256 answer tokens a step
 for LOSS in fkl tvdpp; do
   $B train distill --drafter runs/train/pretrain --data sharegpt --limit 8000 --features "$FEATS" --loss "$LOSS" \
-    --out "runs/train/kd-$LOSS" --steps "${KD_STEPS:-800}" --batch-size 8 --lr 1e-3 --save-every 200
+    --out "runs/train/kd-$LOSS" --steps "${KD_STEPS:-600}" --batch-size 8 --lr 1e-3 --save-every 200
 done

@@ -18,10 +18,13 @@ $B train heads --kind eagle "${DATA[@]}" --out "$OUT/eagle" --steps "${STEPS:-10
 
 # medusa, hydra, amphista and koala on the same feature file (no training-time test: their heads
 # read the target's features only), 4096 answer tokens a step: medusa and hydra 400 steps (1.6M
-# tokens, ~1 epoch), amphista and koala 250 (all that fitted in the session). As run: medusa alone
-# (~2 s a step); the others with OMP_NUM_THREADS=1 beside the drafter's training (~4-5 s a step).
+# tokens, ~1 epoch), amphista and koala 250 (what fitted in the session). KOALA with 3 heads of 2
+# decoder blocks each (4 would be 56 MB in bf16, near the project's size limit for a committed
+# file). As run: medusa alone (~2 s a step); the others with OMP_NUM_THREADS=1 beside the drafter's
+# training on the other core (~4-5 s a step).
 for KIND in medusa hydra amphista koala; do
   case $KIND in medusa|hydra) N=400 ;; *) N=250 ;; esac
+  EXTRA=(); if [ "$KIND" = koala ]; then EXTRA=(--num-heads 3); fi
   $B train heads --kind "$KIND" "${DATA[@]}" --out "$OUT/$KIND" --steps "$N" --batch-tokens 4096 --lr 1e-3 \
-    --save-every 50
+    --save-every 50 "${EXTRA[@]}"
 done
