@@ -67,8 +67,9 @@ class CausalLM:
 
     @property
     def vocab_size(self) -> int:
-        """Width of the logits."""
-        return self.model.get_output_embeddings().weight.shape[0]
+        """Width of the logits (a head over a draft vocabulary still gives the whole vocabulary's)."""
+        head = self.model.get_output_embeddings()
+        return getattr(head, "vocab_size", None) or head.weight.shape[0]
 
     @property
     def max_length(self) -> int:

@@ -16,15 +16,21 @@ def alone(target, prompt, max_new):
     return SpeculativeDecoder(target, "none").generate(prompt, SamplingParams(max_new_tokens=max_new)).token_ids
 
 
-@pytest.mark.parametrize("drafter", ["ngram", "recycling", "lookahead", "draft_model", "none"])
-def test_every_row_equals_its_request_alone(arch, drafter):
+@pytest.mark.parametrize("drafter", ["ngram", "recycling", "lookahead", "draft_model", "draft_model-vocab", "none"])
+def test_every_row_equals_its_request_alone(arch, drafter, tmp_path):
     target = tiny_model(arch)
     other = tiny_model(arch, seed=1)
+    if drafter == "draft_model-vocab":  # a folder with a draft vocabulary: each row drafts over it
+        from draftsmith.heads.vocab import save_vocab
+
+        other.model.save_pretrained(tmp_path)
+        save_vocab(tmp_path, list(range(0, target.vocab_size, 3)))
     make = {
         "ngram": lambda: build_drafter("ngram", k=4),
         "recycling": lambda: build_drafter("recycling", topk=4, branching="4-2-1"),
         "lookahead": lambda: build_drafter("lookahead", window=3, ngram=3, guesses=2),
         "draft_model": lambda: build_drafter("draft_model", model=CausalLM(other.model), k=3, adaptive=False, confidence=0),
+        "draft_model-vocab": lambda: build_drafter("draft_model", model=str(tmp_path), k=3, adaptive=False, confidence=0),
         "none": lambda: build_drafter("none"),
     }[drafter]
     dec = BatchDecoder(target, make, k_max=4, smartspec=False)

@@ -114,6 +114,12 @@ def _with_vocab(heads: str, ids: list[int]) -> str:
     return heads
 
 
+def _folder_with_vocab(lm, ids: list[int]) -> str:
+    folder = tempfile.mkdtemp()
+    lm.model.save_pretrained(folder)
+    return _with_vocab(folder, ids)
+
+
 @pytest.fixture(scope="module")
 def pair():
     target = tiny_model("llama", vocab=V, seed=0, std=0.5)
@@ -134,6 +140,9 @@ DECODERS = {
     # a draft length that depends on the drafter's own confidence keeps the target's law
     "draft_model-confidence": lambda target, draft: SpeculativeDecoder(
         target, "draft_model", model=draft, k=3, adaptive=False, confidence=0.5),
+    # a draft model folder with a stored draft vocabulary drafts over it: q is zero outside it
+    "draft_model-vocab": lambda target, draft: SpeculativeDecoder(
+        target, "draft_model", model=_folder_with_vocab(draft, [1, 3]), k=3, adaptive=False, confidence=0),
     # ngram drafts carry no q (one-hot): acceptance with p(x), residual p without x
     "ngram": lambda target, draft: SpeculativeDecoder(target, build_drafter("ngram", k=3, max_ngram=2)),
     # a deterministic tree of distinct siblings: recursive rejection with one-hot q
@@ -160,7 +169,7 @@ DECODERS = {
 
 @pytest.mark.parametrize("decoder, case", [("draft_model", "t1"), ("draft_model", "t0.7-topk3"),
                                            ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
-                                           ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
+                                           ("draft_model-vocab", "t0.7-topk3"), ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
                                            ("hierarchy", "t0.7-topk3"), ("medusa", "t1"), ("hydra", "t0.7-topk3"),
                                            ("eagle", "t1"), ("eagle-tree", "t1"), ("eagle-vocab", "t1"), ("amphista", "t1"),
                                            ("koala", "t0.7-topk3"), ("sampled-tree", "t1"),

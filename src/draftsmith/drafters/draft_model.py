@@ -87,10 +87,11 @@ class DraftModelDrafter:
     def bind(self, target: CausalLM) -> None:
         if isinstance(self.model_spec, CausalLM):
             self.draft = self.model_spec
+            check_same_vocabulary(target, self.draft)
         else:
             self.draft = load_causal_lm(self.model_spec, dtype=self.dtype or target.dtype, device=str(target.device))
+            check_same_vocabulary(target, self.draft)
             self._subset_vocab()
-        check_same_vocabulary(target, self.draft)
         if self.cost_ratio is None:
             self.cost_ratio = _weights_read_per_token(self.draft) / _weights_read_per_token(target)
         self.vocab = target.vocab_size

@@ -143,12 +143,11 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
     model, optimizer = acc.prepare(model, optimizer)
     teacher = SelectedLogits(target, vocab_ids).eval() if target is not None else None
     ref = SelectedLogits(reference, vocab_ids).eval() if reference is not None else None
-    p_head = None  # the target's LM head in float32 (over the training vocabulary), for batches with its features
+    p_head = None  # the target's LM head (weight, bias) in float32 over the training vocabulary, for batches with its features
     if target is not None:
         lm_head = target.get_output_embeddings()
-        rows = (lambda w: w.detach() if vocab_ids is None else w.detach()[vocab_ids])
-        bias = getattr(lm_head, "bias", None)
-        p_head = (rows(lm_head.weight).float(), None if bias is None else rows(bias).float())
+        p_head = tuple(None if t is None else (t.detach() if vocab_ids is None else t.detach()[vocab_ids]).float()
+                       for t in (lm_head.weight, getattr(lm_head, "bias", None)))
     column = None  # token id -> its column among the training vocabulary's logits (-1: outside)
     if vocab_ids is not None:
         column = torch.full((int(vocab_ids.max()) + 1,), -1, dtype=torch.long)
