@@ -120,7 +120,7 @@ SHIPPED_DRAFTERS: dict[str, tuple[str, str]] = {
 # Draft heads trained by this project (`draftsmith train heads`): (target pack, kind) -> folder
 # under draftsmith/packs. `build_drafter(kind)` on that target loads them.
 SHIPPED_HEADS: dict[tuple[str, str], str] = {
-    ("smollm2-135m-instruct", kind): f"smollm2-135m-instruct-{kind}" for kind in ("medusa", "hydra", "eagle")
+    ("smollm2-135m-instruct", kind): f"smollm2-135m-instruct-{kind}" for kind in ("medusa", "hydra", "eagle", "amphista", "koala")
 }
 
 

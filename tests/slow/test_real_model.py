@@ -39,7 +39,8 @@ def test_chat_template_and_eos(target):
 @pytest.mark.parametrize("name,options", [("recycling", {}), ("lookahead", {}), ("hierarchy", {"corpus_docs": 500}),
                                           ("draft_model", {"model": "smollm2-135m-instruct-drafter", "dtype": "float32"}),
                                           ("medusa", {}), ("medusa", {"tree_nodes": 16}), ("hydra", {}), ("eagle", {}),
-                                          ("eagle", {"tree_nodes": 16})])
+                                          ("eagle", {"tree_nodes": 16}), ("amphista", {}),
+                                          ("amphista", {"tree_nodes": 16}), ("koala", {})])
 def test_tree_and_trained_drafters_equal_autoregressive(target, name, options):
     params = SamplingParams(max_new_tokens=64)
     ref = SpeculativeDecoder(target, "none").generate(PROMPTS[1], params)
