@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issues 4 and 5: training-free drafters and the trained draft models on the default model, greedy
-# and at temperature 1, each in one run with `none`. Needs the drafters trained by
+# Issue 5: the trained draft models on the default model against `none`, `ngram` and `hierarchy`
+# (the best training-free drafters here; issue 4's `recycling` and `lookahead` rows are in git
+# history), greedy and at temperature 1, each in one run. Needs the drafters trained by
 # benchmarks/train_drafter.sh (runs/train/...). Never run two benchmarks at once (two cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ for RUN in pretrain kd-fkl kd-tvdpp; do
 done
 
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category 1 --max-new-tokens 128 \
-  --method none --method ngram --method recycling --method lookahead --method hierarchy \
+  --method none --method ngram --method hierarchy \
   "${TRAINED[@]}" --method "draft_model:model=smollm2-135m-instruct-drafter" \
   --out benchmarks/smollm2-135m-bf16-drafters-greedy
 

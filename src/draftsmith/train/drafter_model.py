@@ -1,13 +1,14 @@
 """The drafter's architecture: a small Llama-style causal LM that shares the target's tokenizer
 and vocabulary, with tied input/output embeddings.
 
-Default size (measured on this project's CPU, bf16, one token with a KV cache): the target
-SmolLM2-135M takes 72.6 ms; a drafter of the target's width (576) costs 9.1 / 12.5 / 17.7 ms with
-1 / 2 / 4 layers (0.13 / 0.17 / 0.24 of the target), 9.0 ms at width 384 and 7.0 ms at width 256
-with 2 layers. Each layer costs ~2.5 ms whatever its width (per-op overhead); the tied 49152-row
-embedding table is most of the weights. At width 576 it alone is 57 MB in bf16, over what we can
-commit, so the default is width 384, 2 layers: 22M parameters, 44 MB in bf16, 0.12 of a target
-step.
+Default size. First measured when the target took 72.6 ms a token on this CPU: a drafter of the
+target's width (576) costs 0.13 / 0.17 / 0.24 of the target with 1 / 2 / 4 layers, 0.12 at width
+384 with 2 layers; each layer costs about the same whatever its width (per-op overhead), and the
+tied 49152-row embedding table is most of the weights (57 MB in bf16 at width 576, over what we
+commit). So the default is width 384, 2 layers: 22M parameters, 44 MB in bf16. Measured again on
+2026-11-23 (`benchmarks/drafter_step_cost.py`, one token over a 200-token cache, bf16):
+1.96 ms against the target's 30.4 ms, 0.065 of a target step, when it drafts over its 8192-token
+training vocabulary (0.145 with the whole LM head).
 
 Initialisation from the target (`init='target'`): the embedding table is the target's, projected
 onto its top principal directions when the drafter is narrower (the tokens keep their geometry);
