@@ -58,6 +58,11 @@ from .data import is_sharegpt
 HOLDOUT = 16  # sequences kept aside for the final evaluation (train distill --features holds out the same)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which an epoch visits n training sequences: a permutation seeded by (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1009 + epoch)).tolist()
+
+
 def usable(sequences: list[tuple[list[int], int]], max_len: int) -> list[tuple[list[int], int]]:
     """(ids, answer start) cut to `max_len`, keeping those with at least 3 answer tokens left."""
     return [(ids[:max_len], start) for ids, start in sequences if len(ids[:max_len]) - start >= 3]
@@ -398,7 +403,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         epoch = c // len(train)
         if epoch not in orders:
             orders.clear()
-            orders[epoch] = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch)).tolist()
+            orders[epoch] = epoch_order(len(train), cfg.seed, epoch)
         return orders[epoch][c % len(train)]
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)

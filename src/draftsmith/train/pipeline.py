@@ -129,7 +129,7 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     `data`, `limit` and `max_len`, and either run reuses it). Batches take whole sequences until
     they hold `cfg.batch_size` x 256 answer tokens. No on-policy batches or AdaSPEC here (both
     need the target's p on tokens the file does not hold)."""
-    from .heads import HOLDOUT, cached_features, extract_features, load_sequences, usable
+    from .heads import HOLDOUT, cached_features, epoch_order, load_sequences, usable
 
     if cfg.on_policy or cfg.adaspec_ref:
         raise DraftsmithError("distill --features: on-policy batches and AdaSPEC need a target forward per step; "
@@ -147,9 +147,8 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
 
     def epoch_steps(epoch: int) -> list[list[int]]:
         """An epoch: a seeded permutation of the items, cut where a step reaches `per_step` answer tokens."""
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(cfg.seed * 1009 + epoch)).tolist()
         steps, tokens = [[]], 0
-        for k in order:
+        for k in epoch_order(len(items), cfg.seed, epoch):
             if tokens >= per_step:
                 steps.append([])
                 tokens = 0
@@ -172,9 +171,9 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     metrics = train(drafter, get_batch, cfg, target=target.model, vocab_ids=_ids(vocab, cfg), progress=progress)
     if not _main_process():
         return Path(cfg.out)
-    held_items = extract_features(target, held, max_len)
-    cfg.extra["held_out"] = evaluate(drafter, target.model, [feature_batch(held_items[i:i + 8], pad)
-                                                             for i in range(0, len(held_items), 8)], _ids(vocab, cfg))
+    held_rows = [{"prompt_ids": ids[:start], "response_ids": ids[start:]} for ids, start in held]
+    cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(held_rows[i:i + 8], pad, max_len)
+                                                             for i in range(0, len(held_rows), 8)], _ids(vocab, cfg))
     return save_drafter(drafter, target, cfg, metrics, vocab)
 
 
