@@ -143,11 +143,8 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
     model, optimizer = acc.prepare(model, optimizer)
     teacher = SelectedLogits(target, vocab_ids).eval() if target is not None else None
     ref = SelectedLogits(reference, vocab_ids).eval() if reference is not None else None
-    p_head = None  # the target's LM head (weight, bias) in float32 over the training vocabulary, for batches with its features
-    if target is not None:
-        lm_head = target.get_output_embeddings()
-        p_head = tuple(None if t is None else (t.detach() if vocab_ids is None else t.detach()[vocab_ids]).float()
-                       for t in (lm_head.weight, getattr(lm_head, "bias", None)))
+    p_head = None  # the target's LM head (weight, bias) in float32 over the training vocabulary; made at the
+                   # first batch that carries the target's features (other runs never need this copy)
     column = None  # token id -> its column among the training vocabulary's logits (-1: outside)
     if vocab_ids is not None:
         column = torch.full((int(vocab_ids.max()) + 1,), -1, dtype=torch.long)
@@ -189,6 +186,10 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
         if teacher is not None and cfg.stage == "distill":
             with torch.inference_mode():
                 if batch.target_hidden is not None:  # the target's features: its LM head alone gives p
+                    if p_head is None:
+                        lm_head = target.get_output_embeddings()
+                        p_head = tuple(None if t is None else (t.detach() if vocab_ids is None else t.detach()[vocab_ids]).float()
+                                       for t in (lm_head.weight, getattr(lm_head, "bias", None)))
                     p_logits = F.linear(batch.target_hidden.float(), *p_head)  # [N, V or N_vocab]
                 else:
                     p_logits = teacher(batch.ids, batch.attention, select).float()  # [N, V or N_vocab]
