@@ -122,6 +122,29 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
     return save_drafter(drafter, target, cfg, metrics, vocab)
 
 
+LENGTH_WINDOW = 128  # bucketed_steps sorts sequences by length within windows this long
+
+
+def bucketed_steps(lengths: list[int], answers: list[int], per_step: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's steps over sequences of `lengths` tokens, `answers` of them answer tokens: a
+    seeded permutation, sorted by length within windows of `LENGTH_WINDOW` sequences (a padded
+    batch then holds sequences of similar lengths), cut where a step reaches `per_step` answer
+    tokens; the steps then come in a seeded order. Every sequence is in exactly one step."""
+    from .heads import epoch_order
+
+    order = epoch_order(len(lengths), seed, epoch)
+    order = [k for w in range(0, len(order), LENGTH_WINDOW)
+             for k in sorted(order[w:w + LENGTH_WINDOW], key=lambda k: lengths[k])]
+    steps, tokens = [[]], 0
+    for k in order:
+        if tokens >= per_step:
+            steps.append([])
+            tokens = 0
+        steps[-1].append(k)
+        tokens += answers[k]
+    return [steps[s] for s in epoch_order(len(steps), seed + 1, epoch)]
+
+
 def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, features: str, *,
                           max_len: int = 512, limit: int | None = None, progress: bool = True) -> Path:
     """Distillation whose p comes from a feature file: the target's last hidden states of the
@@ -129,7 +152,7 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     `data`, `limit` and `max_len`, and either run reuses it). Batches take whole sequences until
     they hold `cfg.batch_size` x 256 answer tokens. No on-policy batches or AdaSPEC here (both
     need the target's p on tokens the file does not hold)."""
-    from .heads import HOLDOUT, cached_features, epoch_order, load_sequences, usable
+    from .heads import HOLDOUT, cached_features, load_sequences, usable
 
     if cfg.on_policy or cfg.adaspec_ref:
         raise DraftsmithError("distill --features: on-policy batches and AdaSPEC need a target forward per step; "
@@ -143,24 +166,14 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     vocab = _drafter_vocab(drafter_path, target, [ids[start:] for ids, start in train_seqs])
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
     per_step = cfg.batch_size * 256
+    lengths, answers = [len(it.ids) for it in items], [len(it.ids) - it.start for it in items]
     epochs: list[list[list[int]]] = []  # per epoch, its steps' item indices
-
-    def epoch_steps(epoch: int) -> list[list[int]]:
-        """An epoch: a seeded permutation of the items, cut where a step reaches `per_step` answer tokens."""
-        steps, tokens = [[]], 0
-        for k in epoch_order(len(items), cfg.seed, epoch):
-            if tokens >= per_step:
-                steps.append([])
-                tokens = 0
-            steps[-1].append(k)
-            tokens += len(items[k].ids) - items[k].start
-        return steps
 
     def get_batch(i: int) -> Batch:
         epoch = 0
         while True:
             if epoch == len(epochs):
-                epochs.append(epoch_steps(epoch))
+                epochs.append(bucketed_steps(lengths, answers, per_step, cfg.seed, epoch))
             if i < len(epochs[epoch]):
                 return feature_batch([items[k] for k in epochs[epoch][i]], pad)
             i -= len(epochs[epoch])
