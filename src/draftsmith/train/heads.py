@@ -175,8 +175,10 @@ def cached_features(target: CausalLM, sequences: list[tuple[list[int], int]], ma
     if len(items) != len(sequences):
         raise DraftsmithError("cached_features: every sequence needs at least 3 answer tokens after truncation")
     file.parent.mkdir(parents=True, exist_ok=True)
+    part = file.with_name(file.name + ".part")  # written whole, then renamed: a reader never sees half a file
     torch.save({"meta": meta, "ids": [it.ids for it in items], "feats": [it.feats for it in items],
-                "start": torch.tensor([it.start for it in items])}, file)
+                "start": torch.tensor([it.start for it in items])}, part)
+    part.replace(file)
     return items
 
 
