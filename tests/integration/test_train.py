@@ -67,7 +67,9 @@ def test_recipe_end_to_end(workdir, capsys):
             "--loss", loss, "--steps", "6", "--batch-size", "4", "--log-every", "3", *extra)
         record = json.loads((out / "training.json").read_text())
         assert 0.0 <= record["config"]["extra"]["held_out"]["tvd"] <= 1.0
-        assert (out / "README.md").read_text().startswith("---")
+        card = (out / "README.md").read_text()
+        assert card.startswith("---")
+        assert f"  - {pre}: pretrain, 30 steps of batch 4" in card  # the card names the stage it started from
 
     # a Hugging Face folder: transformers loads it; draftsmith drafts with it losslessly
     folder = workdir / "kd-fkl"
@@ -171,6 +173,7 @@ def test_distill_from_a_feature_file_over_a_training_vocabulary(workdir):
     assert "target's features" in record["config"]["extra"]["stage_data"]
     assert record["config"]["extra"]["held_out"]["tokens"] > 0
     assert torch.equal(load_vocab(out, None), vocab)  # distillation keeps the drafter's vocabulary
+    assert f"most frequent tokens of the data of the drafter it started from ({pre})" in (out / "README.md").read_text()
 
     # p from a feature file == p from a target forward, position for position (fp32 here; the runs'
     # file is the bf16 target's)

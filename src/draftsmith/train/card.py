@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+
+def lineage(folder: str | Path) -> list[str]:
+    """The stages that made the drafter in `folder`, newest first, from the training.json each
+    stage writes (a stage whose folder or record is gone ends the list)."""
+    steps, seen = [], set()
+    while folder and str(folder) not in seen:
+        seen.add(str(folder))
+        record = Path(folder) / "training.json"
+        if not record.is_file():
+            break
+        try:
+            cfg = json.loads(record.read_text())["config"]
+        except (ValueError, KeyError, TypeError):
+            break
+        extra = cfg.get("extra", {})
+        what = f"{cfg.get('stage')}" + (f" ({cfg['loss']})" if cfg.get("stage") == "distill" else "")
+        steps.append(f"{folder}: {what}, {cfg.get('steps')} steps of batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, "
+                     f"on {extra.get('stage_data', '?')}" +
+                     (f"; held-out top-1 agreement {extra['held_out']['top1_agreement']}" if "held_out" in extra else ""))
+        folder = extra.get("init_from")
+    return steps
 
 
 def write_card(out: Path, target, model, record: dict, results: str | None = None, name: str | None = None) -> Path:
@@ -36,13 +59,15 @@ def write_card(out: Path, target, model, record: dict, results: str | None = Non
     if cfg.get("adaspec_ref"):
         lines.append(f"- AdaSPEC token selection: keep {cfg['adaspec_keep']} against reference {cfg['adaspec_ref']}")
     if cfg.get("train_vocab"):
-        lines.append(f"- training vocabulary: the {cfg['train_vocab']} most frequent tokens of the data "
+        data = f"the data of the drafter it started from ({extra['vocab_from']})" if "vocab_from" in extra else "the data"
+        lines.append(f"- training vocabulary: the {cfg['train_vocab']} most frequent tokens of {data} "
                      "(`draft_vocab.safetensors`); draftsmith's `draft_model` drafts over them only (q is zero "
                      "elsewhere, still lossless). Other engines read the whole LM head, whose other rows were "
                      "trained as input embeddings only.")
-    for key in ("init", "init_from"):
-        if key in extra:
-            lines.append(f"- {key}: {extra[key]}")
+    if "init" in extra:
+        lines.append(f"- init: {extra['init']}")
+    if "init_from" in extra:
+        lines.append(f"- init_from: {extra['init_from']}" + "".join(f"\n  - {step}" for step in lineage(extra["init_from"])))
     if record.get("final_metrics"):
         lines.append("- last logged: " + ", ".join(f"{k} {v:.4g}" for k, v in record["final_metrics"].items()))
     if "held_out" in extra:

@@ -93,7 +93,7 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
     held = max(1, len(rows) // 50)  # 2% held out for the model card's agreement numbers
     train_rows, eval_rows = rows[held:], rows[:held]
     drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
-    vocab = _drafter_vocab(drafter_path, target, [r["response_ids"] for r in train_rows])
+    vocab = _drafter_vocab(drafter_path, target, [r["response_ids"] for r in train_rows], cfg)
     reference = load_causal_lm(cfg.adaspec_ref, dtype="bfloat16", progress=progress).model if cfg.adaspec_ref else None
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
     rng = random.Random(cfg.seed)
@@ -163,7 +163,7 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     held, train_seqs = sequences[:HOLDOUT], sequences[HOLDOUT:]
     items = cached_features(target, train_seqs, max_len, features, progress)
     drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
-    vocab = _drafter_vocab(drafter_path, target, [ids[start:] for ids, start in train_seqs])
+    vocab = _drafter_vocab(drafter_path, target, [ids[start:] for ids, start in train_seqs], cfg)
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
     per_step = cfg.batch_size * 256
     lengths, answers = [len(it.ids) for it in items], [len(it.ids) - it.start for it in items]
@@ -190,12 +190,16 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     return save_drafter(drafter, target, cfg, metrics, vocab)
 
 
-def _drafter_vocab(drafter_path: str, target: CausalLM, answers) -> list[int]:
-    """The vocabulary of the drafter distillation starts from, or else the answers' (training_vocab)."""
+def _drafter_vocab(drafter_path: str, target: CausalLM, answers, cfg: TrainConfig) -> list[int]:
+    """The vocabulary of the drafter distillation starts from (noted in `cfg.extra["vocab_from"]`
+    for the model card), or else the answers' (training_vocab)."""
     from ..models import resolve_model
 
     stored = load_vocab(resolve_model(drafter_path, progress=False), size=None)
-    return stored.tolist() if stored is not None else training_vocab(target, answers)
+    if stored is None:
+        return training_vocab(target, answers)
+    cfg.extra["vocab_from"] = str(drafter_path)
+    return stored.tolist()
 
 
 def _main_process() -> bool:
