@@ -18,8 +18,10 @@ def test_every_sequence_once_and_steps_full(n, per_step):
     lengths, answers = _lengths(n)
     steps = bucketed_steps(lengths, answers, per_step, seed=0, epoch=0)
     assert sorted(k for step in steps for k in step) == list(range(n))
-    # a step stops taking sequences once it holds per_step answer tokens; a short step ends a window's run
+    # a step takes sequences until it holds per_step answer tokens, and no more; only one (the
+    # epoch's last before the seeded shuffle) may hold fewer
     assert all(sum(answers[k] for k in step[:-1]) < per_step for step in steps)
+    assert sum(sum(answers[k] for k in step) < per_step for step in steps) <= 1
 
 
 def test_batches_hold_similar_lengths():
