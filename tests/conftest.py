@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from draftsmith import CausalLM
+from draftsmith import CausalLM, DrafterBase
 
 # Tiny models gain nothing from threads, and threads oversubscribed by a busy machine slow each
 # 64-wide matmul twentyfold.
@@ -44,20 +44,18 @@ def arch(request) -> str:
     return request.param
 
 
-class WrongDrafter:
+class WrongDrafter(DrafterBase):
     """Proposes k tokens the target never picks greedily: (target argmax + 1) mod V."""
 
     name = "wrong"
-    needs_hidden_states = False
 
     def __init__(self, target: CausalLM, k: int = 4):
         self.twin, self.k = CausalLM(target.model), k
 
-    def bind(self, target):
-        pass
-
-    def prefill(self, prompt_ids):
-        pass
+    def fork(self):
+        other = super().fork()
+        other.twin = CausalLM(self.twin.model)  # a cache of its own
+        return other
 
     def propose(self, ctx):
         from draftsmith import Draft
@@ -69,9 +67,6 @@ class WrongDrafter:
         logits = self.twin.forward(ctx.ids).logits[0, -1]  # [V]
         wrong = (int(logits.argmax()) + 1) % logits.shape[-1]
         return Draft(torch.full((1, k), wrong, dtype=torch.long))
-
-    def observe(self, result):
-        pass
 
 
 def tiny_tokenizer(vocab: int = 320):

@@ -37,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def cmd_generate(args) -> int:
     import torch
 
-    from .decoding import SpeculativeDecoder
+    from .decode import SpeculativeDecoder
     from .drafters import build_drafter, parse_spec
     from .target import load_target
 
@@ -170,7 +170,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .drafters import build_drafter, parse_spec
-    from .serve import Engine, create_app, drafter_factory
+    from .serve import Engine, create_app
     from .target import load_target
 
     if not 0 < args.port < 65536:
@@ -178,7 +178,7 @@ def cmd_serve(args) -> int:
     name, options = parse_spec(args.drafter)
     build_drafter(name, **options)  # a bad drafter spec fails before the model loads
     target = load_target(args.model, dtype=args.dtype)
-    engine = Engine(target, drafter_factory(name, options, target), max_batch=args.max_batch,
+    engine = Engine(target, build_drafter(name, **options), max_batch=args.max_batch,
                     smartspec=not args.no_smartspec)
     app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body)
     print(f"serving {args.model} with drafter {args.drafter} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)

@@ -41,6 +41,19 @@ def probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits.softmax(-1)
 
 
+def uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform [0, 1) numbers of `shape` on `device`, drawn from `generator` on the generator's own
+    device (a CPU generator drives sampling on a GPU: same seed, same draws)."""
+    if generator is None or generator.device == torch.device(device):
+        return torch.rand(shape, generator=generator, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
 def sample(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """[B, V] probabilities -> [B] token ids."""
-    return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+    """[B, V] probabilities -> [B] token ids. With a generator on another device than `p` (a CPU
+    generator, logits on a GPU), by inverting the CDF at uniforms drawn from that generator."""
+    if generator is None or generator.device == p.device:
+        return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+    cdf = p.float().cumsum(-1)  # [B, V]
+    u = uniform((p.shape[0], 1), generator, p.device) * cdf[:, -1:]  # [B, 1]
+    return torch.searchsorted(cdf, u, right=True).clamp_max(p.shape[-1] - 1).squeeze(-1)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .attention import use_packed_gqa
+from .cache import crop, new_cache
 from .errors import DraftsmithError, ModelNotFoundError
-from .tree import Tree
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -50,7 +50,7 @@ class CausalLM:
         use_packed_gqa(self.model)
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
-        self.cache: DynamicCache | None = None
+        self.cache = None  # this object's own cache (forward/crop); the loop's rows have theirs
 
     # ----- facts about the model -------------------------------------------------------
     @property
@@ -132,61 +132,59 @@ class CausalLM:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    # ----- the cache -------------------------------------------------------------------
+    # ----- forwards ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, cache, *, cache_position: torch.Tensor | None = None,
+             mask=None, hidden_states: bool = False, last_only: bool = False) -> ForwardOut:
+        """The one forward: append ids [B, q] at `positions` [B, q] to `cache` (cache.py) under
+        `mask` (None = causal; see RowsCache.step_inputs); logits [B, q, V] (or [B, 1, V] with
+        `last_only`) and, with `hidden_states`, every layer's [B, q, H]."""
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, attention_mask=mask,
+                         position_ids=positions, cache_position=cache_position,
+                         logits_to_keep=1 if last_only else 0, output_hidden_states=hidden_states)
+        return ForwardOut(out.logits, out.hidden_states if hidden_states else None)
+
+    # ----- a cache of its own (a draft model's: one row, see drafters/draft_model.py) ----------
     @property
     def length(self) -> int:
         return self.cache.get_seq_length() if self.cache is not None else 0
 
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self.config)
+        self.cache = new_cache()
 
-    @torch.inference_mode()
     def forward(self, ids: torch.Tensor | list[int], *, last_only: bool = False,
-                hidden_states: bool = False, tree: Tree | None = None) -> ForwardOut:
-        """Append `ids` ([B, n] or a list) to the cache; return their logits ([B, n, V], or
-        [B, 1, V] for the last token with `last_only`). With a `tree`, `ids` are the root and
-        the tree's nodes, masked so that each sees only its ancestors (see tree.py)."""
+                hidden_states: bool = False) -> ForwardOut:
+        """Append `ids` ([1, n] or a list) to this object's own cache; return their logits ([1, n, V],
+        or [1, 1, V] for the last token with `last_only`). The decoding loop never uses this
+        cache: each generation owns its own (decode/loop.py)."""
         if self.cache is None:
             self.reset()
         if not isinstance(ids, torch.Tensor):
             ids = torch.tensor([ids], dtype=torch.long)
-        ids = ids.to(self.device)  # [B, n]
+        ids = ids.to(self.device)  # [1, n]
         start = self.length
         slots = torch.arange(start, start + ids.shape[1], device=self.device)
-        if tree is None:
-            positions, mask = slots.unsqueeze(0), None
-        else:
-            positions = tree.position_ids(start, self.device)
-            mask = tree.attention_mask(start, self.dtype, self.device)
-        out = self.model(
-            input_ids=ids,
-            past_key_values=self.cache,
-            use_cache=True,
-            attention_mask=mask,
-            position_ids=positions,
-            cache_position=slots,
-            logits_to_keep=1 if last_only else 0,
-            output_hidden_states=hidden_states,
-        )
-        return ForwardOut(out.logits, out.hidden_states if hidden_states else None)
-
-    def keep(self, start: int, rows: list[int]) -> None:
-        """Keep the first `start` cached tokens, then the tokens at `start + r` for `rows`, in
-        that order (the accepted path of a tree); drop the rest."""
-        index = torch.tensor([start + r for r in rows], dtype=torch.long, device=self.device)
-        for layer in self.cache.layers:
-            if not hasattr(layer, "keys") or getattr(layer, "is_sliding", False):
-                raise DraftsmithError(f"{self.name}: tree drafts need a plain (non-sliding) KV cache")
-            layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
-            layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
+        return self.step(ids, slots[None], self.cache, cache_position=slots, hidden_states=hidden_states,
+                         last_only=last_only)
 
     def crop(self, length: int) -> None:
-        """Roll the cache back so that it holds the first `length` tokens."""
-        extra = self.length - length
-        if extra < 0:
-            raise ValueError(f"cannot crop a cache of {self.length} tokens to {length}")
-        if extra:
-            self.cache.crop(-extra)  # transformers 5: a negative count of tokens to remove
+        """Roll this object's cache back so that it holds the first `length` tokens."""
+        crop(self.cache, length)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"cpu", "cuda", "cuda:1", "mps" -> a device this machine has, or a clear error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DraftsmithError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DraftsmithError(f"device {device!r} asked for, but torch {torch.__version__} sees no CUDA device here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DraftsmithError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DraftsmithError("device 'mps' asked for, but MPS is not available here")
+    return dev
 
 
 def load_causal_lm(name_or_path: str, dtype: str | torch.dtype = "bfloat16", device: str = "cpu",
@@ -197,6 +195,7 @@ def load_causal_lm(name_or_path: str, dtype: str | torch.dtype = "bfloat16", dev
     from transformers.utils import logging as hf_logging
 
     torch_dtype = parse_dtype(dtype)
+    device = resolve_device(device)
     path = resolve_model(name_or_path, progress=progress)
     hf_logging.disable_progress_bar()  # loading a cached folder takes seconds; no bar needed
     try:

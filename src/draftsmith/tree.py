@@ -12,7 +12,7 @@ tree with parents = [-1, 0, 1, ...], where this mask is the ordinary causal one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -30,6 +30,12 @@ class Tree:
             if not -1 <= p < i:
                 raise DraftsmithError(f"draft tree: node {i} has parent {p}; parents must come first (topological order)")
         return Tree(parents)
+
+    @staticmethod
+    @lru_cache(maxsize=256)
+    def chain(n: int) -> Tree:
+        """The tree of a chain of n nodes (parents -1, 0, 1, ...)."""
+        return Tree(tuple(range(-1, n - 1)))
 
     @property
     def size(self) -> int:

@@ -81,6 +81,10 @@ class Draft:
     def empty(batch: int = 1, device: torch.device | str = "cpu") -> Draft:
         return Draft(torch.empty(batch, 0, dtype=torch.long, device=device))
 
+    def row(self, b: int) -> Draft:
+        """Row b of a batch of drafts, as a batch of one ([1, N])."""
+        return Draft(self.token_ids[b:b + 1], None if self.q is None else self.q[b:b + 1], self.parents)
+
     def truncate(self, n: int) -> Draft:
         """The chain's first n nodes (a prefix of a chain is itself a valid draft: each node was
         proposed given the ones before it)."""
@@ -118,7 +122,8 @@ class RunStats:
     drafter_time: float = 0.0  # s spent in drafter.propose / observe
     accepted_per_step: list[int] = field(default_factory=list)
     drafted_per_step: list[int] = field(default_factory=list)
-    finish_reason: str = "length"  # "length" | "stop" (EOS or stop string)
+    finish_reason: str = "length"  # "length" | "stop" (EOS or stop string) | "error"
+    lossless: bool = True  # False: a lossy acceptance rule decided this run (outputs may differ from the target's)
 
     @property
     def tau(self) -> float:
@@ -152,6 +157,7 @@ class RunStats:
             "drafter_time_s": round(self.drafter_time, 4),
             "drafter_share": round(self.drafter_share, 4),
             "finish_reason": self.finish_reason,
+            "lossless": self.lossless,
         }
 
 

@@ -5,8 +5,8 @@ SmartSpec's choice of draft length as a table."""
 import pytest
 import torch
 
-from draftsmith import CausalLM, SamplingParams, SpeculativeDecoder, build_drafter
-from draftsmith.batch import BatchDecoder
+from draftsmith import CausalLM, DrafterBase, SamplingParams, SpeculativeDecoder, build_drafter
+from draftsmith import BatchDecoder
 from tests.conftest import tiny_model
 
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [1, 2], [9, 8, 7, 9, 8, 7, 9, 8], [4]]
@@ -33,7 +33,7 @@ def test_every_row_equals_its_request_alone(arch, drafter, tmp_path):
         "draft_model-vocab": lambda: build_drafter("draft_model", model=str(tmp_path), k=3, adaptive=False, confidence=0),
         "none": lambda: build_drafter("none"),
     }[drafter]
-    dec = BatchDecoder(target, make, k_max=4, smartspec=False)
+    dec = BatchDecoder(target, make(), k_max=4, smartspec=False)
     lengths = [40, 25, 33, 12, 28, 20]
     outs = dec.generate(PROMPTS, [SamplingParams(max_new_tokens=n) for n in lengths])
     for prompt, n, out in zip(PROMPTS, lengths, outs):
@@ -44,7 +44,7 @@ def test_every_row_equals_its_request_alone(arch, drafter, tmp_path):
 @pytest.mark.parametrize("order", [[5, 0], [0, 5], [5, 3]])
 def test_one_token_prompts_join_any_batch(arch, order):
     target = tiny_model(arch)
-    dec = BatchDecoder(target, lambda: build_drafter("ngram", k=3), smartspec=False)
+    dec = BatchDecoder(target, build_drafter("ngram", k=3), smartspec=False)
     rows = [dec.add(PROMPTS[i], SamplingParams(max_new_tokens=12)) for i in order]
     while dec.rows:
         dec.step()
@@ -54,7 +54,7 @@ def test_one_token_prompts_join_any_batch(arch, order):
 
 def test_rows_join_and_leave_between_steps(arch):
     target = tiny_model(arch)
-    dec = BatchDecoder(target, lambda: build_drafter("ngram", k=4), smartspec=False)
+    dec = BatchDecoder(target, build_drafter("ngram", k=4), smartspec=False)
     first = dec.add(PROMPTS[0], SamplingParams(max_new_tokens=30))
     gone = dec.add(PROMPTS[3], SamplingParams(max_new_tokens=30))
     for _ in range(3):
@@ -73,13 +73,13 @@ def test_compaction_keeps_outputs(arch):
     target = tiny_model(arch)
     from tests.conftest import WrongDrafter
 
-    dec = BatchDecoder(target, lambda: WrongDrafter(target, k=6), k_max=6, smartspec=False)
+    dec = BatchDecoder(target, WrongDrafter(target, k=6), k_max=6, smartspec=False)
     rows = [dec.add(p, SamplingParams(max_new_tokens=40)) for p in PROMPTS[:3]]
     compacted = False
     while dec.rows:
-        before = dec.kv.width
+        before = dec.loop.cache.width
         dec.step()
-        compacted |= dec.kv.width < before
+        compacted |= dec.loop.cache.width < before
     assert compacted
     for p, r in zip(PROMPTS, rows):
         assert r.new_ids == alone(target, p, 40)
@@ -89,7 +89,7 @@ def test_calibrated_smartspec_rows_still_equal_their_requests_alone(arch):
     """With SmartSpec choosing each step's draft length from a timed cost model (plain steps,
     probes, drafting steps mixed), every row's greedy output is still its request's alone."""
     target = tiny_model(arch)
-    dec = BatchDecoder(target, lambda: build_drafter("ngram", k=4), k_max=4, probe_every=2)
+    dec = BatchDecoder(target, build_drafter("ngram", k=4), k_max=4, probe_every=2)
     dec.calibrate(batches=(1, 4), context=16, repeats=1)
     outs = dec.generate(PROMPTS[:4], SamplingParams(max_new_tokens=24))
     for prompt, out in zip(PROMPTS, outs):
@@ -102,60 +102,52 @@ def test_sampled_rows_are_reproducible_and_follow_the_batch_verifier(arch):
     params = SamplingParams(temperature=1.0, max_new_tokens=16)
     runs = []
     for _ in range(2):
-        dec = BatchDecoder(target, lambda: build_drafter("ngram", k=3), smartspec=False)
+        dec = BatchDecoder(target, build_drafter("ngram", k=3), smartspec=False)
         outs = dec.generate(PROMPTS[:3], params, [torch.Generator().manual_seed(i) for i in range(3)])
         runs.append([o.token_ids for o in outs])
     assert runs[0] == runs[1] and all(len(ids) == 16 for ids in runs[0])
 
 
-class FailingDrafter:
-    """Raises on its second proposal."""
+class FailingDrafter(DrafterBase):
+    """Prompt lookup, except that the second row it is forked for raises on its second proposal."""
 
     name = "failing"
-    needs_hidden_states = False
+    k = 3
 
     def __init__(self):
-        self.calls = 0
+        self.forks, self.calls, self.broken = [0], 0, False
 
-    def bind(self, target):
-        pass
-
-    def prefill(self, prompt_ids):
-        pass
+    def fork(self):
+        other = super().fork()
+        other.broken = self.forks[0] == 1
+        self.forks[0] += 1
+        return other
 
     def propose(self, ctx):
         self.calls += 1
-        if self.calls == 2:
+        if self.broken and self.calls == 2:
             raise RuntimeError("drafter broke")
-        return build_drafter("ngram").propose(ctx)
-
-    def observe(self, result):
-        pass
+        return build_drafter("ngram", k=3).propose(ctx)
 
 
 def test_a_failing_row_leaves_alone(arch):
+    """Guards: one row's drafter raising took every request in flight down with it."""
     target = tiny_model(arch)
-    made = []
-
-    def make():
-        made.append(FailingDrafter() if len(made) == 1 else build_drafter("ngram", k=3))
-        return made[-1]
-
-    dec = BatchDecoder(target, make, smartspec=False)
-    rows = dec.generate(PROMPTS[:3], SamplingParams(max_new_tokens=20))
-    assert rows[1].stats.new_tokens < 20
+    dec = BatchDecoder(target, FailingDrafter(), smartspec=False)
+    rows = [dec.add(p, SamplingParams(max_new_tokens=20)) for p in PROMPTS[:3]]
+    while dec.rows:
+        dec.step()
+    assert rows[1].error == "RuntimeError: drafter broke" and rows[1].stats.new_tokens < 20
     for i in (0, 2):
-        assert rows[i].token_ids == alone(target, PROMPTS[i], 20)
+        assert rows[i].error is None and rows[i].new_ids == alone(target, PROMPTS[i], 20)
 
 
-def test_server_drafters_share_heavy_state():
-    from draftsmith.serve import drafter_factory
-
+def test_rows_share_what_bind_built():
+    """Guards: the server built (and heads drafters loaded from disk) a drafter per request."""
     target = tiny_model("llama")
-    make = drafter_factory("recycling", {}, target)
-    a, b = make(), make()
-    assert a is not b and a.adj is b.adj
-    make = drafter_factory("draft_model", {"model": CausalLM(tiny_model("llama", seed=1).model)}, target)
-    a, b = make(), make()
-    a.bind(target), b.bind(target)  # as BatchDecoder.add does
-    assert a.draft.model is b.draft.model and a.draft is not b.draft
+    dec = BatchDecoder(target, "recycling", smartspec=False)
+    a, b = (dec.add(p, SamplingParams(max_new_tokens=4)) for p in PROMPTS[:2])
+    assert a.drafter is not b.drafter and a.drafter.adj is b.drafter.adj is dec.drafter.adj
+    dec = BatchDecoder(target, "draft_model", model=CausalLM(tiny_model("llama", seed=1).model))
+    a, b = (dec.add(p, SamplingParams(max_new_tokens=4)) for p in PROMPTS[:2])
+    assert a.drafter.draft.model is b.drafter.draft.model and a.drafter.draft is not b.drafter.draft

@@ -10,7 +10,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from draftsmith import Draft, SamplingParams, SpeculativeDecoder, VerifyResult, build_drafter
+from draftsmith import Draft, SamplingParams, SpeculativeDecoder, VerifierBase, VerifyResult, build_drafter
 from draftsmith.sampling import probs
 from tests.conftest import random_heads, tiny_model
 
@@ -96,12 +96,13 @@ class SampledTree:
         pass
 
 
-class AlwaysAccept:
+class AlwaysAccept(VerifierBase):
     """Negative control: keeps every draft token (lossy), then samples the bonus from p."""
 
+    name: ClassVar[str] = "always_accept"
     lossless: ClassVar[bool] = False
 
-    def verify(self, draft: Draft, target_logits, params, generator=None) -> VerifyResult:
+    def verify_row(self, draft: Draft, target_logits, params, generator=None) -> VerifyResult:
         p = probs(target_logits[:, draft.size], params)  # [1, V]
         bonus = torch.multinomial(p, 1, generator=generator)  # [1, 1]
         return VerifyResult(torch.cat([draft.token_ids, bonus], -1), draft.size, draft.size)

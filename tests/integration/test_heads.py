@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from draftsmith import SamplingParams, SpeculativeDecoder, build_drafter
-from draftsmith.batch import BatchDecoder
+from draftsmith import BatchDecoder
 from draftsmith.cli import main
 from draftsmith.errors import DraftsmithError
 from draftsmith.heads import HeadsConfig, build_heads, load_heads
@@ -84,7 +84,7 @@ def test_greedy_equals_autoregressive(arch, variant, tmp_path):
     refs = [SpeculativeDecoder(target, "none").generate(p, params).token_ids for p in PROMPTS]
     for prompt, ref in zip(PROMPTS, refs):
         assert SpeculativeDecoder(target, kind, heads=heads, **options).generate(prompt, params).token_ids == ref
-    dec = BatchDecoder(target, lambda: build_drafter(kind, heads=heads, **options), k_max=3, smartspec=False)
+    dec = BatchDecoder(target, build_drafter(kind, heads=heads, **options), k_max=3, smartspec=False)
     assert [r.token_ids for r in dec.generate(PROMPTS, params)] == refs
 
 
@@ -117,7 +117,7 @@ def test_greedy_with_a_draft_vocabulary(arch, variant, tmp_path):
     outs = [SpeculativeDecoder(target, kind, heads=heads, vocab=20, **options).generate(p, params) for p in PROMPTS]
     assert [o.token_ids for o in outs] == refs
     assert sum(o.stats.drafted for o in outs) > 0
-    dec = BatchDecoder(target, lambda: build_drafter(kind, heads=heads, vocab=20, **options), k_max=3, smartspec=False)
+    dec = BatchDecoder(target, build_drafter(kind, heads=heads, vocab=20, **options), k_max=3, smartspec=False)
     assert [r.token_ids for r in dec.generate(PROMPTS, params)] == refs
 
 

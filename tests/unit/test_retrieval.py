@@ -35,7 +35,9 @@ def test_ngram_table_prefers_longest_match_and_newest_continuation():
 def test_hierarchy_queries_context_then_session():
     d = build_drafter("hierarchy", k=2, max_ngram=1, max_candidates=2, corpus="none")
     d.prefill([10, 11])
-    d.propose(ctx([10, 11, 12, 13]))  # generated 12, 13: joins the session database at the next prompt
+    d.propose(ctx([10, 11, 12, 13]))  # generated 12, 13: joins the session database when the row ends
+    d.finish()
+    d = d.fork()  # the next row shares the session database
     d.prefill([40, 12])
     draft = d.propose(ctx([40, 12]))
     assert draft.token_ids.tolist() == [[13]]  # only the session knows what followed 12

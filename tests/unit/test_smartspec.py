@@ -5,7 +5,7 @@ from collections import deque
 
 import pytest
 
-from draftsmith.smartspec import History, SmartSpec, StepCost, bucket, theil_sen
+from draftsmith.policy.smartspec import History, SmartSpec, StepCost, bucket, theil_sen
 
 
 def by_tokens(curve: dict[int, float]):

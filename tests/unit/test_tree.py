@@ -4,6 +4,8 @@ and the tree verifiers walk the tree as the tables say."""
 import pytest
 import torch
 
+from draftsmith.cache import RowsCache, new_cache
+
 from draftsmith import Draft, SamplingParams
 from draftsmith.tree import Tree
 from draftsmith.verify import GreedyVerifier, RejectionVerifier
@@ -16,6 +18,21 @@ TREES = {
 }
 
 
+def prefilled(target, prompt):
+    """The loop's cache (cache.RowsCache) holding prompt[:-1] as its one row."""
+    rows, cache = RowsCache(target.config, target.device, target.dtype), new_cache()
+    slots = torch.arange(len(prompt) - 1)
+    target.step(torch.tensor([prompt[:-1]]), slots[None], cache, cache_position=slots)
+    rows.add_row(cache, len(prompt) - 1)
+    return rows
+
+
+def step(target, rows, root, nodes, tree, length):
+    """One verification forward of root + nodes ([N]) through the loop's step inputs: logits [q, V]."""
+    ids, pos, cache_position, mask = rows.step_inputs([root], [nodes], [tree], [length])
+    return target.step(ids, pos, rows.cache, cache_position=cache_position, mask=mask).logits[0]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("shape", sorted(TREES))
 def test_tree_forward_equals_each_path_alone(arch, shape):
@@ -23,9 +40,7 @@ def test_tree_forward_equals_each_path_alone(arch, shape):
     tree = Tree.from_parents(TREES[shape])
     prompt = [5, 17, 3, 42, 9]
     nodes = torch.randint(0, 96, (1, tree.size), generator=torch.Generator().manual_seed(1))
-    target.reset()
-    target.forward(prompt[:-1])
-    tree_logits = target.forward(torch.cat([torch.tensor([[prompt[-1]]]), nodes], -1), tree=tree).logits[0]
+    tree_logits = step(target, prefilled(target, prompt), prompt[-1], nodes[0], tree, len(prompt))
     for node in range(tree.size):
         path = [int(nodes[0, i]) for i in tree.path_to(node)]
         with torch.no_grad():
@@ -39,13 +54,12 @@ def test_keep_compacts_cache_to_the_accepted_path():
     tree = Tree.from_parents(TREES["mixed"])
     prompt = [5, 17, 3, 42, 9]
     nodes = torch.tensor([[11, 12, 13, 14, 15, 16, 17, 18]])
-    target.reset()
-    target.forward(prompt[:-1])
-    target.forward(torch.cat([torch.tensor([[prompt[-1]]]), nodes], -1), tree=tree)
+    rows = prefilled(target, prompt)
+    step(target, rows, prompt[-1], nodes[0], tree, len(prompt))
     path = tree.path_to(6)  # nodes 0 -> 2 -> 5 -> 6
-    target.keep(len(prompt), path)
-    assert target.length == len(prompt) + len(path)
-    after = target.forward([90]).logits[0, -1]
+    rows.commit([[0] + [1 + i for i in path]], 1 + tree.size)
+    assert rows.width == rows.cache.get_seq_length() == len(prompt) + len(path)
+    after = step(target, rows, 90, torch.zeros(0, dtype=torch.long), None, len(prompt) + len(path) + 1)[0]
     with torch.no_grad():
         alone = target.model(torch.tensor([prompt + [int(nodes[0, i]) for i in path] + [90]])).logits[0, -1]
     assert torch.allclose(after, alone, atol=1e-4)
@@ -73,7 +87,7 @@ def logits_for(argmaxes, V=8):
 )
 def test_greedy_tree_table(tokens, parents, argmax, path, out):
     draft = Draft(torch.tensor([tokens]), parents=torch.tensor(parents))
-    r = GreedyVerifier().verify(draft, logits_for(argmax), SamplingParams())
+    r = GreedyVerifier().verify_row(draft, logits_for(argmax), SamplingParams())
     assert r.path == path and r.tokens[0].tolist() == out and r.num_accepted == len(path)
 
 
@@ -83,7 +97,7 @@ def test_rejection_tree_deterministic_siblings():
     logits = torch.full((1, 3, 8), -30.0)
     logits[0, 0, 2] = 30.0
     logits[0, 2, 5] = 30.0
-    r = RejectionVerifier().verify(draft, logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
+    r = RejectionVerifier().verify_row(draft, logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(0))
     assert r.path == [1] and r.tokens[0].tolist() == [2, 5]
 
 

@@ -27,7 +27,7 @@ def logits_for(argmaxes: list[int]) -> torch.Tensor:
 )
 def test_greedy_table(draft, target_argmax, accepted, tokens):
     d = Draft(torch.tensor([draft], dtype=torch.long).reshape(1, len(draft)))
-    r = GreedyVerifier().verify(d, logits_for(target_argmax), GREEDY)
+    r = GreedyVerifier().verify_row(d, logits_for(target_argmax), GREEDY)
     assert r.num_accepted == accepted
     assert r.num_drafted == len(draft)
     assert r.tokens[0].tolist() == tokens
@@ -43,7 +43,7 @@ def test_rejection_certain_tokens(q_given):
     p_rows = [[0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0]]
     draft_ids = torch.tensor([[1, 2]])
     q = torch.full((1, 2, V), 1 / V) if q_given else None
-    r = RejectionVerifier().verify(Draft(draft_ids, q=q), one_hot_logits(p_rows), SamplingParams(temperature=1.0),
+    r = RejectionVerifier().verify_row(Draft(draft_ids, q=q), one_hot_logits(p_rows), SamplingParams(temperature=1.0),
                                    torch.Generator().manual_seed(0))
     assert r.num_accepted == 2
     assert r.tokens[0].tolist() == [1, 2, 3]
@@ -52,7 +52,7 @@ def test_rejection_certain_tokens(q_given):
 def test_rejection_impossible_token_rejected_and_corrected():
     """A deterministic draft token with p = 0 is always rejected; the bonus comes from p minus it."""
     p_rows = [[0, 0, 0.5, 0.5, 0, 0], [1 / V] * V]
-    r = RejectionVerifier().verify(Draft(torch.tensor([[1]])), one_hot_logits(p_rows), SamplingParams(temperature=1.0),
+    r = RejectionVerifier().verify_row(Draft(torch.tensor([[1]])), one_hot_logits(p_rows), SamplingParams(temperature=1.0),
                                    torch.Generator().manual_seed(0))
     assert r.num_accepted == 0
     assert r.tokens[0].tolist()[0] in (2, 3)
@@ -66,7 +66,7 @@ def test_rejection_residual_excludes_overdrafted_mass():
     g = torch.Generator().manual_seed(0)
     seen = torch.zeros(V)
     for _ in range(3000):
-        r = RejectionVerifier().verify(Draft(torch.tensor([[0]]), q=q.view(1, 1, V)), logits,
+        r = RejectionVerifier().verify_row(Draft(torch.tensor([[0]]), q=q.view(1, 1, V)), logits,
                                        SamplingParams(temperature=1.0), g)
         if r.num_accepted == 0:
             seen[r.tokens[0, 0]] += 1
@@ -77,7 +77,7 @@ def test_rejection_residual_excludes_overdrafted_mass():
 
 def test_rejection_empty_draft_samples_bonus():
     logits = one_hot_logits([[0, 0, 0, 0, 1, 0]])
-    r = RejectionVerifier().verify(Draft.empty(), logits, SamplingParams(temperature=0.7), torch.Generator())
+    r = RejectionVerifier().verify_row(Draft.empty(), logits, SamplingParams(temperature=0.7), torch.Generator())
     assert r.num_accepted == 0 and r.tokens[0].tolist() == [4]
 
 
@@ -86,6 +86,6 @@ def test_rejection_same_seed_same_result():
     logits = torch.randn(1, 4, V)
     q = torch.randn(1, 3, V).softmax(-1)
     d = Draft(torch.tensor([[0, 1, 2]]), q=q)
-    runs = [RejectionVerifier().verify(d, logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(7))
+    runs = [RejectionVerifier().verify_row(d, logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert runs[0].tokens.tolist() == runs[1].tokens.tolist()

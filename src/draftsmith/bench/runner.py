@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention import stock_attention
-from ..decoding import SpeculativeDecoder
+from ..decode import SpeculativeDecoder
 from ..drafters import REGISTRY, build_drafter, parse_spec
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm

@@ -1,4 +1,9 @@
-"""Drafters by name. `build_drafter("ngram", k=5)`; register your own with `register`."""
+"""Drafters by name. `build_drafter("ngram", k=5)`; register your own with `register`.
+
+A new drafter is one file (a `DrafterBase` subclass with a `name`) and one registration line
+below. Specs are `NAME[:key=value,...]`; a value may be a bracketed list of specs, so specs nest:
+`cascade:drafters=[draft_model:model=X,ngram:k=3]` (the list stays a list of spec strings for
+the drafter to build), or a dict `{"name": ..., **options}` (a YAML/JSON config file's form)."""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import difflib
 import inspect
 
 from ..errors import DraftsmithError
-from .base import DraftContext, Drafter, NoDrafter
+from .base import DraftContext, Drafter, DrafterBase, NoDrafter, ProtocolDrafter, as_drafter
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
 from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, MedusaDrafter
@@ -19,6 +24,8 @@ REGISTRY: dict[str, type] = {}
 
 def register(cls: type) -> type:
     """Make a drafter class buildable by its `name`."""
+    if not getattr(cls, "name", None) or not callable(getattr(cls, "propose", None)):
+        raise DraftsmithError(f"{cls!r} is not a drafter: it needs a `name` and a `propose` method")
     REGISTRY[cls.name] = cls
     return cls
 
@@ -37,30 +44,70 @@ def _value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets: "a,b:x=[c,d],e" -> ["a", "b:x=[c,d]", "e"]."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise DraftsmithError(f"{text!r}: a ']' closes no '['")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise DraftsmithError(f"{text!r}: a '[' is never closed")
+    parts.append("".join(cur))
+    return parts
+
+
 def parse_spec(text: str) -> tuple[str, dict]:
-    """`NAME[:opt=val,...]` -> (name, options), values cast to int, float or bool where they read so."""
+    """`NAME[:opt=val,...]` -> (name, options), values cast to int, float or bool where they read
+    so; `[spec,spec]` is a list of (nested) spec strings."""
+    if not isinstance(text, str):
+        raise DraftsmithError(f"a spec is a string NAME[:key=value,...], got {type(text).__name__}")
     name, _, opts = text.partition(":")
     options = {}
-    for item in filter(None, opts.split(",")):
+    for item in filter(None, split_top(opts)):
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             raise DraftsmithError(f"{text!r}: options are written NAME:key=value,key=value")
-        options[key.strip()] = _value(val.strip())
+        val = val.strip()
+        if val.startswith("[") and val.endswith("]"):
+            options[key.strip()] = [v.strip() for v in split_top(val[1:-1]) if v.strip()]
+        else:
+            options[key.strip()] = _value(val)
+    if not name.strip():
+        raise DraftsmithError(f"{text!r}: the spec has no name (NAME[:key=value,...])")
     return name.strip(), options
 
 
-def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
-    """A drafter by registered name with its options, or an instance passed through."""
+def build_drafter(name: str | dict | Drafter = "none", **options) -> DrafterBase:
+    """A drafter by registered name or spec (`"ngram:k=5"`, a dict with "name") with its options,
+    or an instance passed through (objects not built on DrafterBase are adapted: `as_drafter`)."""
+    if isinstance(name, dict):
+        spec = dict(name)
+        if "name" not in spec:
+            raise DraftsmithError(f"a drafter config needs a 'name': {name!r}")
+        return build_drafter(spec.pop("name"), **spec, **options)
     if not isinstance(name, str):
         if options:
             raise DraftsmithError("options go to the drafter's constructor, not with an instance")
-        return name
+        return as_drafter(name)
+    if ":" in name:
+        name, parsed = parse_spec(name)
+        options = {**parsed, **options}
     cls = REGISTRY.get(name)
     if cls is None:
         near = difflib.get_close_matches(name, REGISTRY, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise DraftsmithError(f"unknown drafter {name!r}; known: {', '.join(sorted(REGISTRY))}.{hint}")
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     unknown = [o for o in options if o not in accepted]
     if unknown:
         known = [p for p in accepted if p != "self"]
@@ -68,6 +115,6 @@ def build_drafter(name: str | Drafter = "none", **options) -> Drafter:
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "NoDrafter", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "HierarchyDrafter",
+__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "HierarchyDrafter",
            "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter",
            "build_drafter", "parse_spec", "register", "REGISTRY"]

@@ -16,9 +16,8 @@ from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..heads.vocab import SubsetLMHead, load_vocab
 from ..sampling import greedy, probs, sample
 from ..target import CausalLM, load_causal_lm
-from ..types import Draft, VerifyResult
-from .base import DraftContext
-from .length import AdaptiveLength
+from ..types import Draft
+from .base import DraftContext, DrafterBase
 
 
 def check_same_vocabulary(target: CausalLM, draft: CausalLM) -> None:
@@ -44,15 +43,14 @@ def _weights_read_per_token(lm: CausalLM) -> int:
     return lm.model.num_parameters() - embed.numel() + (head.numel() if head is embed else 0)
 
 
-class DraftModelDrafter:
+class DraftModelDrafter(DrafterBase):
     name: ClassVar[str] = "draft_model"
-    needs_hidden_states: ClassVar[bool] = False
 
     def __init__(self, model: str | CausalLM | None = None, k: int = 5, adaptive: bool = True,
                  confidence: float = 0.4, cost_ratio: float | None = None, dtype: str | torch.dtype | None = None,
                  vocab: int | None = None):
-        """k: longest draft. adaptive: choose k each step from the measured acceptance rate and
-        the cost of a draft token relative to a target step (see length.py). cost_ratio: that
+        """k: longest draft. adaptive: the loop chooses k each step from the measured acceptance
+        rate and the cost of a draft token relative to a target step (policy/length.py). cost_ratio: that
         cost; by default the ratio of the weights a one-token forward reads (decoding is
         memory-bound, so a forward costs about its weight bytes). A fixed ratio rather than a live timing keeps runs
         reproducible: same seed, same output. confidence: stop drafting once the draft model's
@@ -74,15 +72,16 @@ class DraftModelDrafter:
         self.model_spec, self.k, self.adaptive, self.confidence, self.dtype = model, k, adaptive, confidence, dtype
         self.vocab_limit = vocab
         self.draft: CausalLM | None = None
-        self.length = AdaptiveLength(k)
         self.confirmed = 0  # leading tokens of the draft's cache known to be committed
         self.tail: list[int] = []  # draft tokens in the draft's cache beyond `confirmed`
 
-    def clone(self) -> "DraftModelDrafter":
-        """A drafter for another sequence: the same weights, its own KV cache."""
+    def fork(self) -> "DraftModelDrafter":
+        """A drafter for another row: the same weights, its own KV cache."""
+        other = super().fork()
         d = self.draft
-        return DraftModelDrafter(CausalLM(d.model, d.tokenizer, d.name), self.k, self.adaptive, self.confidence,
-                                 self.cost_ratio, self.dtype, self.vocab_limit)
+        other.draft = CausalLM(d.model, d.tokenizer, d.name)
+        other.confirmed, other.tail = 0, []
+        return other
 
     def bind(self, target: CausalLM) -> None:
         if isinstance(self.model_spec, CausalLM):
@@ -112,9 +111,8 @@ class DraftModelDrafter:
         if len(ids) < lm.get_output_embeddings().weight.shape[0]:
             lm.set_output_embeddings(SubsetLMHead(lm.get_output_embeddings(), ids))
 
-    def prefill(self, prompt_ids: list[int]) -> None:
+    def prefill(self, prompt_ids: list[int], features=None) -> None:
         self.draft.reset()
-        self.length = AdaptiveLength(self.k)
         if len(prompt_ids) > 1:
             self.draft.forward(prompt_ids[:-1], last_only=True)
         self.confirmed, self.tail = len(prompt_ids) - 1, []
@@ -142,9 +140,7 @@ class DraftModelDrafter:
         return q
 
     def propose(self, ctx: DraftContext) -> Draft:
-        k = min(self.k, ctx.max_tokens)
-        if self.adaptive:
-            k = min(k, self.length.choose(self.cost_ratio))
+        k = min(self.k, ctx.max_tokens)  # the loop's draft-length policy already chose ctx.max_tokens
         if k <= 0:
             return Draft.empty()
         logits = self._sync(ctx.ids)
@@ -152,8 +148,8 @@ class DraftModelDrafter:
         for i in range(k):
             if i:
                 logits = self.draft.forward([tokens[-1]]).logits
-            if ctx.params.greedy:
-                tokens.append(int(greedy(logits[0, -1])))
+            if ctx.params.greedy:  # over the target's ids only (a draft model's head may be wider)
+                tokens.append(int(greedy(logits[0, -1, : self.vocab])))
             else:
                 q = self._q(logits, ctx.params)
                 qs.append(q)
@@ -163,6 +159,3 @@ class DraftModelDrafter:
         self.confirmed, self.tail = len(ctx.ids), tokens[:-1]
         q = torch.stack(qs, dim=1) if qs else None  # [1, k, V]
         return Draft(torch.tensor([tokens], dtype=torch.long), q=q)
-
-    def observe(self, result: VerifyResult) -> None:
-        self.length.update(result.num_drafted, result.num_accepted)

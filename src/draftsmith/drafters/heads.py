@@ -22,7 +22,8 @@ from ..heads.vocab import SubsetLMHead, load_vocab
 from ..sampling import greedy, probs, sample
 from ..target import CausalLM
 from ..types import Draft, VerifyResult
-from .base import DraftContext
+from ..cache import remove_last
+from .base import DraftContext, DrafterBase
 from .trie import merge_paths
 
 
@@ -33,8 +34,9 @@ def shipped_heads_dir(target: CausalLM, kind: str) -> Path | None:
     return packs_root() / folder if folder else None
 
 
-class HeadsDrafter:
-    """The parts every head kind shares: loading, the feature store, choosing tokens."""
+class HeadsDrafter(DrafterBase):
+    """The parts every head kind shares: loading (once, in bind; forks share the weights), the
+    feature store (per row), choosing tokens."""
 
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = True
@@ -51,12 +53,6 @@ class HeadsDrafter:
         self.heads_spec, self.k, self.vocab = heads, k, vocab
         self.module = None
         self.features: list[torch.Tensor] = []  # [H] per committed token but the newest
-
-    def clone(self):
-        """A drafter for another sequence: the same heads, its own features."""
-        other = type(self)(self.heads_spec, self.k, vocab=self.vocab)
-        other.module, other.lm_head, other.embed, other.dtype = self.module, self.lm_head, self.embed, self.dtype
-        return other
 
     def bind(self, target: CausalLM) -> None:
         folder = Path(self.heads_spec).expanduser() if self.heads_spec else shipped_heads_dir(target, self.name)
@@ -81,10 +77,10 @@ class HeadsDrafter:
         self.dtype = target.dtype
         self.k = self.k or cfg.num_heads
 
-    def prefill(self, prompt_ids: list[int], hidden: torch.Tensor | None = None) -> None:
-        if hidden is None:
+    def prefill(self, prompt_ids: list[int], features: torch.Tensor | None = None) -> None:
+        if features is None:
             raise DraftsmithError(f"{self.name} needs the target's hidden states (needs_hidden_states)")
-        self.features = list(hidden[0])  # [n-1] x [H]
+        self.features = list(features[0])  # [n-1] x [H]
 
     def observe(self, result: VerifyResult) -> None:
         if result.hidden is None:
@@ -129,6 +125,7 @@ class MedusaDrafter(HeadsDrafter):
     through recursive rejection with one-hot q)."""
 
     name: ClassVar[str] = "medusa"
+    trees: ClassVar[bool] = True
 
     def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4,
                  vocab: int = 8192):
@@ -136,11 +133,6 @@ class MedusaDrafter(HeadsDrafter):
         if tree_nodes < 0 or topk < 1:
             raise DraftsmithError(f"{self.name}: tree_nodes must be >= 0 and topk >= 1, got {tree_nodes}, {topk}")
         self.tree_nodes, self.topk = tree_nodes, topk
-
-    def clone(self):
-        other = super().clone()
-        other.tree_nodes, other.topk = self.tree_nodes, self.topk
-        return other
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft:
@@ -212,6 +204,7 @@ class EagleDrafter(HeadsDrafter):
     head forward, and the `tree_nodes` most likely nodes of all become the draft."""
 
     name: ClassVar[str] = "eagle"
+    trees: ClassVar[bool] = True
 
     def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4,
                  beam: int = 4, vocab: int = 8192):
@@ -220,13 +213,8 @@ class EagleDrafter(HeadsDrafter):
             raise DraftsmithError(f"eagle: tree_nodes must be >= 0, topk and beam >= 1; got {tree_nodes}, {topk}, {beam}")
         self.tree_nodes, self.topk, self.beam = tree_nodes, topk, beam
 
-    def clone(self):
-        other = super().clone()
-        other.tree_nodes, other.topk, other.beam = self.tree_nodes, self.topk, self.beam
-        return other
-
-    def prefill(self, prompt_ids: list[int], hidden: torch.Tensor | None = None) -> None:
-        super().prefill(prompt_ids, hidden)
+    def prefill(self, prompt_ids: list[int], features: torch.Tensor | None = None) -> None:
+        super().prefill(prompt_ids, features)
         self.cache = self.module.new_cache()
         self.cached = 0  # committed pairs in the cache
 
@@ -234,9 +222,7 @@ class EagleDrafter(HeadsDrafter):
         """Drop last step's predicted features, feed the committed pairs not yet cached and
         return f̂ for the bonus token [1, 1, H]."""
         n = len(self.features)  # pairs available: (e_{j+1}, f_j) for j < n
-        extra = self.cache.get_seq_length() - self.cached
-        if extra > 0:
-            self.cache.crop(-extra)
+        remove_last(self.cache, self.cache.get_seq_length() - self.cached)
         dev = self.features[0].device
         feats = torch.stack(self.features[self.cached:])[None]  # [1, m, H]
         embeds = self.embed(torch.tensor([ctx.ids[self.cached + 1:n + 1]], device=dev))  # [1, m, H]

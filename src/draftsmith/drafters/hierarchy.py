@@ -23,8 +23,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError
-from ..types import VerifyResult
-from .base import DraftContext
+from .base import DraftContext, DrafterBase
 from .ngram import earlier_matches
 from .trie import merge_paths
 
@@ -72,9 +71,9 @@ def count_table(docs: Iterable[Sequence[int]], max_ngram: int, k: int, keep: int
     return table
 
 
-class HierarchyDrafter:
+class HierarchyDrafter(DrafterBase):
     name: ClassVar[str] = "hierarchy"
-    needs_hidden_states: ClassVar[bool] = False
+    trees: ClassVar[bool] = True
 
     def __init__(self, k: int = 6, max_ngram: int = 3, max_candidates: int = 4, max_nodes: int = 20,
                  corpus: str = "sharegpt", corpus_docs: int = 2000):
@@ -93,13 +92,6 @@ class HierarchyDrafter:
     def bind(self, target) -> None:
         if self.corpus != "none" and self.stats_db is None:
             self.stats_db = self._static_table(target)
-
-    def clone(self) -> "HierarchyDrafter":
-        """A drafter for another sequence sharing this one's static table and session database
-        (a server's rows all learn from each other's generations)."""
-        other = HierarchyDrafter(self.k, self.max_ngram, self.max_candidates, self.max_nodes, self.corpus, self.corpus_docs)
-        other.stats_db, other.model_db = self.stats_db, self.model_db
-        return other
 
     def _static_table(self, target) -> NgramTable:
         if target.tokenizer is None:
@@ -145,10 +137,14 @@ class HierarchyDrafter:
             if block.strip():
                 yield block
 
-    def prefill(self, prompt_ids: list[int]) -> None:
-        if len(self.sequence) > self.prompt_len:  # the previous sequence's generation joins the model database
-            self.model_db.add(self.sequence, start=self.prompt_len)
+    def prefill(self, prompt_ids: list[int], features=None) -> None:
+        """A row starts (forks share the static table and the session database)."""
         self.sequence, self.prompt_len = list(prompt_ids), len(prompt_ids)
+
+    def finish(self) -> None:
+        """The row's generation joins the session database every row drafts from."""
+        if len(self.sequence) > self.prompt_len:
+            self.model_db.add(self.sequence, start=self.prompt_len)
 
     # ----- drafting --------------------------------------------------------------------
     def _context_candidates(self, ids: list[int]) -> list[tuple[int, ...]]:
@@ -182,6 +178,3 @@ class HierarchyDrafter:
             if len(candidates) >= self.max_candidates:
                 break
         return merge_paths(candidates[: self.max_candidates], max_nodes=self.max_nodes, max_depth=depth)
-
-    def observe(self, result: VerifyResult) -> None:
-        pass

@@ -26,13 +26,13 @@ import torch
 from ..errors import DraftsmithError
 from ..sampling import greedy
 from ..types import VerifyResult
-from .base import DraftContext
+from .base import DraftContext, DrafterBase
 from .trie import merge_paths
 
 
-class LookaheadDrafter:
+class LookaheadDrafter(DrafterBase):
     name: ClassVar[str] = "lookahead"
-    needs_hidden_states: ClassVar[bool] = False
+    trees: ClassVar[bool] = True
 
     def __init__(self, window: int = 5, ngram: int = 4, guesses: int = 5, seed: int = 0):
         """window: W, Jacobi guesses per step. ngram: N, length of pool n-grams (the first
@@ -40,6 +40,7 @@ class LookaheadDrafter:
         if not all(isinstance(v, int) for v in (window, ngram, guesses)) or window < 1 or ngram < 2 or guesses < 0:
             raise DraftsmithError("lookahead: need window >= 1, ngram >= 2, guesses >= 0 (integers)")
         self.W, self.N, self.G = window, ngram, guesses
+        self.k = window  # the window is the deepest path
         self.seed = seed
         self.pool: dict[int, list[tuple[int, ...]]] = {}  # first token -> continuations, newest first
         self.reset_window()
@@ -51,11 +52,8 @@ class LookaheadDrafter:
         self.window_nodes: list[int] = []  # their draft node indices
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def bind(self, target) -> None:
-        pass
-
-    def prefill(self, prompt_ids: list[int]) -> None:
-        self.reset_window()  # the pool is kept: n-grams stay true across prompts
+    def prefill(self, prompt_ids: list[int], features=None) -> None:
+        self.reset_window()  # the pool is kept (shared by every fork): n-grams stay true across prompts
 
     def _fill(self, ids: list[int]) -> int:
         """A guess for a position nothing predicted yet: a random context token (the paper

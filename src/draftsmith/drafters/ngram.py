@@ -9,8 +9,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError
-from ..types import Draft, VerifyResult
-from .base import DraftContext
+from ..types import Draft
+from .base import DraftContext, DrafterBase
 
 
 def earlier_matches(ids: torch.Tensor, n: int) -> list[int]:
@@ -21,9 +21,8 @@ def earlier_matches(ids: torch.Tensor, n: int) -> list[int]:
     return (windows == ids[L - n :]).all(-1).nonzero().flatten().tolist()
 
 
-class NgramDrafter:
+class NgramDrafter(DrafterBase):
     name: ClassVar[str] = "ngram"
-    needs_hidden_states: ClassVar[bool] = False
     trimmable: ClassVar[bool] = True  # a lookup: the full-length draft costs nothing more; no state
 
     def __init__(self, k: int = 8, max_ngram: int = 3, min_ngram: int = 1):
@@ -32,12 +31,6 @@ class NgramDrafter:
         if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
             raise DraftsmithError(f"ngram: need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.k, self.max_ngram, self.min_ngram = k, max_ngram, min_ngram
-
-    def bind(self, target) -> None:
-        pass
-
-    def prefill(self, prompt_ids: list[int]) -> None:
-        pass
 
     def propose(self, ctx: DraftContext) -> Draft:
         k = min(self.k, ctx.max_tokens)
@@ -53,6 +46,3 @@ class NgramDrafter:
                 if cont.numel():
                     return Draft(cont.unsqueeze(0))  # [1, <=k]
         return Draft.empty()
-
-    def observe(self, result: VerifyResult) -> None:
-        pass

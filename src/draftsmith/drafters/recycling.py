@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DraftsmithError
 from ..types import Draft, VerifyResult
-from .base import DraftContext
+from .base import DraftContext, DrafterBase
 
 # children per node by depth: a node of sibling rank r at depth d has max(0, B[d] - r) children
 DEFAULT_BRANCHING = (6, 2, 2, 1, 1, 1)  # 23 nodes, depth 6: on this CPU a 59-node tree cost more than it gained
@@ -36,9 +36,9 @@ def template_from_branching(branching) -> list[tuple[int, int]]:
     return nodes
 
 
-class RecyclingDrafter:
+class RecyclingDrafter(DrafterBase):
     name: ClassVar[str] = "recycling"
-    needs_hidden_states: ClassVar[bool] = False
+    trees: ClassVar[bool] = True
 
     def __init__(self, topk: int = 8, branching: tuple[int, ...] | str = DEFAULT_BRANCHING):
         if isinstance(branching, str):  # from the command line: "8-4-3-2"
@@ -53,6 +53,7 @@ class RecyclingDrafter:
         for parent, _ in self.template:
             depth.append(1 if parent < 0 else depth[parent] + 1)
         self.depth = depth
+        self.k = max(depth)
         self.adj: torch.Tensor | None = None
         self.last_step: list[int] = []
 
@@ -60,15 +61,12 @@ class RecyclingDrafter:
         if self.adj is None or self.adj.shape[0] != target.vocab_size:
             self.adj = torch.full((target.vocab_size, self.topk), -1, dtype=torch.int32)  # [V, k], -1 = unknown
 
-    def clone(self) -> "RecyclingDrafter":
-        """A drafter for another sequence sharing this one's adjacency matrix."""
-        other = RecyclingDrafter.__new__(RecyclingDrafter)
-        other.__dict__.update(self.__dict__)
+    def fork(self) -> "RecyclingDrafter":
+        """A drafter for another row sharing this one's adjacency matrix: what the target said
+        before is still true, across prompts and rows."""
+        other = super().fork()
         other.last_step = []
         return other
-
-    def prefill(self, prompt_ids: list[int]) -> None:
-        pass  # the matrix is kept across prompts: what the target said before is still true
 
     def propose(self, ctx: DraftContext) -> Draft:
         root = ctx.ids[-1]

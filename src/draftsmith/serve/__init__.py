@@ -1,6 +1,6 @@
 """An OpenAI-compatible HTTP server over the speculative decoder."""
 
 from .app import create_app
-from .engine import Engine, drafter_factory
+from .engine import Engine
 
-__all__ = ["create_app", "Engine", "drafter_factory"]
+__all__ = ["create_app", "Engine"]

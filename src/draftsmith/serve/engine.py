@@ -8,13 +8,12 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ..batch import BatchDecoder, Row
+from ..decode import BatchDecoder, Row
 from ..drafters import Drafter
 from ..errors import DraftsmithError
 from ..target import CausalLM
@@ -61,10 +60,15 @@ class Metrics:
 
 
 class Engine:
-    def __init__(self, target: CausalLM, make_drafter: Callable[[], Drafter], *, max_batch: int = 16,
+    def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, max_batch: int = 16,
                  smartspec: bool = True, k_max: int = 8):
+        """`drafter` (name, spec or instance) is bound once: every request's row gets a fork of it
+        (shared weights and tables, no load per request). `verifier`: the default rule for
+        requests (None: greedy at temperature 0, rejection sampling otherwise)."""
+        if not (isinstance(max_batch, int) and max_batch >= 1):
+            raise DraftsmithError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.target = target
-        self.decoder = BatchDecoder(target, make_drafter, k_max=k_max, smartspec=smartspec)
+        self.decoder = BatchDecoder(target, drafter, verifier=verifier, k_max=k_max, smartspec=smartspec)
         if smartspec:  # time the batched forward at 1, 2, 4, ... rows up to max_batch
             self.decoder.calibrate(sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)}))
         self.max_batch = max_batch
@@ -171,14 +175,3 @@ class Engine:
                 self._finish(row, "ok")
         self.metrics.running.set(len(self.decoder.rows))
         return True
-
-def drafter_factory(name: str, options: dict, target: CausalLM) -> Callable[[], Drafter]:
-    """A fresh drafter per row. Drafters with `clone()` (draft model, recycling, hierarchy) are
-    built and bound once, and each row gets a clone sharing the heavy state (weights, tables)."""
-    from ..drafters import build_drafter
-
-    proto = build_drafter(name, **options)
-    if hasattr(proto, "clone"):
-        proto.bind(target)
-        return proto.clone
-    return lambda: build_drafter(name, **options)

@@ -9,25 +9,27 @@ import torch
 
 from ..sampling import greedy
 from ..types import Draft, SamplingParams, VerifyResult
+from .base import VerifierBase
 
 
-class GreedyVerifier:
-    lossless: ClassVar[bool] = True
+class GreedyVerifier(VerifierBase):
+    name: ClassVar[str] = "greedy"
+    lossless: ClassVar[bool] = True  # at temperature 0: the target's own argmax, token for token
 
-    def verify(
+    def verify_row(
         self,
-        draft: Draft,
-        target_logits: torch.Tensor,  # [B, N+1, V]: logits after the last committed token and after each draft token
+        draft: Draft,  # token_ids [1, N]
+        target_logits: torch.Tensor,  # [1, N+1, V]: after the last committed token and after each draft token
         params: SamplingParams,
         generator: torch.Generator | None = None,
     ) -> VerifyResult:
         n_draft = draft.size
-        target_ids = greedy(target_logits)  # [B, N+1]
+        target_ids = greedy(target_logits)  # [1, N+1]
         if draft.parents is not None:
             return self._verify_tree(draft, target_ids, target_logits)
-        match = draft.token_ids == target_ids[:, :n_draft]  # [B, N]
+        match = draft.token_ids == target_ids[:, :n_draft]  # [1, N]
         n = int(match.long().cumprod(-1).sum(-1)[0])
-        tokens = torch.cat([draft.token_ids[:, :n], target_ids[:, n : n + 1]], dim=-1)  # [B, n+1]
+        tokens = torch.cat([draft.token_ids[:, :n], target_ids[:, n : n + 1]], dim=-1)  # [1, n+1]
         return VerifyResult(tokens=tokens, num_accepted=n, num_drafted=n_draft, target_logits=target_logits)
 
     @staticmethod

@@ -16,46 +16,48 @@ from typing import ClassVar
 
 import torch
 
-from ..sampling import probs, sample
+from ..sampling import probs, sample, uniform
 from ..types import Draft, SamplingParams, VerifyResult
+from .base import VerifierBase
 
 
-class RejectionVerifier:
+class RejectionVerifier(VerifierBase):
+    name: ClassVar[str] = "rejection"
     lossless: ClassVar[bool] = True
 
-    def verify(
+    def verify_row(
         self,
-        draft: Draft,
-        target_logits: torch.Tensor,  # [B, N+1, V]
+        draft: Draft,  # token_ids [1, N], q [1, N, V] or None
+        target_logits: torch.Tensor,  # [1, N+1, V]
         params: SamplingParams,
         generator: torch.Generator | None = None,
     ) -> VerifyResult:
         n_draft = draft.size
-        x = draft.token_ids  # [B, N]
-        p = probs(target_logits, params)  # [B, N+1, V]
+        x = draft.token_ids  # [1, N]
+        p = probs(target_logits, params)  # [1, N+1, V]
         if draft.parents is not None:
             return self._verify_tree(draft, p, generator, target_logits)
-        p_x = p[:, :n_draft].gather(-1, x.unsqueeze(-1)).squeeze(-1)  # [B, N]
+        p_x = p[:, :n_draft].gather(-1, x.unsqueeze(-1)).squeeze(-1)  # [1, N]
         if draft.q is None:
             q_x = torch.ones_like(p_x)
         else:
-            q_x = draft.q.gather(-1, x.unsqueeze(-1)).squeeze(-1).float()  # [B, N]
-        r = torch.rand(p_x.shape, generator=generator, device=p_x.device)  # [B, N]
+            q_x = draft.q.gather(-1, x.unsqueeze(-1)).squeeze(-1).float()  # [1, N]
+        r = uniform(p_x.shape, generator, p_x.device)  # [1, N]
         accept = r * q_x < p_x  # r < p/q, without dividing by q
         n = int(accept.long().cumprod(-1).sum(-1)[0])
 
         if n < n_draft:
             if draft.q is None:
-                residual = p[:, n].scatter(-1, x[:, n : n + 1], 0.0)  # [B, V]
+                residual = p[:, n].scatter(-1, x[:, n : n + 1], 0.0)  # [1, V]
             else:
-                residual = (p[:, n] - draft.q[:, n].float()).clamp_min(0.0)  # [B, V]
+                residual = (p[:, n] - draft.q[:, n].float()).clamp_min(0.0)  # [1, V]
             mass = residual.sum(-1, keepdim=True)
             # p == q up to rounding leaves no residual mass; p itself is then the right law
             residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p[:, n])
-            bonus = sample(residual, generator)  # [B]
+            bonus = sample(residual, generator)  # [1]
         else:
-            bonus = sample(p[:, n_draft], generator)  # [B]
-        tokens = torch.cat([x[:, :n], bonus.unsqueeze(-1)], dim=-1)  # [B, n+1]
+            bonus = sample(p[:, n_draft], generator)  # [1]
+        tokens = torch.cat([x[:, :n], bonus.unsqueeze(-1)], dim=-1)  # [1, n+1]
         return VerifyResult(tokens=tokens, num_accepted=n, num_drafted=n_draft, target_logits=target_logits)
 
     @staticmethod
@@ -76,7 +78,7 @@ class RejectionVerifier:
                 x = tokens[c]
                 q = None if draft.q is None else draft.q[0, c].float()  # [V]
                 q_x = 1.0 if q is None else float(q[x])
-                if float(torch.rand((), generator=generator)) * q_x < float(dist[x]):
+                if float(uniform((), generator, dist.device)) * q_x < float(dist[x]):
                     accepted = c
                     break
                 dist = dist.clone()

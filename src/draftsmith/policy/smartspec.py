@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from ..cache import new_cache, remove_last
 
 
 def theil_sen(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -90,7 +90,7 @@ def calibrate(model, config, batches: Iterable[int] = (1, 2, 4, 8, 16), widths: 
     dtype, device = param.dtype, param.device
     with torch.inference_mode():
         for B in batches:
-            cache = DynamicCache(config=config)
+            cache = new_cache()
             model(input_ids=torch.zeros(B, context, dtype=torch.long, device=device), past_key_values=cache,
                   use_cache=True, logits_to_keep=1)
             for w in widths:
@@ -101,7 +101,7 @@ def calibrate(model, config, batches: Iterable[int] = (1, 2, 4, 8, 16), widths: 
                     model(input_ids=torch.zeros(B, w, dtype=torch.long, device=device), attention_mask=mask,
                           past_key_values=cache, use_cache=True)
                     times.append(time.perf_counter() - t0)
-                    cache.crop(-w)  # transformers 5: remove the w tokens just added
+                    remove_last(cache, w)
                 times = sorted(times[1:])
                 points.append((B, w, times[len(times) // 2]))
     return StepCost(points)

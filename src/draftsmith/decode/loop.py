@@ -1,0 +1,199 @@
+"""THE decoding loop, over rows: prefill -> propose -> verify -> commit -> observe.
+
+    add(prompt)                               # prefill: the row's cache holds all but its last token
+    step():
+        k     = policy(row)                   # draft length: drafter's k, row policy, batch policy, room
+        draft = row.drafter.propose(ctx)      # a chain of k tokens, or a tree k deep; checked at the boundary
+        logits = target(root + draft, every row)   # ONE forward: [B, 1 + N_max, V], tree- and row-masked
+        result = row.verifier.verify(draft, logits[row])   # accepted prefix/path + one bonus token
+        row.commit(result)                    # cut at EOS / stop / budget; the cache keeps the path
+        row.drafter.observe(result)
+
+One sequence is a batch of one (`SpeculativeDecoder`), many are a batch (`BatchDecoder`, the
+server): the same code, with a fast path for one row (its cache is cut in place and chains run
+without a mask; cache.py). Plain autoregressive decoding is this loop with a drafter that
+proposes nothing (`NoDrafter`), so the reference and every method share one code path.
+
+A row fails alone: whatever its drafter or verifier raises, or a draft the boundary checks
+refuse (decode/checks.py), ends that row with `row.error` set while the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from ..cache import RowsCache, check_supported, new_cache
+from ..drafters.base import DraftContext, DrafterBase
+from ..errors import DraftsmithError
+from ..policy import SmartSpec, row_policy
+from ..types import Draft, RunStats, SamplingParams, VerifyResult
+from ..verify import build_verifier, default_verifier
+from .checks import check_draft, check_result
+from .rows import Row, TextTracker, check_length
+
+
+def kept_hidden(hidden: torch.Tensor, path: list[int]) -> torch.Tensor:
+    """The step's hidden states [1, q, H] -> those of the root and the accepted nodes [1, m, H]."""
+    return hidden[:, [0] + [1 + i for i in path]]
+
+
+def _message(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}"
+
+
+class Loop:
+    """Rows decoding together over one target. `drafter` is bound (its shared state built once);
+    each row gets `drafter.fork()`. `verifier` None: per request, greedy at temperature 0 and
+    rejection sampling otherwise. `batch_policy` (SmartSpec) and `k_max` bound every row's draft."""
+
+    def __init__(self, target, drafter: DrafterBase, *, verifier=None, batch_policy: SmartSpec | None = None,
+                 k_max: int | None = None):
+        check_supported(target.model, target.name)
+        self.target, self.drafter, self.verifier = target, drafter, verifier
+        self.batch_policy, self.k_max = batch_policy, k_max
+        self.cache = RowsCache(target.config, target.device, target.dtype)
+        self.rows: list[Row] = []
+        self.last_k: int | None = None
+        self.vocab = target.vocab_size
+
+    # ----- rows join and leave -----------------------------------------------------------
+    @torch.inference_mode()
+    def add(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None = None,
+            verifier=None) -> Row:
+        """Prefill a new row and let it join the batch (errors here are the request's alone)."""
+        target = self.target
+        check_length(target, len(prompt_ids), params)
+        rule = build_verifier(verifier) if verifier is not None else self.verifier
+        rule = rule or default_verifier(params)
+        start = time.perf_counter()
+        drafter = self.drafter.fork()
+        row = Row(list(prompt_ids), len(prompt_ids), params, generator, drafter, rule, row_policy(drafter),
+                  TextTracker(target, params.stop), set() if params.ignore_eos else target.eos_token_ids,
+                  stats=RunStats(lossless=bool(rule.lossless)), start_time=start)
+        need = drafter.needs_hidden_states
+        cache, ids, dev = new_cache(), row.ids, target.device
+        features = torch.zeros(1, 0, target.config.hidden_size, dtype=target.dtype, device=dev) if need else None
+        try:
+            if len(ids) > 1:
+                slots = torch.arange(len(ids) - 1, device=dev)
+                out = target.step(torch.tensor([ids[:-1]], device=dev), slots[None], cache, cache_position=slots,
+                                  hidden_states=need, last_only=True)
+                if need:
+                    features = out.hidden_states[-1]  # [1, n-1, H]
+            t0 = time.perf_counter()
+            drafter.prefill(list(ids), features)
+            row.stats.drafter_time += time.perf_counter() - t0
+        except BaseException:
+            drafter.finish()
+            raise
+        self.cache.add_row(cache, len(ids) - 1)
+        row.stats.prefill_time = time.perf_counter() - start
+        self.rows.append(row)
+        return row
+
+    def cancel(self, row: Row) -> None:
+        if row in self.rows:
+            row.cancelled = row.done = True
+            self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, r in enumerate(self.rows) if not r.done]
+        if len(keep) == len(self.rows):
+            return
+        now = time.perf_counter()
+        for r in self.rows:
+            if r.done:
+                r.stats.wall_time = now - r.start_time
+                try:
+                    r.drafter.finish()
+                except Exception as exc:  # noqa: BLE001 - a drafter's cleanup must not fail the others
+                    r.error = r.error or _message(exc)
+        self.cache.keep_rows(keep)
+        self.rows = [self.rows[i] for i in keep]
+
+    # ----- one step for every row ------------------------------------------------------------
+    def _caps(self) -> list[int]:
+        room = self.target.max_length
+        k_max = self.k_max if self.k_max is not None else 1 << 30
+        return [max(0, min(r.drafter.k, k_max, r.budget - 1, room - len(r.ids) - 1)) for r in self.rows]
+
+    def _propose(self, r: Row, k: int) -> Draft:
+        t0 = time.perf_counter()
+        try:
+            d = r.drafter.propose(DraftContext(r.ids, k, r.params, r.generator))
+            d = check_draft(d, vocab=self.vocab, cap=k, device=self.target.device, trees=r.verifier.trees,
+                            who=r.drafter.name or type(r.drafter).__name__)
+        except Exception as exc:  # this row drafts nothing and fails after the forward
+            r.fail(_message(exc))
+            d = Draft.empty(device=self.target.device)
+        r.stats.drafter_time += time.perf_counter() - t0
+        return d
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Row, list[int]]]:
+        """One target forward for every row. Returns each row's committed tokens; finished rows
+        (done, cancelled or failed) leave the batch."""
+        if not self.rows:
+            return []
+        rows, policy, step_start = self.rows, self.batch_policy, time.perf_counter()
+        caps = self._caps()
+        trim = policy is not None and all(r.drafter.trimmable for r in rows)
+        batch_k = policy.choose_k([r.history for r in rows]) if policy is not None and not trim else None
+        offered = [r.length.choose(cap if batch_k is None else min(cap, batch_k)) for r, cap in zip(rows, caps)]
+        drafts = [self._propose(r, k) for r, k in zip(rows, offered)]
+        if trim:  # SmartSpec picks k with every row's (longest) draft in hand; the drafts are cut to it
+            for i, r in enumerate(rows):
+                if drafts[i].parents is not None and r.error is None:
+                    r.fail(f"{r.drafter.name} is trimmable but proposed a tree")
+                    drafts[i] = Draft.empty(device=self.target.device)
+            batch_k = policy.choose_k([r.history for r in rows], [d.size for d in drafts])
+            drafts = [d.truncate(batch_k) for d in drafts]
+            offered = [min(o, batch_k) for o in offered]
+        self.last_k = batch_k if batch_k is not None else max(offered)
+
+        need_hidden = any(r.drafter.needs_hidden_states for r in rows)
+        trees = [d.tree for d in drafts]
+        ids, pos, cache_position, mask = self.cache.step_inputs(
+            [r.ids[-1] for r in rows], [d.token_ids[0] for d in drafts], trees, [len(r.ids) for r in rows])
+        out = self.target.step(ids, pos, self.cache.cache, cache_position=cache_position, mask=mask,
+                               hidden_states=need_hidden)
+        logits = out.logits  # [B, q, V]
+        hidden = out.hidden_states[-1] if need_hidden else None  # [B, q, H]
+
+        committed, kept = [], []
+        for b, (r, d, k_row) in enumerate(zip(rows, drafts, offered)):
+            path, new = [], []
+            if r.error is None:
+                try:
+                    path, new = self._verify_commit(r, d, logits[b:b + 1, :d.size + 1],
+                                                    hidden[b:b + 1] if r.drafter.needs_hidden_states else None)
+                except Exception as exc:  # this row fails alone; the others go on
+                    r.fail(_message(exc))
+                    path, new = [], []
+            kept.append([0] + [1 + i for i in path])
+            if policy is not None and k_row > 0 and r.error is None:
+                policy.record(r.history, k_row, d.size, r.stats.accepted_per_step[-1])
+            committed.append((r, new))
+        self.cache.commit(kept, ids.shape[1])
+        if policy is not None:
+            policy.observe_step(time.perf_counter() - step_start, len(rows), ids.shape[1],
+                                sum(len(n) for _, n in committed), self.last_k)
+        self._drop_finished()
+        return committed
+
+    def _verify_commit(self, r: Row, d: Draft, logits: torch.Tensor, hidden: torch.Tensor | None):
+        """Verify one row's draft ([1, n+1, V] logits), commit, observe. Returns (path, new tokens)."""
+        results = r.verifier.verify(d, logits, r.params, r.generator)
+        result: VerifyResult = results[0] if isinstance(results, (list, tuple)) else results
+        path = check_result(result, d, self.vocab, r.verifier.name or type(r.verifier).__name__)
+        if hidden is not None:  # [1, q, H]
+            result = replace(result, hidden=kept_hidden(hidden, path))
+        new = r.commit(result)
+        r.length.update(result.num_drafted, result.num_accepted)
+        t0 = time.perf_counter()
+        r.drafter.observe(result)
+        r.stats.drafter_time += time.perf_counter() - t0
+        return path, new
