@@ -10,7 +10,7 @@ from pathlib import Path
 
 from draftsmith import load_target
 from draftsmith.heads.vocab import count_tokens, save_vocab
-from draftsmith.train.data import _turns, read_sharegpt, sharegpt_path
+from draftsmith.data.sharegpt import read_sharegpt, sharegpt_path, turns
 
 PACKS = Path(__file__).resolve().parent.parent / "src" / "draftsmith" / "packs"
 
@@ -22,7 +22,7 @@ args = parser.parse_args()
 target = load_target("smollm2-135m-instruct", dtype="float32")
 texts = []
 for record in read_sharegpt(sharegpt_path()):
-    texts += [text for role, text in _turns(record) if role == "gpt" and text.strip()]
+    texts += [text for role, text in turns(record) if role == "gpt" and text.strip()]
     if len(texts) >= args.docs:
         break
 ids = count_tokens(target.tokenizer(texts[: args.docs], add_special_tokens=False)["input_ids"])[: args.keep]

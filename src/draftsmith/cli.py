@@ -71,7 +71,7 @@ def cmd_bench(args) -> int:
     from tqdm import tqdm
 
     from .bench import report
-    from .bench.datasets import load_questions
+    from .data.questions import load_questions
     from .bench.runner import MethodSpec, run_bench
     from .target import load_target
 
@@ -188,7 +188,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench_serve(args) -> int:
-    from .bench.datasets import load_questions
+    from .data.questions import load_questions
     from .bench.serving import run_serving_bench, write_report
 
     if any(c < 1 for c in args.concurrency):

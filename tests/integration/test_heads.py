@@ -277,7 +277,7 @@ def test_sharegpt_first_turns_as_training_sequences(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     from draftsmith.target import CausalLM
-    from draftsmith.train.data import sharegpt_answers
+    from draftsmith.train.rollouts import sharegpt_answers
     from draftsmith.train.heads import load_sequences
     from tests.conftest import tiny_tokenizer
 

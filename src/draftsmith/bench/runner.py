@@ -25,7 +25,7 @@ from ..drafters import REGISTRY, build_drafter, parse_spec
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
 from ..types import SamplingParams
-from .datasets import Question
+from ..data.questions import Question
 
 HF_METHODS = ("hf_assisted", "hf_prompt_lookup")
 

@@ -117,11 +117,11 @@ class HierarchyDrafter(DrafterBase):
 
     def _documents(self) -> Iterable[str]:
         if self.corpus == "sharegpt":
-            from ..train.data import read_sharegpt, sharegpt_path, _turns
+            from ..data.sharegpt import read_sharegpt, sharegpt_path, turns
 
             n = 0
             for record in read_sharegpt(sharegpt_path()):
-                for role, text in _turns(record):
+                for role, text in turns(record):
                     if role == "gpt" and text.strip():
                         yield text
                         n += 1

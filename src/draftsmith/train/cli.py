@@ -128,7 +128,8 @@ def _target(name: str):
 
 
 def cmd_data(args) -> int:
-    from .data import generate_rollouts, sharegpt_instructions, sharegpt_path
+    from ..data.sharegpt import sharegpt_instructions, sharegpt_path
+    from .rollouts import generate_rollouts
 
     if args.limit < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         raise DraftsmithError("--limit, --batch-size and --max-new-tokens must be >= 1")

@@ -52,7 +52,7 @@ from ..errors import DraftsmithError
 from ..heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
 from ..heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
-from .data import is_sharegpt
+from ..data.sharegpt import is_sharegpt
 
 
 HOLDOUT = 16  # sequences kept aside for the final evaluation (train distill --features holds out the same)
@@ -522,8 +522,8 @@ def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
 
 
 def load_sequences(target: CausalLM, data: str, *, limit: int | None = None) -> list[tuple[list[int], int]]:
-    """Training sequences (ids, answer start) from `data` (data.training_rows: rollouts, or
+    """Training sequences (ids, answer start) from `data` (rollouts.training_rows: rollouts, or
     ShareGPT first turns)."""
-    from .data import training_rows
+    from .rollouts import training_rows
 
     return [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in training_rows(target, data, limit=limit)]

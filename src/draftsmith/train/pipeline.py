@@ -1,7 +1,7 @@
 """The drafter-alignment recipe (Goel et al. 2024) as stages, each writing a Hugging Face folder:
 
 1. pretrain  a new drafter (drafter_model.py) on chat-formatted ShareGPT conversations,
-2. data      the target answers ShareGPT instructions (data.py),
+2. data      the target answers ShareGPT instructions (rollouts.py),
 3. distill   the drafter on those answers with a distillation loss (losses.py), optionally with
              DistillSpec on-policy batches and AdaSPEC token selection (trainer.py). With a
              feature file (`features`, the one `train heads --features` makes from the same
@@ -27,8 +27,9 @@ from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
 from ..heads.vocab import count_tokens, load_vocab, save_vocab, vocab_order
 from .batches import Batch, feature_batch, pack_texts, packed_batch, rollout_batch
-from .data import _turns, is_sharegpt, read_sharegpt, sample_batch, sharegpt_path, training_rows
+from ..data.sharegpt import is_sharegpt, read_sharegpt, sharegpt_path, turns
 from .drafter_model import new_drafter
+from .rollouts import sample_batch, training_rows
 from .trainer import TrainConfig, train
 
 
@@ -38,7 +39,7 @@ def chat_documents(target: CausalLM, path: str | Path, *, skip: int = 0):
     for i, record in enumerate(read_sharegpt(path)):
         if i < skip:
             continue
-        messages = [{"role": roles[r], "content": v} for r, v in _turns(record) if r in roles and v.strip()]
+        messages = [{"role": roles[r], "content": v} for r, v in turns(record) if r in roles and v.strip()]
         if not messages:
             continue
         if target.has_chat_template:

