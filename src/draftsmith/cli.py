@@ -22,7 +22,7 @@ def _sampling(args):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import DEFAULT_MODEL
+    from .catalog import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="pack name, local Hugging Face folder or hub id "
                    f"(default: {DEFAULT_MODEL})")
@@ -157,7 +157,7 @@ def cmd_models(args) -> int:
 
 def cmd_export(args) -> int:
     from .heads.export import export_eagle
-    from .models import SHIPPED_HEADS, packs_root
+    from .catalog import SHIPPED_HEADS, packs_root
 
     heads = args.heads
     if not Path(heads).expanduser().exists() and (heads, "eagle") in SHIPPED_HEADS:  # a target's shipped heads
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
 
     v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server")
-    from .models import DEFAULT_MODEL
+    from .catalog import DEFAULT_MODEL
 
     v.add_argument("--model", default=DEFAULT_MODEL, help="pack name, local Hugging Face folder or hub id")
     v.add_argument("--dtype", default="bf16")

@@ -389,7 +389,7 @@ def test_eagle_export_for_other_engines(engine, tmp_path):
     from safetensors.torch import load_file
     from transformers import LlamaConfig, LlamaModel
 
-    from draftsmith.models import SHIPPED_HEADS, packs_root
+    from draftsmith.catalog import SHIPPED_HEADS, packs_root
 
     shipped = packs_root() / SHIPPED_HEADS[("smollm2-135m-instruct", "eagle")]
     out = tmp_path / engine
@@ -411,7 +411,7 @@ def test_eagle_export_for_other_engines(engine, tmp_path):
 
 
 def test_export_takes_eagle_heads_only(tmp_path, capsys):
-    from draftsmith.models import SHIPPED_HEADS, packs_root
+    from draftsmith.catalog import SHIPPED_HEADS, packs_root
 
     medusa = packs_root() / SHIPPED_HEADS[("smollm2-135m-instruct", "medusa")]
     assert main(["export", str(medusa), "--engine", "vllm", "--out", str(tmp_path / "x")]) == 2

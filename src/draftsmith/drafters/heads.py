@@ -28,7 +28,7 @@ from .trie import merge_paths
 
 
 def shipped_heads_dir(target: CausalLM, kind: str) -> Path | None:
-    from ..models import SHIPPED_HEADS, packs_root
+    from ..catalog import SHIPPED_HEADS, packs_root
 
     folder = SHIPPED_HEADS.get((target.name, kind))
     return packs_root() / folder if folder else None

@@ -10,7 +10,7 @@ from ..errors import DraftsmithError
 
 
 def _common(p: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) -> None:
-    from ..models import DEFAULT_MODEL
+    from ..catalog import DEFAULT_MODEL
 
     p.add_argument("--target", default=DEFAULT_MODEL, help=f"target model (default: {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="output folder (a Hugging Face model folder; reruns resume)")
@@ -31,7 +31,7 @@ def add_train_parser(sub) -> None:
     stages = t.add_subparsers(dest="stage", required=True)
 
     d = stages.add_parser("data", help="the target answers ShareGPT instructions (distillation data)")
-    from ..models import DEFAULT_MODEL
+    from ..catalog import DEFAULT_MODEL
 
     d.add_argument("--target", default=DEFAULT_MODEL)
     d.add_argument("--out", required=True, help="JSONL file (appended to; prompts already in it are skipped)")
