@@ -1,4 +1,4 @@
-"""Write a pruned draft vocabulary (heads/vocab.py) for the heads shipped with the default model,
+"""Write a pruned draft vocabulary (drafters/heads/vocab.py) for the heads shipped with the default model,
 from the token counts of ShareGPT answers (the packaged data; the rollouts the heads were trained
 on were not kept). `draftsmith train heads` writes this file itself from its training answers.
 
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from draftsmith import load_target
-from draftsmith.heads.vocab import count_tokens, save_vocab
+from draftsmith.drafters.heads.vocab import count_tokens, save_vocab
 from draftsmith.data.sharegpt import read_sharegpt, sharegpt_path, turns
 
 PACKS = Path(__file__).resolve().parent.parent / "src" / "draftsmith" / "packs"

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from draftsmith import load_target
-from draftsmith.heads.vocab import SubsetLMHead, load_vocab
+from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab
 from draftsmith.models import resolve_model
 from draftsmith.target import load_causal_lm
 

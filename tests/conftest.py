@@ -96,7 +96,7 @@ def tokenizer():
 def random_heads(target: CausalLM, kind: str, folder, num_heads: int = 3, seed: int = 0, scale: float = 0.3) -> str:
     """Untrained draft heads for `target` with perturbed weights (so they propose something
     other than the target's own next token), saved to `folder`."""
-    from draftsmith.heads import HeadsConfig, build_heads, save_heads
+    from draftsmith.drafters.heads import HeadsConfig, build_heads, save_heads
 
     torch.manual_seed(seed)
     module = build_heads(HeadsConfig.for_target(kind, target.config, num_heads=num_heads))

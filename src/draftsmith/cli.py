@@ -156,7 +156,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .heads.export import export_eagle
+    from .drafters.heads.export import export_eagle
     from .catalog import SHIPPED_HEADS, packs_root
 
     heads = args.heads

@@ -21,7 +21,7 @@ def test_every_row_equals_its_request_alone(arch, drafter, tmp_path):
     target = tiny_model(arch)
     other = tiny_model(arch, seed=1)
     if drafter == "draft_model-vocab":  # a folder with a draft vocabulary: each row drafts over it
-        from draftsmith.heads.vocab import save_vocab
+        from draftsmith.drafters.heads.vocab import save_vocab
 
         other.model.save_pretrained(tmp_path)
         save_vocab(tmp_path, list(range(0, target.vocab_size, 3)))

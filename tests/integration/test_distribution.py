@@ -109,7 +109,7 @@ class AlwaysAccept(VerifierBase):
 
 
 def _with_vocab(heads: str, ids: list[int]) -> str:
-    from draftsmith.heads.vocab import save_vocab
+    from draftsmith.drafters.heads.vocab import save_vocab
 
     save_vocab(heads, ids)
     return heads

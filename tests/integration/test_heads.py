@@ -14,8 +14,8 @@ from draftsmith import SamplingParams, SpeculativeDecoder, build_drafter
 from draftsmith import BatchDecoder
 from draftsmith.cli import main
 from draftsmith.errors import DraftsmithError
-from draftsmith.heads import HeadsConfig, build_heads, load_heads
-from draftsmith.heads.vocab import SubsetLMHead, load_vocab, save_vocab
+from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
+from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import random_heads, tiny_model
 
 KINDS = ["medusa", "hydra", "eagle", "amphista", "koala"]

@@ -151,7 +151,7 @@ def test_distill_from_a_feature_file_over_a_training_vocabulary(workdir):
     data's most frequent tokens (labels outside them skipped), p comes from the target's stored
     hidden states through its LM head and equals p from a target forward, the file is made once
     and reused, and the drafter drafts over its vocabulary, still token for token the target's."""
-    from draftsmith.heads.vocab import SubsetLMHead, load_vocab
+    from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab
     from draftsmith.train.batches import feature_batch
     from draftsmith.train.heads import HOLDOUT, cached_features, load_sequences, usable
     from draftsmith.train.trainer import SelectedLogits, subset_logits

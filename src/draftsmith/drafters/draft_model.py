@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError, IncompatibleDrafterError
-from ..heads.vocab import SubsetLMHead, load_vocab
+from .heads.vocab import SubsetLMHead, load_vocab
 from ..sampling import greedy, probs, sample
 from ..target import CausalLM, load_causal_lm
 from ..types import Draft

@@ -10,7 +10,7 @@
    and read back by every epoch and by later runs. The target's distribution at every position
    is then free: p_m = softmax(lm_head(feats[m-1])), one LM-head pass, not a target pass.
    Training vocabulary (`train_vocab` N > 0, FR-Spec / EAGLE-3): heads draft over the N most
-   frequent answer tokens (heads/vocab.py), so they also train over them: q and p are the
+   frequent answer tokens (drafters/heads/vocab.py), so they also train over them: q and p are the
    softmaxes of the N logits (p conditioned on the subset), which costs N/V of the LM head. The
    logged agreement is still with the target's argmax over the whole vocabulary.
 2. Heads train with the target frozen (its LM head and embeddings shared, not updated), on the
@@ -32,7 +32,7 @@
    Logged per head (eagle: per draft step): top-1 agreement with the target's argmax (what
    greedy acceptance needs).
 3. Output: `config.json` + `model.safetensors` (the heads' weights only) + `draft_vocab.safetensors`
-   (the answers' tokens by frequency: the pruned draft vocabulary, heads/vocab.py) + a model card; a
+   (the answers' tokens by frequency: the pruned draft vocabulary, drafters/heads/vocab.py) + a model card; a
    checkpoint (`checkpoint/`) every `save_every` steps that a rerun resumes from.
 """
 
@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DraftsmithError
-from ..heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
-from ..heads.vocab import count_tokens, save_vocab, vocab_order
+from ..drafters.heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
+from ..drafters.heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
 from ..data.sharegpt import is_sharegpt
 
@@ -361,7 +361,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         raise DraftsmithError(f"{len(sequences)} usable training sequences; need more than the {cfg.holdout} held out")
     out = Path(cfg.out)
     held, train = sequences[: cfg.holdout], sequences[cfg.holdout:]
-    # the draft vocabulary: the answers' tokens, most frequent first (heads/vocab.py); the end of
+    # the draft vocabulary: the answers' tokens, most frequent first (drafters/heads/vocab.py); the end of
     # sequence tokens always in it
     vocab = vocab_order(count_tokens(ids[start:] for ids, start in sequences), always=sorted(target.eos_token_ids))
     vocab_ids = torch.tensor(vocab[: cfg.train_vocab], dtype=torch.long) if cfg.train_vocab else None

@@ -10,7 +10,7 @@
 
 Both stages train over the training vocabulary (`cfg.train_vocab`, trainer.py): the N most frequent
 tokens of the stage's data, written beside the drafter as `draft_vocab.safetensors` (the format of
-heads/vocab.py), which the `draft_model` drafter then drafts over. Distillation keeps the
+drafters/heads/vocab.py), which the `draft_model` drafter then drafts over. Distillation keeps the
 vocabulary of the drafter it starts from when that has one.
 """
 
@@ -25,7 +25,7 @@ import torch
 
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
-from ..heads.vocab import count_tokens, load_vocab, save_vocab, vocab_order
+from ..drafters.heads.vocab import count_tokens, load_vocab, save_vocab, vocab_order
 from .batches import Batch, feature_batch, pack_texts, packed_batch, rollout_batch
 from ..data.sharegpt import is_sharegpt, read_sharegpt, sharegpt_path, turns
 from .drafter_model import new_drafter
@@ -74,7 +74,7 @@ def pretrain(target: CausalLM, cfg: TrainConfig, *, sharegpt: str | None = None,
 
 
 def training_vocab(target: CausalLM, sequences) -> list[int]:
-    """The data's tokens, most frequent first, the end-of-sequence ids leading (heads/vocab.py)."""
+    """The data's tokens, most frequent first, the end-of-sequence ids leading (drafters/heads/vocab.py)."""
     return vocab_order(count_tokens(sequences), always=sorted(target.eos_token_ids))
 
 

@@ -1,7 +1,7 @@
 """EAGLE heads for other engines: folders that vLLM and SGLang load as EAGLE(-1) draft models.
 
 What `draftsmith train heads --kind eagle` writes is already the EAGLE-1 checkpoint layout both
-read (heads/modules.EagleHead): `fc.weight` over [next-token embedding; target feature] (embedding
+read (drafters/heads/modules.EagleHead): `fc.weight` over [next-token embedding; target feature] (embedding
 first), one decoder layer `layers.0.*` without an input norm, no final norm, no embeddings or LM
 head (the engines share the target's), and the target feature is its last hidden state after the
 final norm, which is what both engines hand their EAGLE drafter. What differs, read from the
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import DraftsmithError
+from ...errors import DraftsmithError
 from .vocab import load_vocab
 
 ENGINES = ("vllm", "sglang")

@@ -16,19 +16,19 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import DraftsmithError, IncompatibleDrafterError
-from ..heads.modules import HeadsConfig, load_heads
-from ..heads.vocab import SubsetLMHead, load_vocab
-from ..sampling import greedy, probs, sample
-from ..target import CausalLM
-from ..types import Draft, VerifyResult
-from ..cache import remove_last
-from .base import DraftContext, DrafterBase
-from .trie import merge_paths
+from ...errors import DraftsmithError, IncompatibleDrafterError
+from .modules import HeadsConfig, load_heads
+from .vocab import SubsetLMHead, load_vocab
+from ...sampling import greedy, probs, sample
+from ...target import CausalLM
+from ...types import Draft, VerifyResult
+from ...cache import remove_last
+from ..base import DraftContext, DrafterBase
+from ..trie import merge_paths
 
 
 def shipped_heads_dir(target: CausalLM, kind: str) -> Path | None:
-    from ..catalog import SHIPPED_HEADS, packs_root
+    from ...catalog import SHIPPED_HEADS, packs_root
 
     folder = SHIPPED_HEADS.get((target.name, kind))
     return packs_root() / folder if folder else None
@@ -45,7 +45,7 @@ class HeadsDrafter(DrafterBase):
         """heads: a folder written by `draftsmith train heads` (default: the heads shipped for
         the target, if any). k: longest draft (default: what the heads were trained for).
         vocab: draft over the `vocab` most frequent tokens listed beside the heads (0 = the
-        whole vocabulary; see heads/vocab.py)."""
+        whole vocabulary; see drafters/heads/vocab.py)."""
         if k is not None and not (isinstance(k, int) and k >= 1):
             raise DraftsmithError(f"{self.name}: k (draft length) must be an integer >= 1, got {k!r}")
         if not (isinstance(vocab, int) and vocab >= 0):

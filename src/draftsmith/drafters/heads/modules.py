@@ -35,7 +35,7 @@ from torch import nn
 from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from ..errors import DraftsmithError
+from ...errors import DraftsmithError
 
 KINDS = ("medusa", "hydra", "eagle", "amphista", "koala")
 DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)

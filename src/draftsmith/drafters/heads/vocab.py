@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import DraftsmithError
+from ...errors import DraftsmithError
 
 FILE = "draft_vocab.safetensors"
 
