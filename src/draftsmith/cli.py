@@ -21,6 +21,28 @@ def _sampling(args):
                           max_new_tokens=args.max_new_tokens, stop=tuple(getattr(args, "stop", None) or ()))
 
 
+def _add_target_args(p: argparse.ArgumentParser, verifier_help: str) -> None:
+    """--device and --verifier (generate, bench, serve)."""
+    p.add_argument("--device", default="cpu", help="where the target runs: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--verifier", default="auto", help="acceptance rule NAME[:opt=val,...]: greedy, rejection, or "
+                   "any registered with draftsmith.register_verifier; auto (default) = greedy at temperature 0, "
+                   "rejection sampling otherwise. " + verifier_help)
+
+
+def _check_target_args(args) -> None:
+    """Fail on a bad --verifier or --device now, before any model loads."""
+    from .target import resolve_device
+    from .verify import build_verifier
+
+    build_verifier(args.verifier)
+    resolve_device(args.device)
+
+
+def _verifier(args):
+    """--verifier as the decoders take it: None for auto, else the spec."""
+    return None if args.verifier == "auto" else args.verifier
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .catalog import DEFAULT_MODEL
 
@@ -44,11 +66,12 @@ def cmd_generate(args) -> int:
     params = _sampling(args)
     name, options = parse_spec(args.drafter)
     drafter = build_drafter(name, **options)
+    _check_target_args(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt or not prompt.strip():
         raise DraftsmithError("prompt is empty")
-    target = load_target(args.model, dtype=args.dtype)
-    decoder = SpeculativeDecoder(target, drafter)
+    target = load_target(args.model, dtype=args.dtype, device=args.device)
+    decoder = SpeculativeDecoder(target, drafter, verifier=_verifier(args))
     ids = target.encode(prompt, chat=False if args.no_chat else None)
     generator = torch.Generator().manual_seed(args.seed)
     result = None
@@ -59,11 +82,13 @@ def cmd_generate(args) -> int:
     sys.stdout.write("\n")
     s = result.stats
     if args.json:
-        print(json.dumps({"drafter": args.drafter, "model": args.model, **s.as_dict()}), file=sys.stderr)
+        print(json.dumps({"drafter": args.drafter, "verifier": args.verifier, "model": args.model, **s.as_dict()}),
+              file=sys.stderr)
     else:
-        print(f"[{args.drafter}] {s.new_tokens} tokens in {s.steps} steps: τ {s.tau:.2f}, acceptance "
-              f"{s.acceptance_rate:.2f}, {s.tokens_per_second:.1f} tok/s, drafter {100 * s.drafter_share:.0f}% of "
-              f"time, finish: {s.finish_reason}", file=sys.stderr)
+        label = args.drafter if args.verifier == "auto" else f"{args.drafter}, verifier {args.verifier}"
+        print(f"[{label}{'' if s.lossless else ', lossy'}] {s.new_tokens} tokens in {s.steps} steps: τ {s.tau:.2f}, "
+              f"acceptance {s.acceptance_rate:.2f}, {s.tokens_per_second:.1f} tok/s, drafter "
+              f"{100 * s.drafter_share:.0f}% of time, finish: {s.finish_reason}", file=sys.stderr)
     return 0
 
 
@@ -80,19 +105,22 @@ def cmd_bench(args) -> int:
     if args.config:
         methods += _config_methods(args.config)
     specs = [MethodSpec.parse(m) for m in (methods or ["none", "ngram"])]
+    _check_target_args(args)
     questions = load_questions(args.questions, args.categories, args.per_category, args.limit)
-    target = load_target(args.model, dtype=args.dtype)
+    target = load_target(args.model, dtype=args.dtype, device=args.device)
     bar = tqdm(desc="bench", unit="gen", file=sys.stderr)
 
     def progress(n, total):
         bar.total = total
         bar.update(n)
 
-    records = run_bench(target, questions, specs, params, repeats=args.repeats, warmup=args.warmup, progress=progress)
+    records = run_bench(target, questions, specs, params, repeats=args.repeats, warmup=args.warmup, progress=progress,
+                        verifier=_verifier(args))
     bar.close()
     rows = report.summarize(records)
     mode = "greedy" if params.greedy else f"T={params.temperature}"
-    title = (f"{args.model} ({args.dtype}, {mode}, {params.max_new_tokens} new tokens), "
+    rule = "" if args.verifier == "auto" else f", verifier {args.verifier}"
+    title = (f"{args.model} ({args.dtype}, {args.device}, {mode}{rule}, {params.max_new_tokens} new tokens), "
              f"{len(questions)} questions from {Path(args.questions).name}")
     report.print_table(rows, title)
     if args.out:
@@ -166,22 +194,55 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    import uvicorn
+def _check_port_free(host: str, port: int) -> None:
+    """Bind (host, port) briefly, as uvicorn will (SO_REUSEADDR), so a taken port or a bad host is
+    a clear error before the model loads rather than a uvicorn log line after it."""
+    import socket
 
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise DraftsmithError(f"--host {host!r} cannot be resolved: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise DraftsmithError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another server "
+                                  "running there? pick another --port)") from None
+
+
+def cmd_serve(args) -> int:
     from .drafters import build_drafter, parse_spec
-    from .serve import Engine, create_app
     from .target import load_target
 
+    # every argument is checked before the model loads (seconds to minutes)
     if not 0 < args.port < 65536:
         raise DraftsmithError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_batch < 1:
+        raise DraftsmithError(f"--max-batch must be an integer >= 1, got {args.max_batch}")
+    if args.k_max < 0:
+        raise DraftsmithError(f"--k-max must be an integer >= 0 (0: no drafting), got {args.k_max}")
+    if args.max_body < 1:
+        raise DraftsmithError(f"--max-body must be >= 1 byte, got {args.max_body}")
     name, options = parse_spec(args.drafter)
     build_drafter(name, **options)  # a bad drafter spec fails before the model loads
-    target = load_target(args.model, dtype=args.dtype)
-    engine = Engine(target, build_drafter(name, **options), max_batch=args.max_batch,
-                    smartspec=not args.no_smartspec)
-    app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body)
-    print(f"serving {args.model} with drafter {args.drafter} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    _check_target_args(args)
+    _check_port_free(args.host, args.port)
+
+    import uvicorn
+
+    from .serve import Engine, create_app
+
+    target = load_target(args.model, dtype=args.dtype, device=args.device)
+    engine = Engine(target, build_drafter(name, **options), verifier=_verifier(args), max_batch=args.max_batch,
+                    smartspec=not args.no_smartspec, k_max=args.k_max)
+    app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body,
+                     verifier_name=args.verifier)
+    rule = "" if args.verifier == "auto" else f", verifier {args.verifier}" + ("" if engine.lossless else " (lossy)")
+    print(f"serving {args.model} on {args.device} with drafter {args.drafter}{rule}, k_max {args.k_max}, on "
+          f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     engine.close()
     return 0
@@ -227,13 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true", help="print the stats as JSON")
+    _add_target_args(g, "A lossy rule is said so in the stats line.")
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="compare methods against plain decoding on a question set")
     _add_model_args(b)
     b.add_argument("--questions", default=DEFAULT_QUESTIONS, help="Spec-Bench-format JSONL path, or a packaged set: "
                    "mtbench, humaneval, gsm8k (default: mtbench)")
-    b.add_argument("--method", action="append", help="NAME[:opt=val,...] (repeatable); `none` is always run first")
+    b.add_argument("--method", action="append", help="NAME[:opt=val,...] (repeatable); `none` is always run first; "
+                   "the option verifier=RULE (or verifier=[RULE:opt=val,...]) picks the method's acceptance rule")
     b.add_argument("--config", help="YAML or JSON file with a `methods` list (added to --method)")
     b.add_argument("--categories", nargs="+", help="only these categories")
     b.add_argument("--per-category", type=int, help="first N questions of each category")
@@ -241,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=1)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--out", help="folder for records.jsonl, report.md and plots")
+    _add_target_args(b, "The rule of every method whose spec names none (a method names its own with "
+                     "verifier=, e.g. --method ngram:k=5,verifier=greedy); the `none` baseline stays plain decoding. "
+                     "Lossy methods are tagged (lossy) in the report.")
     b.set_defaults(func=cmd_bench)
 
     from .train.cli import add_train_parser
@@ -258,8 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--served-name", help="the model id clients send (default: --model)")
     v.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default 1 MiB)")
     v.add_argument("--max-batch", type=int, default=16, help="rows decoded together (default 16)")
+    v.add_argument("--k-max", type=int, default=8, help="the batch's longest draft: caps every row's draft length "
+                   "(SmartSpec picks up to it); 0 = no drafting (default 8)")
     v.add_argument("--no-smartspec", action="store_true", help="always draft the full length, whatever the batch")
     v.add_argument("--threads", type=int, help="torch threads")
+    _add_target_args(v, "The server-wide rule for every request (requests keep the OpenAI schema: no per-request rule).")
     v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("bench-serve", help="throughput and latency of the server under concurrent clients")

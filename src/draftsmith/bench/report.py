@@ -10,6 +10,8 @@ Metrics (per method and category, `none` in the same run as the baseline):
                    accepted every token before it, the share that accepted position i too
     ± spread       the standard deviation of speedup across repeats (with --repeats > 1)
     identical      outputs equal to `none`'s, id for id
+A method whose runs used a lossy acceptance rule (a record with `lossless: false`) is shown as
+`NAME (lossy)` in every table, Markdown report and plot.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def summarize(records: list[dict]) -> list[dict]:
             per_repeat = [tps([r for r in rs if r.get("repeat", 0) == k]) / tps([r for r in base if r.get("repeat", 0) == k])
                           for k in repeats]
             rows.append({
-                "method": f"{m} (lossy)" if m in lossy else m, "category": cat, "turns": len(rs),
+                "method": f"{m} (lossy)" if m in lossy else m, "name": m, "lossless": m not in lossy,
+                "category": cat, "turns": len(rs),
                 "new_tokens": sum(r["new_tokens"] for r in rs),
                 "tokens_per_s": tps(rs),
                 "speedup": tps(rs) / tps(base),
@@ -176,12 +179,13 @@ def plot(rows: list[dict], records: list[dict], out_dir: Path, title: str) -> li
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
 
-    spec = [m for m in methods if any(r["method"] == m and r["accepted_per_step"] for r in records)]
+    name = {r["method"]: r.get("name", r["method"]) for r in rows}  # row label ("x (lossy)") -> records' method
+    spec = [m for m in methods if any(r["method"] == name[m] and r["accepted_per_step"] for r in records)]
     if spec:
         fig, ax = plt.subplots(figsize=(6, 4))
         top = max(a for r in records if r["accepted_per_step"] for a in r["accepted_per_step"]) + 1
         for m in spec:
-            taus = [a + 1 for r in records if r["method"] == m and r["accepted_per_step"] for a in r["accepted_per_step"]]
+            taus = [a + 1 for r in records if r["method"] == name[m] and r["accepted_per_step"] for a in r["accepted_per_step"]]
             ax.hist(taus, bins=range(1, top + 2), alpha=0.5, label=m, density=True, align="left")
         ax.set_xlabel("tokens per step (τ, bonus included)")
         ax.set_ylabel("share of steps")

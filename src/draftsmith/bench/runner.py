@@ -5,6 +5,15 @@ A method is `NAME[:opt=val,...]`: any registered drafter (`none`, `ngram:k=5`,
 target and prompts: `hf_assisted:model=...` (Hugging Face `generate(assistant_model=...)`)
 and `hf_prompt_lookup:k=...` (`generate(prompt_lookup_num_tokens=...)`).
 
+A drafter method may name its own acceptance rule with the option `verifier`:
+`ngram:k=5,verifier=greedy`, or with the rule's options in brackets,
+`ngram:k=5,verifier=[NAME:opt=val,opt=val]`. `verifier` is taken out of the drafter's options
+and given to the decoder. A method that names none gets `run_bench(verifier=...)` (the CLI's
+`--verifier`), except the `none` baseline, which stays plain decoding of the target (the default
+rule) so that speedups and "= none" compare against the target's own output. Every record says
+which rule ran (`verifier`) and whether it was lossless (`lossless`, from the run's stats);
+reports tag lossy methods.
+
 Turn 2 of a multi-turn question continues from the `none` answer to turn 1 for every method,
 so every method sees the same prompt and outputs can be compared id for id.
 """
@@ -25,6 +34,7 @@ from ..drafters import REGISTRY, build_drafter, parse_spec
 from ..errors import DraftsmithError
 from ..target import CausalLM, load_causal_lm
 from ..types import SamplingParams
+from ..verify import build_verifier
 from ..data.questions import Question
 
 HF_METHODS = ("hf_assisted", "hf_prompt_lookup")
@@ -34,7 +44,8 @@ HF_METHODS = ("hf_assisted", "hf_prompt_lookup")
 class MethodSpec:
     label: str  # as written on the command line: the row name in reports
     name: str
-    options: dict = field(default_factory=dict, hash=False)
+    options: dict = field(default_factory=dict, hash=False)  # the drafter's (or the HF method's) options
+    verifier: str | None = None  # the method's own acceptance rule (spec), None: the run's default
 
     @staticmethod
     def parse(text: str) -> MethodSpec:
@@ -44,24 +55,44 @@ class MethodSpec:
             near = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise DraftsmithError(f"unknown method {name!r}; known: {', '.join(known)}.{hint}")
-        return MethodSpec(text, name, options)
+        verifier = options.pop("verifier", None)
+        if verifier is not None:
+            if name in HF_METHODS:
+                raise DraftsmithError(f"{text!r}: {name} runs Hugging Face's own acceptance rule; it takes no verifier=")
+            if isinstance(verifier, list):  # verifier=[NAME:opt=val,opt=val]
+                verifier = ",".join(verifier)
+            if not isinstance(verifier, str) or not verifier.strip():
+                raise DraftsmithError(f"{text!r}: verifier= names a rule, e.g. verifier=greedy")
+            build_verifier(verifier)  # an unknown rule or option fails now, before any model loads
+        return MethodSpec(text, name, options, verifier)
 
 
 class Method:
-    """Something that turns prompt ids into new ids, with stats where it has them."""
+    """Something that turns prompt ids into new ids, with stats where it has them. `verifier`: the
+    rule used when the spec names none (None: greedy at temperature 0, rejection sampling otherwise)."""
 
-    def __init__(self, spec: MethodSpec, target: CausalLM):
+    def __init__(self, spec: MethodSpec, target: CausalLM, verifier=None):
         self.spec, self.target = spec, target
+        self.verifier = spec.verifier if spec.verifier is not None else verifier
         if spec.name == "hf_assisted":
             model = spec.options.get("model")
             if not model:
                 raise DraftsmithError("hf_assisted needs model=NAME_OR_PATH")
-            self.assistant = load_causal_lm(model, dtype=target.dtype)
-            self.decoder = None
+            self.assistant = load_causal_lm(model, dtype=target.dtype, device=target.device)
+            self.decoder, self.verifier = None, None
         elif spec.name == "hf_prompt_lookup":
-            self.decoder = None
+            self.decoder, self.verifier = None, None
         else:
-            self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options))
+            self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier)
+
+    @property
+    def verifier_name(self) -> str:
+        """The rule as written ("auto": greedy at temperature 0, rejection sampling otherwise;
+        "hf": Hugging Face's own)."""
+        if self.decoder is None:
+            return "hf"
+        v = self.verifier
+        return "auto" if v is None else v if isinstance(v, str) else (getattr(v, "name", None) or type(v).__name__)
 
     @property
     def lossless(self) -> bool:
@@ -76,11 +107,12 @@ class Method:
             return {"output_ids": out.token_ids, "new_tokens": s.new_tokens, "wall_time": wall, "steps": s.steps,
                     "drafted": s.drafted, "accepted": s.accepted, "accepted_per_step": s.accepted_per_step,
                     "drafted_per_step": s.drafted_per_step, "drafter_time": s.drafter_time,
-                    "finish_reason": s.finish_reason}
+                    "finish_reason": s.finish_reason, "lossless": s.lossless}
         ids = self._hf_generate(prompt_ids, params)
         wall = time.perf_counter() - t0
         return {"output_ids": ids, "new_tokens": len(ids), "wall_time": wall, "steps": None, "drafted": None,
-                "accepted": None, "accepted_per_step": None, "drafted_per_step": None, "drafter_time": None, "finish_reason": None}
+                "accepted": None, "accepted_per_step": None, "drafted_per_step": None, "drafter_time": None, "finish_reason": None,
+                "lossless": True}
 
     @torch.inference_mode()
     def _hf_generate(self, prompt_ids: list[int], params: SamplingParams) -> list[int]:
@@ -115,11 +147,14 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpec], params: SamplingParams,
-              repeats: int = 1, warmup: int = 1, progress=None) -> list[dict]:
-    """One record per (method, question, turn, repeat)."""
+              repeats: int = 1, warmup: int = 1, progress=None, verifier=None) -> list[dict]:
+    """One record per (method, question, turn, repeat). `verifier` (a rule's name, spec or
+    instance): the acceptance rule of every method whose spec names none, except the `none`
+    baseline (plain decoding of the target, the default rule)."""
     if not specs or specs[0].name != "none":
         specs = [MethodSpec("none", "none"), *[s for s in specs if s.name != "none"]]
-    methods = [Method(s, target) for s in specs]
+    build_verifier(verifier)  # a bad rule fails before any method is built
+    methods = [Method(s, target, None if i == 0 else verifier) for i, s in enumerate(specs)]
     turns_total = sum(len(q.turns) for q in questions) * repeats * len(methods)
 
     warm = SamplingParams(max_new_tokens=min(16, params.max_new_tokens), temperature=params.temperature)
@@ -143,7 +178,7 @@ def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpe
                     if baseline is None:
                         baseline = r["output_ids"]
                     div = first_divergence(r["output_ids"], baseline)
-                    records.append({"method": m.spec.label, "lossless": m.lossless, "question_id": q.question_id, "category": q.category,
+                    records.append({"method": m.spec.label, "verifier": m.verifier_name, "question_id": q.question_id, "category": q.category,
                                     "turn": turn, "repeat": rep, "prompt_tokens": len(prompt_ids), **r,
                                     "matches_baseline": div is None, "first_divergence": div})
                     if progress:

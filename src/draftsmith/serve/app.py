@@ -61,7 +61,12 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
 
 
-def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int = MAX_BODY_BYTES,
+               verifier_name: str = "auto") -> FastAPI:
+    """The app over `engine`. `verifier_name` is the server-wide acceptance rule as configured
+    (`serve --verifier`; "auto" = greedy at temperature 0, rejection sampling otherwise): requests
+    keep the OpenAI schema and cannot pick their own; /v1/models names the rule and every usage's
+    `speculative.lossless` says whether the output followed the target's distribution."""
     app = FastAPI(title="draftsmith", docs_url=None, redoc_url=None)
     target = engine.target
     created = int(time.time())
@@ -79,7 +84,8 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "draftsmith", "drafter": drafter_name}]}
+                                            "owned_by": "draftsmith", "drafter": drafter_name,
+                                            "verifier": verifier_name, "lossless": engine.lossless}]}
 
     @app.get("/metrics")
     async def metrics():
@@ -210,7 +216,8 @@ def create_app(engine: Engine, model_name: str, drafter_name: str, max_body: int
         return {"prompt_tokens": prompt_tokens, "completion_tokens": s.new_tokens,
                 "total_tokens": prompt_tokens + s.new_tokens,
                 "speculative": {"steps": s.steps, "drafted_tokens": s.drafted, "accepted_tokens": s.accepted,
-                                "tau": round(s.tau, 4), "acceptance_rate": round(s.acceptance_rate, 4)}}
+                                "tau": round(s.tau, 4), "acceptance_rate": round(s.acceptance_rate, 4),
+                                "lossless": s.lossless}}
 
     @app.post("/v1/completions")
     async def completions(request: Request):

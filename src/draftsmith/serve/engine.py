@@ -64,9 +64,13 @@ class Engine:
                  smartspec: bool = True, k_max: int = 8):
         """`drafter` (name, spec or instance) is bound once: every request's row gets a fork of it
         (shared weights and tables, no load per request). `verifier`: the default rule for
-        requests (None: greedy at temperature 0, rejection sampling otherwise)."""
-        if not (isinstance(max_batch, int) and max_batch >= 1):
+        requests (None: greedy at temperature 0, rejection sampling otherwise). `k_max`: the
+        batch's longest draft (every row's cap; SmartSpec picks up to it; 0 = no drafting).
+        Bad arguments raise DraftsmithError before any work (the calibration takes seconds)."""
+        if not (isinstance(max_batch, int) and not isinstance(max_batch, bool) and max_batch >= 1):
             raise DraftsmithError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        if not (isinstance(k_max, int) and not isinstance(k_max, bool) and k_max >= 0):
+            raise DraftsmithError(f"k_max must be an integer >= 0, got {k_max!r}")
         self.target = target
         self.decoder = BatchDecoder(target, drafter, verifier=verifier, k_max=k_max, smartspec=smartspec)
         if smartspec:  # time the batched forward at 1, 2, 4, ... rows up to max_batch
@@ -77,6 +81,17 @@ class Engine:
         self.active: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> (row, job, start time)
         self.worker = threading.Thread(target=self._run, name="draftsmith-engine", daemon=True)
         self.worker.start()
+
+    @property
+    def verifier(self):
+        """The server-wide rule (an instance), or None: per request, greedy at temperature 0 and
+        rejection sampling otherwise."""
+        return self.decoder.loop.verifier
+
+    @property
+    def lossless(self) -> bool:
+        """False when the server-wide rule is lossy (every response then says so in its usage)."""
+        return bool(self.verifier.lossless) if self.verifier is not None else True
 
     def submit(self, job: Job) -> None:
         self.jobs.put(job)
