@@ -232,7 +232,7 @@ def test_no_shipped_heads_is_a_clear_error(kind):
 def test_batched_features_equal_one_sequence_at_a_time():
     """The target's features for a step come from one right-padded batch; padding after a
     sequence must change none of its positions, and the order of the sequences is kept."""
-    from draftsmith.train.heads import extract_features
+    from draftsmith.train.features import extract_features
 
     target = tiny_model("llama", vocab=64, seed=2)
     gen = torch.Generator().manual_seed(0)
@@ -278,7 +278,7 @@ def test_sharegpt_first_turns_as_training_sequences(tmp_path):
 
     from draftsmith.target import CausalLM
     from draftsmith.train.rollouts import sharegpt_answers
-    from draftsmith.train.heads import load_sequences
+    from draftsmith.train.features import load_sequences
     from tests.conftest import tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -302,21 +302,21 @@ def test_sharegpt_first_turns_as_training_sequences(tmp_path):
 def test_feature_file_is_made_once_and_matches_its_sequences(tmp_path, monkeypatch):
     """`--features FILE`: the target's features are made once and read back for the same
     sequences; other sequences make the file again."""
-    from draftsmith.train import heads as heads_mod
+    from draftsmith.train import features as features_mod
 
     target = tiny_model("llama", vocab=64, seed=2)
     gen = torch.Generator().manual_seed(0)
     seqs = [(torch.randint(64, (n,), generator=gen).tolist(), 3) for n in (20, 9, 31)]
     path = str(tmp_path / "feats.pt")
-    made = heads_mod.cached_features(target, seqs, 32, path, progress=False)
+    made = features_mod.cached_features(target, seqs, 32, path, progress=False)
     calls = []
-    monkeypatch.setattr(heads_mod, "extract_features", lambda *a, **k: calls.append(1) or [])
-    again = heads_mod.cached_features(target, seqs, 32, path, progress=False)
+    monkeypatch.setattr(features_mod, "extract_features", lambda *a, **k: calls.append(1) or [])
+    again = features_mod.cached_features(target, seqs, 32, path, progress=False)
     assert not calls and [it.ids.tolist() for it in again] == [s[:32] for s, _ in seqs]
     for a, b in zip(made, again):
         assert torch.equal(a.feats, b.feats) and a.start == b.start
     with pytest.raises(DraftsmithError):  # other sequences: made again (here by the stub, which makes none)
-        heads_mod.cached_features(target, seqs[:2], 32, path, progress=False)
+        features_mod.cached_features(target, seqs[:2], 32, path, progress=False)
     assert calls
 
 

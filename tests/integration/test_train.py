@@ -153,7 +153,7 @@ def test_distill_from_a_feature_file_over_a_training_vocabulary(workdir):
     and reused, and the drafter drafts over its vocabulary, still token for token the target's."""
     from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab
     from draftsmith.train.batches import feature_batch
-    from draftsmith.train.heads import HOLDOUT, cached_features, load_sequences, usable
+    from draftsmith.train.features import HOLDOUT, cached_features, load_sequences, usable
     from draftsmith.train.trainer import SelectedLogits, subset_logits
 
     target, sharegpt = _chat_target(workdir), str(workdir / "sharegpt.json")

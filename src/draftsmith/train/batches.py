@@ -66,7 +66,7 @@ def rollout_batch(rows: list[dict], pad_id: int, max_len: int) -> Batch:
 
 
 def feature_batch(items: list, pad_id: int) -> Batch:
-    """Feature-file items (train/heads.Item: ids [L], the target's feats [L, H], answer start) as
+    """Feature-file items (train/features.Item: ids [L], the target's feats [L, H], answer start) as
     a right-padded batch whose loss covers the answer tokens, with the target's hidden state at
     each loss position (position t predicts ids[t + 1], and feats[t] gives the target's p there)."""
     batch = rollout_batch([{"prompt_ids": it.ids[: it.start].tolist(), "response_ids": it.ids[it.start:].tolist()}

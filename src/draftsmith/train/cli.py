@@ -165,7 +165,8 @@ def cmd_distill(args) -> int:
 
 
 def cmd_heads(args) -> int:
-    from .heads import HeadsTrainConfig, load_sequences, train_heads
+    from .features import load_sequences
+    from .heads import HeadsTrainConfig, train_heads
 
     cfg = HeadsTrainConfig(kind=args.kind, out=args.out, steps=args.steps, num_heads=args.num_heads,
                            num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,

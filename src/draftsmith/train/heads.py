@@ -7,7 +7,7 @@
    ShareGPT first turn in the chat template with ShareGPT's answer (the fixed-data recipe of
    EAGLE and Medusa; the labels are still the target's). Features are made on the fly, so the
    data can be larger than memory, or (`features`: a file) made once for all training sequences
-   and read back by every epoch and by later runs. The target's distribution at every position
+   and read back by every epoch and by later runs (features.py). The target's distribution at every position
    is then free: p_m = softmax(lm_head(feats[m-1])), one LM-head pass, not a target pass.
    Training vocabulary (`train_vocab` N > 0, FR-Spec / EAGLE-3): heads draft over the N most
    frequent answer tokens (drafters/heads/vocab.py), so they also train over them: q and p are the
@@ -38,7 +38,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -53,19 +52,12 @@ from ..drafters.heads.modules import KINDS, HeadsConfig, MedusaHeads, build_head
 from ..drafters.heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
 from ..data.sharegpt import is_sharegpt
-
-
-HOLDOUT = 16  # sequences kept aside for the final evaluation (train distill --features holds out the same)
+from .features import HOLDOUT, Item, cached_features, extract_features, usable
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The order in which an epoch visits n training sequences: a permutation seeded by (seed, epoch)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1009 + epoch)).tolist()
-
-
-def usable(sequences: list[tuple[list[int], int]], max_len: int) -> list[tuple[list[int], int]]:
-    """(ids, answer start) cut to `max_len`, keeping those with at least 3 answer tokens left."""
-    return [(ids[:max_len], start) for ids, start in sequences if len(ids[:max_len]) - start >= 3]
 
 
 @dataclass
@@ -105,81 +97,6 @@ class HeadsTrainConfig:
                                   "--unroll-weight >= 0")
         if self.num_layers < 0 or self.adversarial < 0 or self.train_vocab < 0:
             raise DraftsmithError("--num-layers, --adversarial and --train-vocab must be >= 0")
-
-
-class Item(NamedTuple):
-    """One training sequence with the target's view of it."""
-
-    ids: torch.Tensor    # [L]
-    feats: torch.Tensor  # [L, H] the target's last hidden states
-    start: int           # first answer token
-    top: torch.Tensor | None = None  # [L] the target's argmax over the whole vocabulary after each position
-
-
-@torch.inference_mode()
-def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int, *,
-                     top: bool = False, progress: bool = False, batch_tokens: int = 8192) -> list[Item]:
-    """(ids, answer start) per sequence -> Items, in order (`top`: with the target's argmax over
-    the whole vocabulary, one more LM-head pass). Sequences with fewer than 3 answer tokens after
-    truncation to `max_len` are dropped. The target runs on right-padded batches of at most
-    `batch_tokens` (padded) tokens, of sequences of similar lengths."""
-    from tqdm import tqdm
-
-    kept = usable(sequences, max_len)
-    by_length = sorted(range(len(kept)), key=lambda k: len(kept[k][0]))
-    lm_head = target.model.get_output_embeddings()
-    out: dict[int, Item] = {}
-    bar = tqdm(total=len(kept), desc="target features", disable=not progress)
-    i = 0
-    while i < len(by_length):
-        j = i + 1  # lengths ascend, so the last sequence taken is the longest
-        while j < len(by_length) and len(kept[by_length[j]][0]) * (j - i + 1) <= batch_tokens:
-            j += 1
-        chunk = by_length[i:j]
-        longest = len(kept[chunk[-1]][0])
-        ids = torch.zeros((len(chunk), longest), dtype=torch.long)  # [B, T], right-padded with token 0
-        for row, k in enumerate(chunk):
-            ids[row, : len(kept[k][0])] = torch.tensor(kept[k][0])
-        hidden = target.model(input_ids=ids.to(target.device), output_hidden_states=True,
-                              logits_to_keep=1).hidden_states[-1]  # [B, T, H]
-        for row, k in enumerate(chunk):
-            h = hidden[row, : len(kept[k][0])]  # [L, H]
-            out[k] = Item(ids[row, : len(h)].clone(), h.to("cpu"), kept[k][1],
-                          lm_head(h).argmax(-1).to("cpu") if top else None)
-        bar.update(len(chunk))
-        i = j
-    bar.close()
-    return [out[k] for k in range(len(kept))]
-
-
-def cached_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int, path: str,
-                    progress: bool = True) -> list[Item]:
-    """The target's features of `sequences` (each with at least 3 answer tokens), made once and
-    kept in `path` (bf16 or the target's dtype: H x 2 bytes a token) for later epochs and later
-    runs: another head kind, other settings. A file made from other sequences, another target
-    or another `max_len` is made again."""
-    import zlib
-
-    digest = zlib.crc32(json.dumps([[ids[:max_len], start] for ids, start in sequences]).encode())
-    meta = {"target": target.name, "max_len": max_len, "sequences": len(sequences), "crc32": digest}
-    file = Path(path)
-    if file.is_file():
-        saved = torch.load(file, weights_only=True)
-        if saved.get("meta") == meta:
-            return [Item(i, f, int(s)) for i, f, s in zip(saved["ids"], saved["feats"], saved["start"].tolist())]
-    items = []
-    for b in range(0, len(sequences), 256):  # in slices, so that the bar moves
-        items += extract_features(target, sequences[b:b + 256], max_len)
-        if progress:
-            print(f"target features: {len(items)}/{len(sequences)} sequences", flush=True)
-    if len(items) != len(sequences):
-        raise DraftsmithError("cached_features: every sequence needs at least 3 answer tokens after truncation")
-    file.parent.mkdir(parents=True, exist_ok=True)
-    part = file.with_name(file.name + ".part")  # written whole, then renamed: a reader never sees half a file
-    torch.save({"meta": meta, "ids": [it.ids for it in items], "feats": [it.feats for it in items],
-                "start": torch.tensor([it.start for it in items])}, part)
-    part.replace(file)
-    return items
 
 
 def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
@@ -519,11 +436,3 @@ def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
              f" ({metrics['tokens']} tokens)", "",
              "Use: `build_drafter(\"" + cfg.kind + "\", heads=\"THIS_FOLDER\")`."]
     (out / "README.md").write_text("\n".join(lines) + "\n")
-
-
-def load_sequences(target: CausalLM, data: str, *, limit: int | None = None) -> list[tuple[list[int], int]]:
-    """Training sequences (ids, answer start) from `data` (rollouts.training_rows: rollouts, or
-    ShareGPT first turns)."""
-    from .rollouts import training_rows
-
-    return [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in training_rows(target, data, limit=limit)]

@@ -153,7 +153,7 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
     `data`, `limit` and `max_len`, and either run reuses it). Batches take whole sequences until
     they hold `cfg.batch_size` x 256 answer tokens. No on-policy batches or AdaSPEC here (both
     need the target's p on tokens the file does not hold)."""
-    from .heads import HOLDOUT, cached_features, load_sequences, usable
+    from .features import HOLDOUT, cached_features, load_sequences, usable
 
     if cfg.on_policy or cfg.adaspec_ref:
         raise DraftsmithError("distill --features: on-policy batches and AdaSPEC need a target forward per step; "
