@@ -81,6 +81,11 @@ class StepCost:
         return a + c * (width - 1)
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def calibrate(model, config, batches: Iterable[int] = (1, 2, 4, 8, 16), widths: Iterable[int] = range(1, 10),
               context: int = 256, repeats: int = 3) -> StepCost:
     """Time the batched verification forward itself: B rows of `width` new tokens over a
@@ -97,9 +102,11 @@ def calibrate(model, config, batches: Iterable[int] = (1, 2, 4, 8, 16), widths: 
                 mask = torch.zeros(B, 1, w, context + w, dtype=dtype, device=device)
                 times = []
                 for _ in range(repeats + 1):  # the first is a warm-up
+                    synchronize(device)
                     t0 = time.perf_counter()
                     model(input_ids=torch.zeros(B, w, dtype=torch.long, device=device), attention_mask=mask,
                           past_key_values=cache, use_cache=True)
+                    synchronize(device)  # a GPU runs asynchronously: time the work, not its launch
                     times.append(time.perf_counter() - t0)
                     remove_last(cache, w)
                 times = sorted(times[1:])
