@@ -30,7 +30,7 @@ from ..drafters.base import DraftContext, DrafterBase
 from ..errors import DraftsmithError
 from ..policy import SmartSpec, row_policy
 from ..types import Draft, RunStats, SamplingParams, VerifyResult
-from ..verify import build_verifier, default_verifier
+from ..verify import VerifierBase, build_verifier, default_verifier
 from .checks import check_draft, check_result
 from .rows import Row, TextTracker, check_length
 
@@ -72,7 +72,8 @@ class Loop:
         drafter = self.drafter.fork()
         row = Row(list(prompt_ids), len(prompt_ids), params, generator, drafter, rule, row_policy(drafter),
                   TextTracker(target, params.stop), set() if params.ignore_eos else target.eos_token_ids,
-                  stats=RunStats(lossless=bool(rule.lossless)), start_time=start)
+                  stats=RunStats(lossless=rule.lossless_for(params) if isinstance(rule, VerifierBase) else bool(rule.lossless)),
+                  start_time=start)
         need = drafter.needs_hidden_states
         cache, ids, dev = new_cache(), row.ids, target.device
         features = torch.zeros(1, 0, target.config.hidden_size, dtype=target.dtype, device=dev) if need else None

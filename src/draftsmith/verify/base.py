@@ -51,6 +51,10 @@ class VerifierBase:
     lossless: ClassVar[bool] = True
     trees: ClassVar[bool] = True
 
+    def lossless_for(self, params: SamplingParams) -> bool:
+        """Whether this rule keeps the target's distribution under these sampling parameters."""
+        return bool(self.lossless)
+
     def verify(self, draft: Draft, target_logits: torch.Tensor, params: SamplingParams,
                generator: torch.Generator | None = None) -> list[VerifyResult]:
         B = draft.token_ids.shape[0]

@@ -16,6 +16,10 @@ class GreedyVerifier(VerifierBase):
     name: ClassVar[str] = "greedy"
     lossless: ClassVar[bool] = True  # at temperature 0: the target's own argmax, token for token
 
+    def lossless_for(self, params: SamplingParams) -> bool:
+        """Sampling parameters asking for samples make greedy verification argmax decoding: lossy."""
+        return bool(self.lossless) and params.greedy
+
     def verify_row(
         self,
         draft: Draft,  # token_ids [1, N]
