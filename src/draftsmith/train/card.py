@@ -1,9 +1,20 @@
-"""A model card (README.md) for a trained drafter: what it is, how it was trained, how to use it."""
+"""Model cards (README.md) for what training makes, a drafter (`write_card`) or draft heads
+(`write_heads_card`): what it is, how it was trained, how to use it. Every card is written by
+`write_readme`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..data.sharegpt import is_sharegpt
+
+
+def write_readme(out: Path, lines: list[str]) -> Path:
+    """Write a card's lines as `out`/README.md (one line each, ending in a newline)."""
+    path = Path(out) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def lineage(folder: str | Path) -> list[str]:
@@ -74,9 +85,41 @@ def write_card(out: Path, target, model, record: dict, results: str | None = Non
         h = extra["held_out"]
         lines.append(f"- held-out sequences ({h['tokens']} tokens): top-1 agreement {h['top1_agreement']}, "
                      f"TVD(p, q) {h['tvd']} (one sampled draft token is accepted with probability 1 - TVD)")
-    lines += ["", "Never trained on any evaluation set (Spec-Bench, MT-bench, HumanEval, GSM8K).", ""]
+    lines += ["", "Never trained on any evaluation set (Spec-Bench, MT-bench, HumanEval, GSM8K)."]
     if results:
-        lines += ["## Measured", "", results, ""]
-    path = out / "README.md"
-    path.write_text("\n".join(lines))
-    return path
+        lines += ["", "## Measured", "", results]
+    return write_readme(out, lines)
+
+
+CARD_ARCHITECTURE = {
+    "medusa": "- heads: {heads}, residual blocks per head: {layers}",
+    "hydra": "- heads: {heads}, residual blocks per head: {layers}",
+    "eagle": "- one Llama decoder layer on [feature; next-token embedding] (EAGLE-style)",
+    "amphista": "- heads: {heads}, residual blocks per head: {layers}, then one bi-directional decoder layer over the "
+                "heads (Amphista)",
+    "koala": "- heads: {heads}, decoder blocks per head: {layers} (KOALA on Hydra)",
+}
+
+
+def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
+    """The card of draft heads (`cfg`: their HeadsConfig, with `training` filled in)."""
+    t = cfg.training
+    lines = [f"# {cfg.kind} draft heads for {cfg.target}", "",
+             f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen, on "
+             + (f"ShareGPT first turns (`{t['data']}`; ShareGPT's answers, the target's soft labels)."
+                if is_sharegpt(str(t.get("data", "")))
+                else "the target's own answers (self-distillation)."), "",
+             CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
+             f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
+             f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
+             + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")
+             + (f", draft steps trained: {t.get('unroll', 1)}" if cfg.kind == "eagle" else ""),
+             f"- training sequences: {t.get('sequences')}, answer tokens seen: {t.get('answer_tokens_seen')}", "",
+             ("## Held-out top-1 agreement with the target's argmax, per draft step (step u drafts from the head's "
+              "own u-1 newest features)" if cfg.kind == "eagle" else
+              "## Held-out top-1 agreement with the target's argmax, per head"), "",
+             " | ".join(f"{'step' if cfg.kind == 'eagle' else 'head'} {i + (cfg.kind == 'eagle')}: {a:.3f}"
+                        for i, a in enumerate(metrics["top1_agreement"])) +
+             f" ({metrics['tokens']} tokens)", "",
+             "Use: `build_drafter(\"" + cfg.kind + "\", heads=\"THIS_FOLDER\")`."]
+    return write_readme(out, lines)

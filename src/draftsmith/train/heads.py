@@ -38,7 +38,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,8 +50,9 @@ from ..errors import DraftsmithError
 from ..drafters.heads.modules import KINDS, HeadsConfig, MedusaHeads, build_heads, load_heads, save_heads
 from ..drafters.heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
-from ..data.sharegpt import is_sharegpt
+from .card import write_heads_card
 from .features import HOLDOUT, Item, cached_features, extract_features, usable
+from .trainer import lr_at
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -257,13 +257,6 @@ class HeadsLoss:
         return total, n_tok, stats, adv
 
 
-def _lr(step: int, cfg: HeadsTrainConfig) -> float:
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm)))
-
-
 def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: HeadsTrainConfig, *,
                 progress: bool = True) -> Path:
     """Train heads on (ids, answer start) sequences, the target's features made step by step;
@@ -329,7 +322,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
     while step < cfg.steps:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg)
+            g["lr"] = lr_at(step, cfg, floor=0.0)
         picked, answer_tokens = [], 0  # whole sequences until the step has batch_tokens answer tokens
         while answer_tokens < cfg.batch_tokens:
             k = pick(cursor)
@@ -387,7 +380,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     module.cfg.training = {**asdict(cfg), "sequences": len(train), "answer_tokens_seen": seen, "held_out": metrics}
     save_heads(module, out)
     save_vocab(out, vocab)
-    write_card(out, module.cfg, metrics)
+    write_heads_card(out, module.cfg, metrics)
     return out
 
 
@@ -403,36 +396,3 @@ def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
     loss_fn.cfg.noise, loss_fn.disc, loss_fn.passes = saved, disc, passes
     return {"top1_agreement": [round(a, 4) for a in (stats[:, 0] / stats[:, 1].clamp(min=1)).tolist() if a > 0],
             "tokens": int(stats[0, 1])}
-
-
-CARD_ARCHITECTURE = {
-    "medusa": "- heads: {heads}, residual blocks per head: {layers}",
-    "hydra": "- heads: {heads}, residual blocks per head: {layers}",
-    "eagle": "- one Llama decoder layer on [feature; next-token embedding] (EAGLE-style)",
-    "amphista": "- heads: {heads}, residual blocks per head: {layers}, then one bi-directional decoder layer over the "
-                "heads (Amphista)",
-    "koala": "- heads: {heads}, decoder blocks per head: {layers} (KOALA on Hydra)",
-}
-
-
-def write_card(out: Path, cfg: HeadsConfig, metrics: dict) -> None:
-    t = cfg.training
-    lines = [f"# {cfg.kind} draft heads for {cfg.target}", "",
-             f"Trained by `draftsmith train heads --kind {cfg.kind}` with the target frozen, on "
-             + (f"ShareGPT first turns (`{t['data']}`; ShareGPT's answers, the target's soft labels)."
-                if is_sharegpt(str(t.get("data", "")))
-                else "the target's own answers (self-distillation)."), "",
-             CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
-             f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
-             f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
-             + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")
-             + (f", draft steps trained: {t.get('unroll', 1)}" if cfg.kind == "eagle" else ""),
-             f"- training sequences: {t.get('sequences')}, answer tokens seen: {t.get('answer_tokens_seen')}", "",
-             ("## Held-out top-1 agreement with the target's argmax, per draft step (step u drafts from the head's "
-              "own u-1 newest features)" if cfg.kind == "eagle" else
-              "## Held-out top-1 agreement with the target's argmax, per head"), "",
-             " | ".join(f"{'step' if cfg.kind == 'eagle' else 'head'} {i + (cfg.kind == 'eagle')}: {a:.3f}"
-                        for i, a in enumerate(metrics["top1_agreement"])) +
-             f" ({metrics['tokens']} tokens)", "",
-             "Use: `build_drafter(\"" + cfg.kind + "\", heads=\"THIS_FOLDER\")`."]
-    (out / "README.md").write_text("\n".join(lines) + "\n")

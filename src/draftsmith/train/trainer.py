@@ -112,12 +112,16 @@ def _fresh_window() -> dict:
     return {"loss": 0.0, "tokens": 0, "agree": 0.0, "tvd": 0.0, "n": 0, "t0": time.perf_counter()}
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg, floor: float = 0.1) -> float:
+    """The learning rate of every training loop (drafter stages and draft heads): a linear warm-up
+    over the first `cfg.warmup` fraction of `cfg.steps`, then a cosine from `cfg.lr` down to
+    `floor` x `cfg.lr` (drafter stages: 10%; draft heads: 0). `cfg`: any config with `steps`,
+    `lr` and `warmup`."""
     warm = max(1, int(cfg.warmup * cfg.steps))
     if step < warm:
         return cfg.lr * (step + 1) / warm
     progress = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10%
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfig, *,
