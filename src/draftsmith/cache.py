@@ -9,11 +9,22 @@ padding never shifts positions (RoPE is applied when a key is written).
 
 A step feeds each row its last committed token (the root) and its draft: q = 1 + N_max slots
 per row, each query seeing its row's valid slots, the root and its own ancestors in the draft
-(tree.py), and, on sliding-window layers, only keys less than `sliding_window` positions back.
+(tree.py), and, on sliding-window layers, only keys less than `sliding_window` positions back
+(query position - key position < window, transformers' `sliding_window_overlay`; a key's
+position is its count of valid slots before it, not its slot, since rows hold holes). The model
+gets these as {"full_attention": mask, "sliding_attention": mask}, which Gemma 3's forward takes
+as they are. A model that builds its own masks over a `new_cache()` (a draft model's
+`CausalLM.forward`, mask None) gets the same window: with full layers transformers sizes both
+masks to the whole cache and windows by slot, which is position in a cache without holes
+(tests/integration/test_sliding_window.py: plain decoding against Hugging Face `generate`, every
+drafter, one row and batched, against plain decoding).
+
 After verification `commit` keeps, per row, the root and the accepted nodes:
 
     one row   the fast path: the cache is cut in place (a chain: crop; a tree: keep the path),
-              every slot stays valid, and chains run with no mask at all (plain causal attention)
+              every slot stays valid, and chains run with no mask at all (plain causal attention),
+              except on a model with a sliding window: there the chain gets the dict of both masks
+              (`_causal_or_none`), built as for a tree
     B rows    the kept slots become valid, the rest stay as holes; `compact` moves valid slots
               to the front when holes pile up
 
