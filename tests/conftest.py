@@ -1,6 +1,12 @@
-"""Tiny random models built from a config: seconds, no downloads."""
+"""Tiny random models built from a config: seconds, no downloads.
+
+`pytest --device cuda` (or DRAFTSMITH_TEST_DEVICE=cuda) builds every tiny model on that device,
+so the whole tiny-model suite runs on a GPU; the default is cpu. Asking for a device this machine
+lacks stops the run at once with a clear message."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -12,13 +18,51 @@ from draftsmith import CausalLM, DrafterBase
 # 64-wide matmul twentyfold.
 torch.set_num_threads(1)
 
+DEVICE = torch.device(os.environ.get("DRAFTSMITH_TEST_DEVICE") or "cpu")  # set by --device (pytest_configure)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=None,
+                     help="device for the tiny test models: cpu (default), cuda, cuda:N, mps "
+                          "(env DRAFTSMITH_TEST_DEVICE)")
+
+
+def pytest_configure(config):
+    global DEVICE
+    name = config.getoption("--device") or os.environ.get("DRAFTSMITH_TEST_DEVICE") or "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        pytest.exit(f"--device {name!r}: not a torch device (use cpu, cuda, cuda:N or mps)", returncode=4)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            pytest.exit(f"--device {name!r} asked for, but torch {torch.__version__} sees no CUDA device here",
+                        returncode=4)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            pytest.exit(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", returncode=4)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        pytest.exit(f"--device {name!r} asked for, but MPS is not available here", returncode=4)
+    DEVICE = dev
+
+
+def pytest_report_header(config):
+    return f"draftsmith test device: {DEVICE}"
+
+
+def device() -> torch.device:
+    """The device the tiny models live on (--device)."""
+    return DEVICE
+
+
 ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
 
 
 def tiny_model(arch: str = "llama", vocab: int = 96, seed: int = 0, layers: int = 2, std: float = 0.2,
-               eos: int | None = None, max_len: int = 512) -> CausalLM:
-    """A random causal LM. A large init std spreads the logits, so greedy ties (which would make
-    fp32 chunked-vs-single forwards disagree by rounding) do not occur."""
+               eos: int | None = None, max_len: int = 512, device: str | torch.device | None = None) -> CausalLM:
+    """A random causal LM on the test device (--device; `device` overrides). A large init std
+    spreads the logits, so greedy ties (which would make fp32 chunked-vs-single forwards disagree
+    by rounding) do not occur. The weights are made on the CPU from `seed`, then moved: the same
+    model whatever the device."""
     config_cls, model_cls = ARCHS[arch]
     config = config_cls(
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
@@ -27,7 +71,7 @@ def tiny_model(arch: str = "llama", vocab: int = 96, seed: int = 0, layers: int 
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = model_cls(config).to(torch.float32)
+    model = model_cls(config).to(torch.float32).to(device if device is not None else DEVICE)
     return CausalLM(model, tokenizer=None, name=f"tiny-{arch}-{seed}")
 
 

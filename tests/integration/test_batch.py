@@ -1,6 +1,7 @@
 """Batched speculative decoding: every row's greedy output equals that request run alone (fp32,
 tiny models), with ragged acceptance, rows joining and leaving, cancellation and compaction;
-SmartSpec's choice of draft length as a table."""
+SmartSpec's choice of draft length as a table. The drafters of the matrix are the "batch" recipes
+of tests/recipes.py."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from draftsmith import CausalLM, DrafterBase, SamplingParams, SpeculativeDecoder, build_drafter
 from draftsmith import BatchDecoder
 from tests.conftest import tiny_model
+from tests.recipes import build, recipes
 
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [1, 2], [9, 8, 7, 9, 8, 7, 9, 8], [4]]
 
@@ -16,24 +18,10 @@ def alone(target, prompt, max_new):
     return SpeculativeDecoder(target, "none").generate(prompt, SamplingParams(max_new_tokens=max_new)).token_ids
 
 
-@pytest.mark.parametrize("drafter", ["ngram", "recycling", "lookahead", "draft_model", "draft_model-vocab", "none"])
+@pytest.mark.parametrize("drafter", recipes("batch"))
 def test_every_row_equals_its_request_alone(arch, drafter, tmp_path):
     target = tiny_model(arch)
-    other = tiny_model(arch, seed=1)
-    if drafter == "draft_model-vocab":  # a folder with a draft vocabulary: each row drafts over it
-        from draftsmith.drafters.heads.vocab import save_vocab
-
-        other.model.save_pretrained(tmp_path)
-        save_vocab(tmp_path, list(range(0, target.vocab_size, 3)))
-    make = {
-        "ngram": lambda: build_drafter("ngram", k=4),
-        "recycling": lambda: build_drafter("recycling", topk=4, branching="4-2-1"),
-        "lookahead": lambda: build_drafter("lookahead", window=3, ngram=3, guesses=2),
-        "draft_model": lambda: build_drafter("draft_model", model=CausalLM(other.model), k=3, adaptive=False, confidence=0),
-        "draft_model-vocab": lambda: build_drafter("draft_model", model=str(tmp_path), k=3, adaptive=False, confidence=0),
-        "none": lambda: build_drafter("none"),
-    }[drafter]
-    dec = BatchDecoder(target, make(), k_max=4, smartspec=False)
+    dec = BatchDecoder(target, build(drafter, target, arch, tmp_path), k_max=4, smartspec=False)
     lengths = [40, 25, 33, 12, 28, 20]
     outs = dec.generate(PROMPTS, [SamplingParams(max_new_tokens=n) for n in lengths])
     for prompt, n, out in zip(PROMPTS, lengths, outs):

@@ -1,31 +1,38 @@
 """Sampling is lossless: sequences generated with speculation follow the target's own
 distribution, exactly enumerated on a tiny vocabulary. A verifier that always accepts (the
-negative control) must fail the same test."""
+negative control) must fail the same test.
+
+The drafters are the "sampling" recipes of tests/recipes.py, each with its sampling cases. Most
+run one row at a time (SpeculativeDecoder: the loop's one-row fast path); ngram and the plain
+draft model at T=1 run through the batched loop instead (test_batched_rows_are_lossless: rows of
+different prompt lengths, one group at top-k, rows joining mid-flight), which checks the same
+case at the same sample size for that prompt, so the batched path costs no extra time."""
 
 import itertools
 import math
-import tempfile
-from typing import ClassVar
 
 import pytest
 import torch
 
-from draftsmith import Draft, SamplingParams, SpeculativeDecoder, VerifierBase, VerifyResult, build_drafter
+from draftsmith import BatchDecoder, SamplingParams, SpeculativeDecoder
 from draftsmith.sampling import probs
-from tests.conftest import random_heads, tiny_model
+from tests.conftest import tiny_model
+from tests.recipes import VERIFIER_RECIPES, AlwaysAccept, SampledTree, build, lossy_verifiers, sampling_cases
+
+__all__ = ["AlwaysAccept", "SampledTree", "chi_square_fails", "exact_distribution"]
 
 V, NEW, SAMPLES = 5, 3, 2000
 PROMPT = [1, 2, 3, 1, 2]
 
 
-def exact_distribution(target, params) -> dict[tuple, float]:
-    """P(x1..x3 | prompt) under the target's processed distribution, by enumeration."""
-    seqs = list(itertools.product(range(V), repeat=NEW))
-    ids = torch.tensor([PROMPT + list(s) for s in seqs])  # [V^3, P+3]
+def exact_distribution(target, params, prompt=PROMPT, new=NEW) -> dict[tuple, float]:
+    """P(x1..x_new | prompt) under the target's processed distribution, by enumeration."""
+    seqs = list(itertools.product(range(V), repeat=new))
+    ids = torch.tensor([list(prompt) + list(s) for s in seqs], device=target.device)  # [V^new, P+new]
     with torch.no_grad():
-        logits = target.model(ids).logits[:, len(PROMPT) - 1 : -1]  # [V^3, 3, V]
-    p = probs(logits, params)  # [V^3, 3, V]
-    chosen = p.gather(-1, ids[:, len(PROMPT) :].unsqueeze(-1)).squeeze(-1)  # [V^3, 3]
+        logits = target.model(ids).logits[:, len(prompt) - 1 : -1]  # [V^new, new, V]
+    p = probs(logits, params)  # [V^new, new, V]
+    chosen = p.gather(-1, ids[:, len(prompt) :].unsqueeze(-1)).squeeze(-1)  # [V^new, new]
     return dict(zip(seqs, chosen.prod(-1).tolist()))
 
 
@@ -55,72 +62,6 @@ def sample_counts(decoder, params, n=SAMPLES, seed=0) -> dict[tuple, int]:
     return counts
 
 
-class SampledTree:
-    """Two root children drawn independently from q, each with one child drawn from q."""
-
-    name = "sampled-tree"
-    needs_hidden_states = False
-
-    def __init__(self, draft_lm):
-        self.lm = draft_lm
-
-    def bind(self, target):
-        pass
-
-    def prefill(self, prompt_ids):
-        pass
-
-    def _q(self, ids, params):
-        with torch.no_grad():
-            return probs(self.lm.model(torch.tensor([ids])).logits[0, -1], params)  # [V]
-
-    def propose(self, ctx):
-        if ctx.max_tokens < 2:
-            return Draft.empty()
-        q_root = self._q(ctx.ids, ctx.params)
-        firsts = torch.multinomial(q_root, 2, replacement=True, generator=ctx.generator).tolist()
-        tokens, parents, qs = [], [], []
-        for x in firsts:
-            q_child = self._q(ctx.ids + [x], ctx.params)
-            y = int(torch.multinomial(q_child, 1, generator=ctx.generator))
-            tokens += [x, y]
-            parents += [-1, len(tokens) - 2]
-            qs += [q_root, q_child]
-        order = [0, 2, 1, 3]  # topological order: both root children first
-        remap = {old: new for new, old in enumerate(order)}
-        return Draft(torch.tensor([[tokens[i] for i in order]]),
-                     q=torch.stack([qs[i] for i in order]).unsqueeze(0),
-                     parents=torch.tensor([-1 if parents[i] < 0 else remap[parents[i]] for i in order]))
-
-    def observe(self, result):
-        pass
-
-
-class AlwaysAccept(VerifierBase):
-    """Negative control: keeps every draft token (lossy), then samples the bonus from p."""
-
-    name: ClassVar[str] = "always_accept"
-    lossless: ClassVar[bool] = False
-
-    def verify_row(self, draft: Draft, target_logits, params, generator=None) -> VerifyResult:
-        p = probs(target_logits[:, draft.size], params)  # [1, V]
-        bonus = torch.multinomial(p, 1, generator=generator)  # [1, 1]
-        return VerifyResult(torch.cat([draft.token_ids, bonus], -1), draft.size, draft.size)
-
-
-def _with_vocab(heads: str, ids: list[int]) -> str:
-    from draftsmith.drafters.heads.vocab import save_vocab
-
-    save_vocab(heads, ids)
-    return heads
-
-
-def _folder_with_vocab(lm, ids: list[int]) -> str:
-    folder = tempfile.mkdtemp()
-    lm.model.save_pretrained(folder)
-    return _with_vocab(folder, ids)
-
-
 @pytest.fixture(scope="module")
 def pair():
     target = tiny_model("llama", vocab=V, seed=0, std=0.5)
@@ -134,58 +75,92 @@ CASES = {
     "topp0.8": SamplingParams(temperature=1.0, top_p=0.8, max_new_tokens=NEW, ignore_eos=True),
 }
 
-
-DECODERS = {
-    "draft_model": lambda target, draft: SpeculativeDecoder(
-        target, "draft_model", model=draft, k=3, adaptive=False, confidence=0),
-    # a draft length that depends on the drafter's own confidence keeps the target's law
-    "draft_model-confidence": lambda target, draft: SpeculativeDecoder(
-        target, "draft_model", model=draft, k=3, adaptive=False, confidence=0.5),
-    # a draft model folder with a stored draft vocabulary drafts over it: q is zero outside it
-    "draft_model-vocab": lambda target, draft: SpeculativeDecoder(
-        target, "draft_model", model=_folder_with_vocab(draft, [1, 3]), k=3, adaptive=False, confidence=0),
-    # ngram drafts carry no q (one-hot): acceptance with p(x), residual p without x
-    "ngram": lambda target, draft: SpeculativeDecoder(target, build_drafter("ngram", k=3, max_ngram=2)),
-    # a deterministic tree of distinct siblings: recursive rejection with one-hot q
-    "recycling": lambda target, draft: SpeculativeDecoder(target, build_drafter("recycling", topk=3, branching="3-2-1")),
-    # Jacobi window + n-gram pool (a tree whose pool grows across samples)
-    "lookahead": lambda target, draft: SpeculativeDecoder(target, build_drafter("lookahead", window=3, ngram=2, guesses=3)),
-    # context and session n-gram databases merged into a tree
-    "hierarchy": lambda target, draft: SpeculativeDecoder(target, build_drafter("hierarchy", k=3, max_ngram=2,
-                                                                                max_candidates=3, corpus="none")),
-    # draft heads on the target's hidden states, drafts sampled from the heads' q
-    **{kind: (lambda target, draft, kind=kind: SpeculativeDecoder(target, build_drafter(
-        kind, heads=random_heads(target, kind, tempfile.mkdtemp(), seed=2, scale=0.5))))
-       for kind in ("medusa", "hydra", "eagle", "amphista", "koala")},
-    "eagle-tree": lambda target, draft: SpeculativeDecoder(target, build_drafter(
-        "eagle", heads=random_heads(target, "eagle", tempfile.mkdtemp(), seed=2, scale=0.5), tree_nodes=6, topk=2)),
-    # heads drafting over part of the vocabulary: q is zero outside it
-    "eagle-vocab": lambda target, draft: SpeculativeDecoder(target, build_drafter(
-        "eagle", heads=_with_vocab(random_heads(target, "eagle", tempfile.mkdtemp(), seed=2, scale=0.5), [1, 3]),
-        vocab=2)),
-    # a tree of siblings sampled independently from the drafter's q
-    "sampled-tree": lambda target, draft: SpeculativeDecoder(target, SampledTree(draft)),
-}
+BATCHED = {("ngram-k3", "t1"), ("draft_model-k3", "t1")}  # run by test_batched_rows_are_lossless
 
 
-@pytest.mark.parametrize("decoder, case", [("draft_model", "t1"), ("draft_model", "t0.7-topk3"),
-                                           ("draft_model", "topp0.8"), ("draft_model-confidence", "t1"),
-                                           ("draft_model-vocab", "t0.7-topk3"), ("ngram", "t1"), ("recycling", "t1"), ("lookahead", "t1"),
-                                           ("hierarchy", "t0.7-topk3"), ("medusa", "t1"), ("hydra", "t0.7-topk3"),
-                                           ("eagle", "t1"), ("eagle-tree", "t1"), ("eagle-vocab", "t1"), ("amphista", "t1"),
-                                           ("koala", "t0.7-topk3"), ("sampled-tree", "t1"),
-                                           ("sampled-tree", "t0.7-topk3")])
-def test_sampling_is_lossless(pair, decoder, case):
+@pytest.mark.parametrize("recipe, case", [c for c in sampling_cases() if c not in BATCHED])
+def test_sampling_is_lossless(pair, recipe, case, tmp_path):
     target, drafter_model = pair
     params = CASES[case]
-    dec = DECODERS[decoder](target, drafter_model)
+    dec = SpeculativeDecoder(target, build(recipe, target, "llama", tmp_path, draft=drafter_model))
     failed, stat, bound = chi_square_fails(sample_counts(dec, params), exact_distribution(target, params), SAMPLES)
     assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
 
 
-def test_negative_control_always_accept_fails(pair):
+@pytest.mark.parametrize("verifier", lossy_verifiers())
+def test_negative_control_always_accept_fails(pair, verifier):
     target, drafter_model = pair
     params = CASES["t1"]
-    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0, verifier=AlwaysAccept())
+    decoder = SpeculativeDecoder(target, "draft_model", model=drafter_model, k=3, adaptive=False, confidence=0,
+                                 verifier=VERIFIER_RECIPES[verifier].make())
     failed, stat, bound = chi_square_fails(sample_counts(decoder, params), exact_distribution(target, params), SAMPLES)
     assert failed, f"the lossy control passed: chi-square {stat:.1f} <= {bound:.1f}"
+
+
+# ----- the batched loop ------------------------------------------------------------------------
+# (prompt, case, rows): prompts of different lengths (one token: no prefill forward), one group at
+# top-k; PROMPT's group has the single-row test's sample size (it stands in for that case)
+GROUPS = [
+    (PROMPT, "t1", SAMPLES),
+    ([3], "t1", 400),
+    ([0, 4, 0, 4, 0, 4, 0, 4, 0], "t1", 400),  # repeats: the n-gram table drafts from the start
+    ([4, 3, 2, 1, 4, 3, 2], "t0.7-topk3", 400),
+]
+
+
+def batched_counts(target, drafter, groups, verifier=None, width: int = 48, seed: int = 0):
+    """Every group's rows through one BatchDecoder, rows joining as others finish (about
+    `width` at a time, the groups interleaved so each step mixes prompt lengths and parameters).
+    Returns each group's counts of emitted sequences and the decoder's drafted/accepted totals."""
+    dec = BatchDecoder(target, drafter, verifier=verifier, k_max=3, smartspec=False)
+    jobs = [(g, i) for i in range(max(n for *_, n in groups)) for g, (*_, n) in enumerate(groups) if i < n]
+    counts: list[dict[tuple, int]] = [{} for _ in groups]
+    live, drafted, accepted, j = [], 0, 0, 0
+    while j < len(jobs) or dec.rows:
+        while j < len(jobs) and len(dec.rows) < width:
+            g, i = jobs[j]
+            prompt, case, _ = groups[g]
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
+            live.append((g, dec.add(prompt, CASES[case], gen)))
+            j += 1
+        dec.step()
+        for g, row in [x for x in live if x[1].done]:
+            assert row.error is None, row.error
+            seq = tuple(row.new_ids)
+            assert len(seq) == NEW
+            counts[g][seq] = counts[g].get(seq, 0) + 1
+            drafted, accepted = drafted + row.stats.drafted, accepted + row.stats.accepted
+        live = [x for x in live if not x[1].done]
+    return counts, drafted, accepted
+
+
+def group_failures(target, groups, counts):
+    out = []
+    for (prompt, case, n), c in zip(groups, counts):
+        failed, stat, bound = chi_square_fails(c, exact_distribution(target, CASES[case], prompt), n)
+        out.append((failed, f"prompt {prompt} {case} (n={n}): chi-square {stat:.1f} vs bound {bound:.1f}"))
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["ngram-k3", "draft_model-k3"])
+def test_batched_rows_are_lossless(pair, recipe, tmp_path):
+    """Rows of different prompt lengths sampled together, one group at top-k: each group's
+    emitted tokens follow the target's exact distribution for its own prompt. ngram drafts are
+    deterministic (q one-hot); the draft model's are sampled from q."""
+    target, drafter_model = pair
+    counts, drafted, accepted = batched_counts(target, build(recipe, target, "llama", tmp_path, draft=drafter_model),
+                                               GROUPS)
+    assert drafted > 0 and accepted > 0, "the batch never drafted: the test would not test speculation"
+    fails = group_failures(target, GROUPS, counts)
+    assert not any(f for f, _ in fails), "; ".join(m for f, m in fails if f)
+
+
+@pytest.mark.parametrize("verifier", lossy_verifiers())
+def test_batched_negative_control_fails(pair, verifier, tmp_path):
+    """The same test through the batched loop with a lossy rule (every draft token kept) must fail."""
+    target, drafter_model = pair
+    groups = [(PROMPT, "t1", 600), ([0, 4, 0, 4, 0, 4, 0, 4, 0], "t1", 300)]
+    counts, _, _ = batched_counts(target, build("draft_model-k3", target, "llama", tmp_path, draft=drafter_model),
+                                  groups, verifier=VERIFIER_RECIPES[verifier].make())
+    fails = group_failures(target, groups, counts)
+    assert any(f for f, _ in fails), f"the lossy control passed: {'; '.join(m for _, m in fails)}"

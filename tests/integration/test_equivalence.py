@@ -1,11 +1,13 @@
 """The equivalence matrix: under greedy decoding every drafter's output ids equal the
-autoregressive reference, token for token (tiny random models, fp32)."""
+autoregressive reference, token for token (tiny random models, fp32). The drafters are the
+"greedy" recipes of tests/recipes.py."""
 
 import pytest
 import torch
 
-from draftsmith import CausalLM, SamplingParams, SpeculativeDecoder, build_drafter
+from draftsmith import CausalLM, SamplingParams, SpeculativeDecoder
 from tests.conftest import WrongDrafter, tiny_model
+from tests.recipes import VERIFIER_RECIPES, build, recipes
 
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40))]
 
@@ -14,40 +16,29 @@ def reference(target, prompt, **kw):
     return SpeculativeDecoder(target, "none").generate(prompt, SamplingParams(**kw))
 
 
-def drafters(target, arch):
-    """name -> drafter factory: good, bad and indifferent proposers."""
-    return {
-        "ngram-k1": lambda: build_drafter("ngram", k=1),
-        "ngram-k4": lambda: build_drafter("ngram", k=4, max_ngram=2),
-        "ngram-k8-n4": lambda: build_drafter("ngram", k=8, max_ngram=4, min_ngram=2),
-        "draft_model-self": lambda: build_drafter("draft_model", model=CausalLM(target.model), k=6, adaptive=False, confidence=0),
-        "draft_model-other": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4, adaptive=False, confidence=0),
-        "draft_model-adaptive": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=4),
-        "draft_model-confidence": lambda: build_drafter("draft_model", model=tiny_model(arch, seed=1), k=6,
-                                                        adaptive=False, confidence=0.3),
-        "wrong": lambda: WrongDrafter(target, k=4),
-        "recycling": lambda: build_drafter("recycling"),
-        "recycling-narrow": lambda: build_drafter("recycling", topk=2, branching="2-1-1"),
-        "lookahead": lambda: build_drafter("lookahead"),
-        "lookahead-n2": lambda: build_drafter("lookahead", window=3, ngram=2, guesses=2),
-        "hierarchy": lambda: build_drafter("hierarchy", corpus="none"),
-        "hierarchy-narrow": lambda: build_drafter("hierarchy", k=3, max_ngram=1, max_candidates=1, corpus="none"),
-    }
-
-
-@pytest.mark.parametrize("name", ["ngram-k1", "ngram-k4", "ngram-k8-n4", "draft_model-self", "draft_model-other",
-                                  "draft_model-adaptive", "draft_model-confidence", "wrong",
-                                  "recycling", "recycling-narrow", "lookahead", "lookahead-n2", "hierarchy",
-                                  "hierarchy-narrow"])
-def test_greedy_equals_autoregressive(arch, name):
+@pytest.mark.parametrize("name", recipes("greedy"))
+def test_greedy_equals_autoregressive(arch, name, tmp_path):
     target = tiny_model(arch)
     for prompt in PROMPTS:
         ref = reference(target, prompt, max_new_tokens=48)
-        out = SpeculativeDecoder(target, drafters(target, arch)[name]()).generate(prompt, SamplingParams(max_new_tokens=48))
+        out = SpeculativeDecoder(target, build(name, target, arch, tmp_path)).generate(
+            prompt, SamplingParams(max_new_tokens=48))
         assert out.token_ids == ref.token_ids, f"{name} diverged on prompt {prompt[:5]}..."
         assert out.stats.new_tokens == 48
         assert out.stats.steps <= ref.stats.steps
         assert sum(out.stats.accepted_per_step) + out.stats.steps == out.stats.new_tokens
+
+
+@pytest.mark.parametrize("verifier", [n for n, v in VERIFIER_RECIPES.items() if v.greedy])
+def test_every_greedy_capable_verifier_equals_autoregressive(arch, verifier):
+    """Every registered rule that decides temperature-0 requests, named explicitly, keeps the
+    target's own tokens (a chain drafter and a tree drafter)."""
+    target = tiny_model(arch)
+    for drafter in ("ngram:k=4", "recycling:topk=3,branching=3-2-1"):
+        dec = SpeculativeDecoder(target, drafter, verifier=VERIFIER_RECIPES[verifier].make())
+        for prompt in PROMPTS[:2]:
+            out = dec.generate(prompt, SamplingParams(max_new_tokens=24))
+            assert out.token_ids == reference(target, prompt, max_new_tokens=24).token_ids, (verifier, drafter)
 
 
 def test_always_right_drafter_accepts_everything(arch):
