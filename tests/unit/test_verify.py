@@ -89,3 +89,56 @@ def test_rejection_same_seed_same_result():
     runs = [RejectionVerifier().verify_row(d, logits, SamplingParams(temperature=1.0), torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert runs[0].tokens.tolist() == runs[1].tokens.tolist()
+
+
+# ----- many rows in one call: each row's result is that row's alone ---------------------------
+def _rows(seed: int, B: int = 3, N: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, N + 1, V, generator=g) * 3  # [B, N+1, V]
+    q = torch.randn(B, N, V, generator=g).softmax(-1)  # [B, N, V]
+    ids = torch.multinomial(q.reshape(B * N, V), 1, generator=g).reshape(B, N)  # drawn from q
+    ids[1, :2] = logits[1, :2].argmax(-1)  # row 1 agrees with the target's argmax at first: ragged acceptance
+    ids[2] = logits[2, :N].argmax(-1)
+    return Draft(ids, q=q), logits
+
+
+def _same(a, b):
+    assert a.tokens.tolist() == b.tokens.tolist()
+    assert (a.num_accepted, a.num_drafted, a.path) == (b.num_accepted, b.num_drafted, b.path)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_many_rows_equal_each_row_alone(seed):
+    draft, logits = _rows(seed)
+    results = GreedyVerifier().verify(Draft(draft.token_ids), logits, GREEDY)
+    assert len(results) == 3
+    for b, r in enumerate(results):
+        _same(r, GreedyVerifier().verify(Draft(draft.token_ids[b:b + 1]), logits[b:b + 1], GREEDY)[0])
+    assert results[1].num_accepted >= 2 and results[2].num_accepted == 4  # ragged: rows accept different counts
+
+
+def test_greedy_many_rows_tree():
+    """A tree draft (parents shared by the rows): each row walks its own argmax path."""
+    parents = torch.tensor([-1, -1, 0, 1])
+    ids = torch.tensor([[1, 2, 3, 4], [2, 1, 5, 0], [0, 3, 1, 1]])
+    logits = torch.cat([argmax_logits(a, V) for a in ([1, 3, 0, 5, 0], [2, 0, 0, 5, 5], [4, 0, 0, 0, 0])])
+    results = GreedyVerifier().verify(Draft(ids, parents=parents), logits, GREEDY)
+    assert [r.path for r in results] == [[0, 2], [0], []]
+    for b, r in enumerate(results):
+        _same(r, GreedyVerifier().verify_row(Draft(ids[b:b + 1], parents=parents), logits[b:b + 1], GREEDY))
+
+
+@pytest.mark.parametrize("q_given", [False, True])
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0), SamplingParams(temperature=0.8, top_k=3)])
+def test_rejection_many_rows_equal_each_row_alone(q_given, params):
+    """With the generator in the same state, B rows in one call draw what B calls, one row
+    each, draw in turn (the rule consumes the generator row by row)."""
+    draft, logits = _rows(3)
+    if not q_given:
+        draft = Draft(draft.token_ids)
+    results = RejectionVerifier().verify(draft, logits, params, torch.Generator().manual_seed(11))
+    assert len(results) == 3
+    g = torch.Generator().manual_seed(11)
+    for b, r in enumerate(results):
+        _same(r, RejectionVerifier().verify(draft.row(b), logits[b:b + 1], params, g)[0])
+        assert r.tokens.shape == (1, r.num_accepted + 1) and r.num_drafted == 4
