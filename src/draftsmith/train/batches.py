@@ -22,6 +22,13 @@ class Batch:
     def tokens(self) -> int:
         return int(self.loss_mask.sum())
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch with its tensors on `device` (itself when they are there already)."""
+        if self.ids.device == torch.device(device):
+            return self
+        return Batch(self.ids.to(device), self.attention.to(device), self.loss_mask.to(device), self.prompts,
+                     None if self.target_hidden is None else self.target_hidden.to(device))
+
 
 def pack_texts(token_lists: Iterable[list[int]], seq_len: int, max_tokens: int) -> torch.Tensor:
     """Concatenate documents (each already ending in EOS) and cut into rows of seq_len + 1

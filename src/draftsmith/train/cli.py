@@ -8,6 +8,13 @@ import json
 
 from ..errors import DraftsmithError
 
+DEVICE_HELP = ("where the target runs and training happens: cpu (default), cuda, cuda:N or mps "
+               "(an unavailable device is an error)")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+
 
 def _common(p: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) -> None:
     from ..catalog import DEFAULT_MODEL
@@ -18,6 +25,7 @@ def _common(p: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) ->
     p.add_argument("--batch-size", type=int, default=batch, help="sequences per step per process")
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
+    _device(p)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--no-bf16", action="store_true", help="train the drafter's forward in fp32")
@@ -44,6 +52,7 @@ def add_train_parser(sub) -> None:
     d.add_argument("--temperature", type=float, default=0.8)
     d.add_argument("--top-p", type=float, default=1.0)
     d.add_argument("--seed", type=int, default=0)
+    _device(d)
     d.set_defaults(func=cmd_data)
 
     p = stages.add_parser("pretrain", help="a new drafter, next-token loss on chat-formatted ShareGPT")
@@ -104,6 +113,7 @@ def add_train_parser(sub) -> None:
     h.add_argument("--train-vocab", type=int, default=8192,
                    help="train over the N most frequent answer tokens, the heads' draft vocabulary (0 = all)")
     h.add_argument("--seed", type=int, default=0)
+    _device(h)
     h.add_argument("--save-every", type=int, default=100)
     h.set_defaults(func=cmd_heads)
 
@@ -121,10 +131,10 @@ def _config(args, stage: str, loss: str):
     return cfg
 
 
-def _target(name: str):
+def _target(name: str, device: str = "cpu"):
     from ..target import load_target
 
-    return load_target(name, dtype="bfloat16")
+    return load_target(name, dtype="bfloat16", device=device)
 
 
 def cmd_data(args) -> int:
@@ -133,7 +143,7 @@ def cmd_data(args) -> int:
 
     if args.limit < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         raise DraftsmithError("--limit, --batch-size and --max-new-tokens must be >= 1")
-    target = _target(args.target)
+    target = _target(args.target, args.device)
     instructions = list(sharegpt_instructions(sharegpt_path(args.sharegpt), skip=args.skip, limit=args.limit))
     summary = generate_rollouts(target, instructions, args.out, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
@@ -146,7 +156,7 @@ def cmd_pretrain(args) -> int:
     from .pipeline import pretrain
 
     cfg = _config(args, "pretrain", "ce")
-    out = pretrain(_target(args.target), cfg, sharegpt=args.sharegpt, seq_len=args.seq_len, layers=args.layers,
+    out = pretrain(_target(args.target, args.device), cfg, sharegpt=args.sharegpt, seq_len=args.seq_len, layers=args.layers,
                    hidden=args.hidden, init=args.init)
     print(out)
     return 0
@@ -158,7 +168,7 @@ def cmd_distill(args) -> int:
     cfg = _config(args, "distill", args.loss)
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")
-    out = distill(_target(args.target), args.drafter, args.data, cfg, max_len=args.max_len, features=args.features,
+    out = distill(_target(args.target, args.device), args.drafter, args.data, cfg, max_len=args.max_len, features=args.features,
                   limit=args.limit)
     print(out)
     return 0
@@ -177,6 +187,6 @@ def cmd_heads(args) -> int:
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")
-    target = _target(args.target)
+    target = _target(args.target, args.device)
     print(train_heads(target, load_sequences(target, args.data, limit=args.limit), cfg))
     return 0

@@ -172,8 +172,8 @@ class HeadsLoss:
         self.passes = cfg.unroll  # EAGLE draft steps run per sequence (evaluation may run more than are trained)
         self.index_of = None  # token id -> its index in the training vocabulary, -1 outside it
         if vocab_ids is not None:
-            self.index_of = torch.full((embed.weight.shape[0],), -1, dtype=torch.long)
-            self.index_of[vocab_ids] = torch.arange(len(vocab_ids))
+            self.index_of = torch.full((embed.weight.shape[0],), -1, dtype=torch.long, device=vocab_ids.device)
+            self.index_of[vocab_ids] = torch.arange(len(vocab_ids), device=vocab_ids.device)
 
     def _labels(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens if self.index_of is None else self.index_of[tokens]
@@ -202,9 +202,9 @@ class HeadsLoss:
         """EAGLE's loss at draft steps 1..`passes` (eagle_passes); steps past `unroll` are only
         counted (evaluation)."""
         L = len(ids)
-        noise = (torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise
+        noise = ((torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise).to(feats.device)
         outs = eagle_passes(self.m, (feats[:-1] + noise[:-1])[None], self.embed(ids[1:])[None].float(), self.passes)
-        j_all = torch.arange(max(start - 2, 0), L - 2)  # f̂_{i+1} predicts token i+2, an answer token
+        j_all = torch.arange(max(start - 2, 0), L - 2, device=ids.device)  # f̂_{i+1} predicts token i+2, an answer token
         stats = torch.zeros(self.m.cfg.num_heads, 2)  # row u-1: draft step u
         total, count, adv = 0.0, 0, Adversarial()
         for u, out in enumerate(outs, start=1):
@@ -228,6 +228,8 @@ class HeadsLoss:
         """One sequence -> (loss sum, tokens, per-head [agree, count], Adversarial (zero without
         a discriminator))."""
         ids, feats, start, top = item
+        device = self.lm_head.weight.device  # items come on the CPU (features.py); the heads train here
+        ids, feats, top = ids.to(device), feats.to(device), None if top is None else top.to(device)
         kind, K, L = self.cfg.kind, self.m.cfg.num_heads, len(ids)
         feats = feats.float()
         lo = max(start - 1, 0)  # the losses read the target's view of answer tokens only
@@ -237,9 +239,9 @@ class HeadsLoss:
             return self._eagle(ids, feats, start, top, p_logits, lo, generator)
         stats = torch.zeros(K, 2)
         total, n_tok, adv = 0.0, 0, Adversarial()
-        t = torch.arange(max(start - 2, 0), L - 2)  # head 0 at t predicts token t+2
+        t = torch.arange(max(start - 2, 0), L - 2, device=device)  # head 0 at t predicts token t+2
         h = feats[t]  # [n, H]
-        prev = self.embed(ids[torch.clamp(t[:, None] + 1 + torch.arange(K), max=L - 1)]).float()  # [n, K, H]
+        prev = self.embed(ids[torch.clamp(t[:, None] + 1 + torch.arange(K, device=device), max=L - 1)]).float()  # [n, K, H]
         parallel = isinstance(self.m, MedusaHeads)  # medusa, amphista: all K heads from h alone
         all_feats = self.m.features(h) if parallel else None  # [n, K, H]
         for i in range(K):
@@ -261,7 +263,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
                 progress: bool = True) -> Path:
     """Train heads on (ids, answer start) sequences, the target's features made step by step;
     write `cfg.out`. Resumes from `cfg.out/checkpoint`. The first `cfg.holdout` sequences are
-    held out for the final evaluation."""
+    held out for the final evaluation. The heads train on the target's device."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -274,7 +276,8 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     # the draft vocabulary: the answers' tokens, most frequent first (drafters/heads/vocab.py); the end of
     # sequence tokens always in it
     vocab = vocab_order(count_tokens(ids[start:] for ids, start in sequences), always=sorted(target.eos_token_ids))
-    vocab_ids = torch.tensor(vocab[: cfg.train_vocab], dtype=torch.long) if cfg.train_vocab else None
+    device = target.device
+    vocab_ids = torch.tensor(vocab[: cfg.train_vocab], dtype=torch.long, device=device) if cfg.train_vocab else None
     lm_head, embed = target.model.get_output_embeddings(), target.model.get_input_embeddings()
     for p in target.model.parameters():
         p.requires_grad_(False)
@@ -287,15 +290,15 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     hcfg = HeadsConfig.for_target(cfg.kind, target.config, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                                   target=target.name)
     torch.manual_seed(cfg.seed)
-    module = build_heads(hcfg).float().train()
+    module = build_heads(hcfg).float().to(device).train()
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
-    disc = Discriminator(hcfg.hidden_size).float().train() if cfg.adversarial > 0 else None
+    disc = Discriminator(hcfg.hidden_size).float().to(device).train() if cfg.adversarial > 0 else None
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.0) if disc is not None else None
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     ckpt = out / "checkpoint" / "state.pt"
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location="cpu")
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["opt"])
         if disc is not None and "disc" in state:
@@ -333,7 +336,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
         items = [stored[k] for k in picked] if stored else extract_features(target, [train[k] for k in picked], cfg.max_len)
         for item in items:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss, n, s, a = loss_fn(item, generator)
             total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
         loss = total / max(tokens, 1)
@@ -349,7 +352,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         step += 1
         bar.update(1)
         window["loss"] += float(loss.detach()) * tokens
-        window["adv"] += torch.stack([gen_loss, disc_loss]).detach().float() * tokens
+        window["adv"] += torch.stack([gen_loss, disc_loss]).detach().float().cpu() * tokens
         window["tokens"] += tokens
         window["stats"] += stats
         if step % cfg.log_every == 0 or step == cfg.steps:

@@ -62,7 +62,10 @@ def tvdpp(target_logits: torch.Tensor, draft_logits: torch.Tensor, tokens: torch
     `generator` when None)."""
     log_q_all = F.log_softmax(draft_logits.float(), -1)  # [N, V]
     if tokens is None:
-        tokens = torch.multinomial(log_q_all.detach().exp(), samples, replacement=True, generator=generator)  # [N, S]
+        q_all = log_q_all.detach().exp()
+        if generator is not None and generator.device != q_all.device:  # a CPU generator, logits on a GPU
+            q_all = q_all.to(generator.device)
+        tokens = torch.multinomial(q_all, samples, replacement=True, generator=generator).to(log_q_all.device)  # [N, S]
     log_p = F.log_softmax(target_logits.float(), -1).gather(-1, tokens)  # [N, S]
     log_q = log_q_all.gather(-1, tokens)  # [N, S]
     reward = (log_p > log_q.detach()).float()  # [N, S]

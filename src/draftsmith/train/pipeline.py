@@ -11,7 +11,8 @@
 Both stages train over the training vocabulary (`cfg.train_vocab`, trainer.py): the N most frequent
 tokens of the stage's data, written beside the drafter as `draft_vocab.safetensors` (the format of
 drafters/heads/vocab.py), which the `draft_model` drafter then drafts over. Distillation keeps the
-vocabulary of the drafter it starts from when that has one.
+vocabulary of the drafter it starts from when that has one. Every stage trains on the target's
+device (`--device`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def pretrain(target: CausalLM, cfg: TrainConfig, *, sharegpt: str | None = None,
 
     cfg.extra.update(stage_data=f"{len(rows) * (seq_len + 1)} tokens of chat-formatted ShareGPT", seq_len=seq_len,
                      init=init, layers=layers, hidden=drafter.config.hidden_size)
-    metrics = train(drafter, get_batch, cfg, vocab_ids=_ids(vocab, cfg), progress=progress)
+    metrics = train(drafter, get_batch, cfg, vocab_ids=_ids(vocab, cfg), progress=progress, device=target.device)
     return save_drafter(drafter, target, cfg, metrics, vocab) if _main_process() else Path(cfg.out)
 
 
@@ -95,7 +96,8 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
     train_rows, eval_rows = rows[held:], rows[:held]
     drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
     vocab = _drafter_vocab(drafter_path, target, [r["response_ids"] for r in train_rows], cfg)
-    reference = load_causal_lm(cfg.adaspec_ref, dtype="bfloat16", progress=progress).model if cfg.adaspec_ref else None
+    reference = (load_causal_lm(cfg.adaspec_ref, dtype="bfloat16", device=target.device, progress=progress).model
+                 if cfg.adaspec_ref else None)
     pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
     rng = random.Random(cfg.seed)
     order = list(range(len(train_rows)))
@@ -115,7 +117,7 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
     what = "ShareGPT first turns with ShareGPT's answers" if is_sharegpt(data) else "target rollouts"
     cfg.extra.update(stage_data=f"{len(train_rows)} {what} ({data})", init_from=str(drafter_path), max_len=max_len)
     metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample,
-                    vocab_ids=_ids(vocab, cfg), progress=progress)
+                    vocab_ids=_ids(vocab, cfg), progress=progress, device=target.device)
     if not _main_process():  # one process writes the folder
         return Path(cfg.out)
     cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(eval_rows[i:i + 8], pad, max_len)
@@ -182,7 +184,8 @@ def distill_from_features(target: CausalLM, drafter_path: str, data: str, cfg: T
 
     cfg.extra.update(stage_data=f"{len(items)} sequences of {data} with the target's features ({features})",
                      init_from=str(drafter_path), max_len=max_len, answer_tokens_per_step=per_step)
-    metrics = train(drafter, get_batch, cfg, target=target.model, vocab_ids=_ids(vocab, cfg), progress=progress)
+    metrics = train(drafter, get_batch, cfg, target=target.model, vocab_ids=_ids(vocab, cfg), progress=progress,
+                    device=target.device)
     if not _main_process():
         return Path(cfg.out)
     held_rows = [{"prompt_ids": ids[:start], "response_ids": ids[start:]} for ids, start in held]
@@ -217,9 +220,13 @@ def evaluate(drafter: torch.nn.Module, target: torch.nn.Module, batches: list[Ba
     drafts (over `vocab_ids` when given, zero elsewhere), p the target's over its whole vocabulary."""
     from .trainer import SelectedLogits
 
+    device = next(drafter.parameters()).device
+    if vocab_ids is not None:
+        vocab_ids = vocab_ids.to(device)
     d, t = SelectedLogits(drafter, vocab_ids).eval(), SelectedLogits(target).eval()
     agree = tvd = n = 0.0
     for b in batches:
+        b = b.to(device)
         select = b.loss_mask.bool()
         q, p = d(b.ids, b.attention, select).float(), t(b.ids, b.attention, select).float()  # [N, V or N_vocab], [N, V]
         if vocab_ids is not None:  # the drafter's logits in the whole vocabulary's layout

@@ -47,6 +47,8 @@ def sample_batch(target: CausalLM, prompts: list[list[int]], params: SamplingPar
     for row, p in enumerate(prompts):
         ids[row, longest - len(p):] = torch.tensor(p)
         mask[row, longest - len(p):] = 1
+    device = target.model.device
+    ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
     cache = DynamicCache(config=target.config)
     eos = target.eos_token_ids
@@ -58,15 +60,16 @@ def sample_batch(target: CausalLM, prompts: list[list[int]], params: SamplingPar
         logits = target.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                               past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # [B, V]
         tokens = sample(probs(logits, params), generator)  # [B]
+        drawn = tokens.tolist()
         for row in torch.nonzero(live).flatten().tolist():
-            t = int(tokens[row])
+            t = drawn[row]
             out[row].append(t)
             if t in eos:
                 live[row], finish[row] = False, "stop"
         if not live.any():
             break
         step_ids = tokens.unsqueeze(-1)  # [B, 1]
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=-1)
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long, device=device)], dim=-1)
         positions = positions[:, -1:] + 1
     return list(zip(out, finish))
 

@@ -3,7 +3,9 @@
 Run as a plain process, or unchanged under `accelerate launch` / `torchrun` (each process takes
 every world-th batch; gradients are averaged by DDP through `accelerate`). Progress on a tqdm
 bar, scalars to TensorBoard (`OUT/runs`), and a checkpoint (`OUT/checkpoint`) every
-`save_every` steps that a rerun with the same command resumes from.
+`save_every` steps that a rerun with the same command resumes from. The drafter trains on
+`device` (`--device`: cpu by default, cuda, cuda:N, mps), where the target already is; batches
+may be made on the CPU.
 
 Stages (the loss per training token):
 - pretrain  next-token cross-entropy on packed text.
@@ -127,19 +129,28 @@ def lr_at(step: int, cfg, floor: float = 0.1) -> float:
 def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfig, *,
           target: nn.Module | None = None, reference: nn.Module | None = None,
           resample: Callable[[nn.Module, Batch, torch.Generator], Batch] | None = None,
-          vocab_ids: torch.Tensor | None = None, progress: bool = True) -> dict:
+          vocab_ids: torch.Tensor | None = None, progress: bool = True, device: str | torch.device = "cpu") -> dict:
     """Train `drafter` in place for cfg.steps optimizer steps. `get_batch(i)` returns the i-th
     batch of the run (the same i always gives the same batch, so a resumed run continues the
-    same sequence). `vocab_ids` [N]: the training vocabulary (None = all). Returns the last
-    logged metrics."""
+    same sequence). `vocab_ids` [N]: the training vocabulary (None = all). `device`: where the
+    drafter trains (cpu, cuda, cuda:N, mps; the target and reference must be there already);
+    batches may come on the CPU. Returns the last logged metrics."""
     from accelerate import Accelerator
     from tqdm import tqdm
+
+    from ..target import resolve_device
 
     cfg.check()
     if cfg.stage == "distill" and target is None:
         raise DraftsmithError("distill needs the target model")
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate takes the current CUDA device
     out = Path(cfg.out)
-    acc = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(out / "runs"))
+    acc = Accelerator(cpu=device.type == "cpu", log_with="tensorboard", project_dir=str(out / "runs"))
+    device = acc.device
+    if vocab_ids is not None:
+        vocab_ids = vocab_ids.to(device)
     cfg.extra["processes"] = acc.num_processes
     model = SelectedLogits(drafter, vocab_ids)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -151,8 +162,8 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
                    # first batch that carries the target's features (other runs never need this copy)
     column = None  # token id -> its column among the training vocabulary's logits (-1: outside)
     if vocab_ids is not None:
-        column = torch.full((int(vocab_ids.max()) + 1,), -1, dtype=torch.long)
-        column[vocab_ids] = torch.arange(len(vocab_ids))
+        column = torch.full((int(vocab_ids.max()) + 1,), -1, dtype=torch.long, device=device)
+        column[vocab_ids] = torch.arange(len(vocab_ids), device=device)
 
     ckpt, start = out / "checkpoint", 0
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
@@ -178,15 +189,16 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
             model.eval()
             batch = resample(acc.unwrap_model(model).lm, batch, generator)
             model.train()
+        batch = batch.to(device)
         select = batch.loss_mask.bool()  # [B, T]
         labels = batch.ids[:, 1:][select[:, :-1]]  # [N] token ids
         if column is not None:  # as columns of the training vocabulary; -1 outside it
             labels = torch.where(labels < len(column), column[labels.clamp(max=len(column) - 1)], -1)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             q_logits = model(batch.ids, batch.attention, select)  # [N, V or N_vocab]
         q_logits = q_logits.float()
         p_logits = None
-        valid = torch.ones(q_logits.shape[0], dtype=torch.bool)  # [N]
+        valid = torch.ones(q_logits.shape[0], dtype=torch.bool, device=device)  # [N]
         if teacher is not None and cfg.stage == "distill":
             with torch.inference_mode():
                 if batch.target_hidden is not None:  # the target's features: its LM head alone gives p
