@@ -26,19 +26,20 @@ PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 def test_forward_shapes(kind):
     target = tiny_model("llama")
     cfg = HeadsConfig.for_target(kind, target.config, num_heads=3)
-    m = build_heads(cfg)
+    m = build_heads(cfg).to(target.device)
+    dev = target.device
     H, V = target.config.hidden_size, target.vocab_size
     lm_head = target.model.get_output_embeddings()
     if kind in ("medusa", "amphista"):
-        assert m(torch.randn(2, 5, H), lm_head).shape == (2, 5, 3, V)
+        assert m(torch.randn(2, 5, H, device=dev), lm_head).shape == (2, 5, 3, V)
     elif kind in ("hydra", "koala"):
-        assert m(torch.randn(2, 5, H), torch.randn(2, 5, 3, H), lm_head).shape == (2, 5, 3, V)
-        assert m.head(1, torch.randn(4, H), torch.randn(4, 2, H)).shape == (4, H)
+        assert m(torch.randn(2, 5, H, device=dev), torch.randn(2, 5, 3, H, device=dev), lm_head).shape == (2, 5, 3, V)
+        assert m.head(1, torch.randn(4, H, device=dev), torch.randn(4, 2, H, device=dev)).shape == (4, H)
     else:
         cache = m.new_cache()
-        out = m(torch.randn(1, 6, H), torch.randn(1, 6, H), torch.arange(6)[None], cache)
+        out = m(torch.randn(1, 6, H, device=dev), torch.randn(1, 6, H, device=dev), torch.arange(6, device=dev)[None], cache)
         assert out.shape == (1, 6, H) and cache.get_seq_length() == 6
-        assert m(torch.randn(1, 1, H), torch.randn(1, 1, H), torch.tensor([[6]]), cache).shape == (1, 1, H)
+        assert m(torch.randn(1, 1, H, device=dev), torch.randn(1, 1, H, device=dev), torch.tensor([[6]], device=dev), cache).shape == (1, 1, H)
 
 
 @pytest.mark.parametrize("kind", ["medusa", "hydra", "amphista", "koala"])
@@ -91,12 +92,12 @@ def test_greedy_equals_autoregressive(arch, variant, tmp_path):
 def test_subset_lm_head_is_the_lm_head_on_its_tokens():
     target = tiny_model("llama")
     lm_head = target.model.get_output_embeddings()
-    ids = torch.tensor([7, 3, 50])
-    x = torch.randn(2, 4, target.config.hidden_size)  # [B, n, H]
+    ids = torch.tensor([7, 3, 50], device=target.device)
+    x = torch.randn(2, 4, target.config.hidden_size, device=target.device)  # [B, n, H]
     full, sub = lm_head(x), SubsetLMHead(lm_head, ids)(x)
     assert sub.shape == full.shape
     torch.testing.assert_close(sub[..., ids], full[..., ids])
-    others = torch.ones(full.shape[-1], dtype=torch.bool)
+    others = torch.ones(full.shape[-1], dtype=torch.bool, device=full.device)
     others[ids] = False
     assert torch.isinf(sub[..., others]).all() and (sub[..., others] < 0).all()
 

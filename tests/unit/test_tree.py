@@ -21,8 +21,8 @@ TREES = {
 def prefilled(target, prompt):
     """The loop's cache (cache.RowsCache) holding prompt[:-1] as its one row."""
     rows, cache = RowsCache(target.config, target.device, target.dtype), new_cache()
-    slots = torch.arange(len(prompt) - 1)
-    target.step(torch.tensor([prompt[:-1]]), slots[None], cache, cache_position=slots)
+    slots = torch.arange(len(prompt) - 1, device=target.device)
+    target.step(torch.tensor([prompt[:-1]], device=target.device), slots[None], cache, cache_position=slots)
     rows.add_row(cache, len(prompt) - 1)
     return rows
 
@@ -44,7 +44,7 @@ def test_tree_forward_equals_each_path_alone(arch, shape):
     for node in range(tree.size):
         path = [int(nodes[0, i]) for i in tree.path_to(node)]
         with torch.no_grad():
-            alone = target.model(torch.tensor([prompt + path])).logits[0, -1]
+            alone = target.model(torch.tensor([prompt + path], device=target.device)).logits[0, -1]
         assert torch.allclose(tree_logits[node + 1], alone, atol=1e-4), f"node {node} of {shape}"
     assert tree.position_ids(4).tolist() == [[4] + [4 + d for d in tree.depth]]
 
@@ -61,7 +61,8 @@ def test_keep_compacts_cache_to_the_accepted_path():
     assert rows.width == rows.cache.get_seq_length() == len(prompt) + len(path)
     after = step(target, rows, 90, torch.zeros(0, dtype=torch.long), None, len(prompt) + len(path) + 1)[0]
     with torch.no_grad():
-        alone = target.model(torch.tensor([prompt + [int(nodes[0, i]) for i in path] + [90]])).logits[0, -1]
+        alone = target.model(torch.tensor([prompt + [int(nodes[0, i]) for i in path] + [90]],
+                                           device=target.device)).logits[0, -1]
     assert torch.allclose(after, alone, atol=1e-4)
 
 
