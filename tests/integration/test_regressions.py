@@ -173,6 +173,10 @@ def test_a_draft_model_with_a_wider_head_drafts_target_ids(tokenizer, temperatur
     assert seen and all(0 <= t < V for t in seen)
     if temperature == 0:
         assert out.token_ids == plain(target, prompt, params)
+        dec = BatchDecoder(target, Spy(model=draft, k=4, adaptive=False, confidence=0), k_max=4, smartspec=False)
+        outs = dec.generate(PROMPTS[:2], params)
+        assert [o.token_ids for o in outs] == [plain(target, p, params) for p in PROMPTS[:2]]
+        assert all(0 <= t < V for t in seen)
 
 
 # ----- item 7: nothing checked a drafter's q ----------------------------------------------------
