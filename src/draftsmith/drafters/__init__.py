@@ -1,7 +1,7 @@
 """Drafters by name. `build_drafter("ngram", k=5)`; register your own with `register`.
 
-A new drafter is one file (a `DrafterBase` subclass with a `name`) and one registration line
-below. Specs are `NAME[:key=value,...]`; a value may be a bracketed list of specs, so specs nest:
+A new drafter is one file (a `DrafterBase` subclass with a `name`, decorated `@register`) and one
+line below importing it (which registers it). Specs are `NAME[:key=value,...]`; a value may be a bracketed list of specs, so specs nest:
 `cascade:drafters=[draft_model:model=X,ngram:k=3]` (the list stays a list of spec strings for
 the drafter to build), or a dict `{"name": ..., **options}` (a YAML/JSON config file's form)."""
 
@@ -11,28 +11,15 @@ import difflib
 import inspect
 
 from ..errors import DraftsmithError
-from .base import DraftContext, Drafter, DrafterBase, NoDrafter, ProtocolDrafter, as_drafter
+from .base import REGISTRY, DraftContext, Drafter, DrafterBase, NoDrafter, ProtocolDrafter, as_drafter, register
+
+# one line per drafter module: importing it registers its drafters (@register)
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
 from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, MedusaDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
-
-REGISTRY: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    """Make a drafter class buildable by its `name`."""
-    if not getattr(cls, "name", None) or not callable(getattr(cls, "propose", None)):
-        raise DraftsmithError(f"{cls!r} is not a drafter: it needs a `name` and a `propose` method")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-for _cls in (NoDrafter, NgramDrafter, DraftModelDrafter, RecyclingDrafter, HierarchyDrafter, LookaheadDrafter,
-             MedusaDrafter, HydraDrafter, EagleDrafter, AmphistaDrafter, KoalaDrafter):
-    register(_cls)
 
 
 def _value(text: str):

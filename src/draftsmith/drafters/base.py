@@ -42,6 +42,17 @@ if TYPE_CHECKING:
     from ..target import CausalLM
 
 
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Make a drafter class buildable by its `name` (a class decorator: `@register`)."""
+    if not getattr(cls, "name", None) or not callable(getattr(cls, "propose", None)):
+        raise DraftsmithError(f"{cls!r} is not a drafter: it needs a `name` and a `propose` method")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
 @dataclass
 class DraftContext:
     """What a drafter may look at when proposing."""
@@ -95,6 +106,7 @@ class DrafterBase:
         """This row left the batch."""
 
 
+@register
 class NoDrafter(DrafterBase):
     """Plain autoregressive decoding: proposes nothing, so every step emits the bonus token
     only. The reference the other drafters are checked against."""

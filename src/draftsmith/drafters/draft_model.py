@@ -17,7 +17,7 @@ from .heads.vocab import SubsetLMHead, load_vocab
 from ..sampling import greedy, probs, sample
 from ..target import CausalLM, load_causal_lm
 from ..types import Draft
-from .base import DraftContext, DrafterBase
+from .base import DraftContext, DrafterBase, register
 
 
 def check_same_vocabulary(target: CausalLM, draft: CausalLM) -> None:
@@ -43,6 +43,7 @@ def _weights_read_per_token(lm: CausalLM) -> int:
     return lm.model.num_parameters() - embed.numel() + (head.numel() if head is embed else 0)
 
 
+@register
 class DraftModelDrafter(DrafterBase):
     name: ClassVar[str] = "draft_model"
 

@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError
-from .base import DraftContext, DrafterBase
+from .base import DraftContext, DrafterBase, register
 from .ngram import earlier_matches
 from .trie import merge_paths
 
@@ -71,6 +71,7 @@ def count_table(docs: Iterable[Sequence[int]], max_ngram: int, k: int, keep: int
     return table
 
 
+@register
 class HierarchyDrafter(DrafterBase):
     name: ClassVar[str] = "hierarchy"
     trees: ClassVar[bool] = True

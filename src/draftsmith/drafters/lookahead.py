@@ -26,10 +26,11 @@ import torch
 from ..errors import DraftsmithError
 from ..sampling import greedy
 from ..types import VerifyResult
-from .base import DraftContext, DrafterBase
+from .base import DraftContext, DrafterBase, register
 from .trie import merge_paths
 
 
+@register
 class LookaheadDrafter(DrafterBase):
     name: ClassVar[str] = "lookahead"
     trees: ClassVar[bool] = True

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import DraftsmithError
 from ..types import Draft
-from .base import DraftContext, DrafterBase
+from .base import DraftContext, DrafterBase, register
 
 
 def earlier_matches(ids: torch.Tensor, n: int) -> list[int]:
@@ -21,6 +21,7 @@ def earlier_matches(ids: torch.Tensor, n: int) -> list[int]:
     return (windows == ids[L - n :]).all(-1).nonzero().flatten().tolist()
 
 
+@register
 class NgramDrafter(DrafterBase):
     name: ClassVar[str] = "ngram"
     trimmable: ClassVar[bool] = True  # a lookup: the full-length draft costs nothing more; no state

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DraftsmithError
 from ..types import Draft, VerifyResult
-from .base import DraftContext, DrafterBase
+from .base import DraftContext, DrafterBase, register
 
 # children per node by depth: a node of sibling rank r at depth d has max(0, B[d] - r) children
 DEFAULT_BRANCHING = (6, 2, 2, 1, 1, 1)  # 23 nodes, depth 6: on this CPU a 59-node tree cost more than it gained
@@ -36,6 +36,7 @@ def template_from_branching(branching) -> list[tuple[int, int]]:
     return nodes
 
 
+@register
 class RecyclingDrafter(DrafterBase):
     name: ClassVar[str] = "recycling"
     trees: ClassVar[bool] = True

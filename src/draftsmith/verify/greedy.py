@@ -9,9 +9,10 @@ import torch
 
 from ..sampling import greedy
 from ..types import Draft, SamplingParams, VerifyResult
-from .base import VerifierBase
+from .base import VerifierBase, register_verifier
 
 
+@register_verifier
 class GreedyVerifier(VerifierBase):
     name: ClassVar[str] = "greedy"
     lossless: ClassVar[bool] = True  # at temperature 0: the target's own argmax, token for token

@@ -18,9 +18,10 @@ import torch
 
 from ..sampling import probs, sample, uniform
 from ..types import Draft, SamplingParams, VerifyResult
-from .base import VerifierBase
+from .base import VerifierBase, register_verifier
 
 
+@register_verifier
 class RejectionVerifier(VerifierBase):
     name: ClassVar[str] = "rejection"
     lossless: ClassVar[bool] = True

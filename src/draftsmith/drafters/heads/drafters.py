@@ -23,7 +23,7 @@ from ...sampling import greedy, probs, sample
 from ...target import CausalLM
 from ...types import Draft, VerifyResult
 from ...cache import remove_last
-from ..base import DraftContext, DrafterBase
+from ..base import DraftContext, DrafterBase, register
 from ..trie import merge_paths
 
 
@@ -117,6 +117,7 @@ class HeadsDrafter(DrafterBase):
         return Draft(torch.tensor([tokens], dtype=torch.long), q=q)
 
 
+@register
 class MedusaDrafter(HeadsDrafter):
     """K independent heads on the newest feature: head i proposes the (i+1)-th token after it.
     A chain of each head's choice, or (tree_nodes > 0) a static-shape tree: the `topk` best
@@ -159,6 +160,7 @@ class MedusaDrafter(HeadsDrafter):
         return merge_paths((p for _, p in ranked), self.tree_nodes, logq.shape[0])
 
 
+@register
 class HydraDrafter(HeadsDrafter):
     """Sequential heads: head i sees the newest feature and the embeddings of the bonus token
     and of the i drafts before it."""
@@ -182,6 +184,7 @@ class HydraDrafter(HeadsDrafter):
         return self._draft(tokens, qs)
 
 
+@register
 class AmphistaDrafter(MedusaDrafter):
     """Amphista heads: Medusa's drafting (a chain, or a tree of each head's top-k), with all K
     heads computed together in one call (their bi-directional block needs every position)."""
@@ -189,12 +192,14 @@ class AmphistaDrafter(MedusaDrafter):
     name: ClassVar[str] = "amphista"
 
 
+@register
 class KoalaDrafter(HydraDrafter):
     """KOALA heads: Hydra's sequential drafting, each head several decoder blocks deep."""
 
     name: ClassVar[str] = "koala"
 
 
+@register
 class EagleDrafter(HeadsDrafter):
     """One decoder layer autoregressing on features. Its KV cache holds the pairs (e_{j+1}, f_j)
     of committed tokens (true features from the target); drafting appends predicted features,
