@@ -54,6 +54,11 @@ def sample(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     generator, logits on a GPU), by inverting the CDF at uniforms drawn from that generator."""
     if generator is None or generator.device == p.device:
         return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+    return inverse_cdf(p, uniform((p.shape[0], 1), generator, p.device))
+
+
+def inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[B, V] probabilities (unnormalised is fine), [B, 1] uniforms in [0, 1) -> [B] token ids: the
+    first token whose cumulative mass exceeds u of the total (a token of zero mass never)."""
     cdf = p.float().cumsum(-1)  # [B, V]
-    u = uniform((p.shape[0], 1), generator, p.device) * cdf[:, -1:]  # [B, 1]
-    return torch.searchsorted(cdf, u, right=True).clamp_max(p.shape[-1] - 1).squeeze(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max(p.shape[-1] - 1).squeeze(-1)

@@ -51,3 +51,17 @@ def test_greedy_picks_the_first_maximum_in_every_precision(dtype, row, want):
     assert greedy(torch.tensor([row, row]).to(dtype)).tolist() == [want, want]
     big = torch.randn(3, 5, 4096, generator=torch.Generator().manual_seed(0)).to(dtype)
     assert torch.equal(greedy(big), big.float().argmax(-1))
+
+
+def test_inverse_cdf_sampling_follows_p_and_skips_zero_mass():
+    """Guards: a CPU generator driving sampling of GPU logits (torch.multinomial refuses a generator
+    on another device) must still draw from p; this is the path sample() takes then."""
+    from draftsmith.sampling import inverse_cdf
+
+    p = torch.tensor([[0.2, 0.0, 0.5, 0.0, 0.3]])
+    u = torch.rand(20000, 1, generator=torch.Generator().manual_seed(0))
+    ids = inverse_cdf(p.expand(20000, -1), u)
+    freq = torch.bincount(ids, minlength=5).float() / 20000
+    assert freq[1] == 0 and freq[3] == 0
+    assert torch.allclose(freq, p[0], atol=0.015)
+    assert inverse_cdf(p, torch.zeros(1, 1)).tolist() == [0] and inverse_cdf(p, torch.full((1, 1), 0.999999)).tolist() == [4]
