@@ -11,8 +11,9 @@
 
 One sequence is a batch of one (`SpeculativeDecoder`), many are a batch (`BatchDecoder`, the
 server): the same code, with a fast path for one row (its cache is cut in place and chains run
-without a mask; cache.py). Plain autoregressive decoding is this loop with a drafter that
-proposes nothing (`NoDrafter`), so the reference and every method share one code path.
+without a mask unless the target has a sliding window; cache.py). Plain autoregressive
+decoding is this loop with a drafter that proposes nothing (`NoDrafter`), so the reference and
+every method share one code path.
 
 A row fails alone: whatever its drafter or verifier raises, or a draft the boundary checks
 refuse (decode/checks.py), ends that row with `row.error` set while the others go on.
