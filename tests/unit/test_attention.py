@@ -64,6 +64,7 @@ def test_whole_model_logits_and_stock_attention(arch):
     mask[..., 10:] = torch.tril(torch.ones(4, 4, dtype=torch.bool))
     mask[1, ..., :3] = False
     pos = torch.arange(10, 14).expand(2, 4)
+    ids, mask, pos = ids.to(model.device), mask.to(model.device), pos.to(model.device)  # pytest --device
 
     def logits():
         from transformers import DynamicCache
