@@ -130,7 +130,8 @@ class ProtocolDrafter(DrafterBase):
         self.needs_hidden_states = bool(getattr(inner, "needs_hidden_states", False))
         self.trimmable = bool(getattr(inner, "trimmable", False))
         self.trees = bool(getattr(inner, "trees", True))
-        self.k = int(getattr(inner, "k", 1 << 20) or 0)
+        k = getattr(inner, "k", None)  # no k: drafts as long as the room allows
+        self.k = 1 << 20 if k is None else int(k)
         self.forked = False
 
     def bind(self, target):
