@@ -22,11 +22,13 @@ bench: install
 	$(VENV)/bin/draftsmith bench --questions $(QUESTIONS) --per-category $(PER_CATEGORY) \
 		--max-new-tokens $(MAX_NEW_TOKENS) --method none --method ngram --out runs/bench
 
+# two worker processes (the tests use one torch thread each); a file stays on one worker, so the
+# real model is fetched once
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs
