@@ -83,8 +83,16 @@ def check_draft(draft, *, vocab: int, cap: int, device: torch.device, trees: boo
         if flags[4]:
             raise DraftError(f"{who}: a draft token has q = 0 under the drafter's own q: it was not drawn from q")
         q = q / mass[..., None]
+    return _cut(_with_tree(ids, q, tree), tree, cap)
+
+
+def _with_tree(ids: torch.Tensor, q: torch.Tensor | None, tree: Tree | None) -> Draft:
+    """A draft whose tree is the one already parsed and checked here (the loop and the verifier
+    read `draft.tree`; without this each would parse the parents again)."""
     draft = Draft(ids, q, None if tree is None else torch.tensor(tree.parents, dtype=torch.long))
-    return _cut(draft, tree, cap)
+    if tree is not None:
+        draft.__dict__["tree"] = tree  # the cached_property's slot
+    return draft
 
 
 def _out_of_range(ids: torch.Tensor, vocab: int) -> list[int]:
@@ -99,9 +107,9 @@ def _cut(draft: Draft, tree: Tree | None, cap: int) -> Draft:
         return draft
     keep = [i for i, d in enumerate(tree.depth) if d <= cap]  # ancestors are shallower: kept too
     index = {old: new for new, old in enumerate(keep)}
-    parents = torch.tensor([index[tree.parents[i]] if tree.parents[i] >= 0 else -1 for i in keep], dtype=torch.long)
+    cut = Tree(tuple(index[tree.parents[i]] if tree.parents[i] >= 0 else -1 for i in keep))
     sel = torch.tensor(keep, device=draft.token_ids.device)
-    return Draft(draft.token_ids[:, sel], None if draft.q is None else draft.q[:, sel], parents)
+    return _with_tree(draft.token_ids[:, sel], None if draft.q is None else draft.q[:, sel], cut)
 
 
 def check_result(result, draft: Draft, vocab: int, who: str):
