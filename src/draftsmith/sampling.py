@@ -34,8 +34,11 @@ def probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         sorted_p = sorted_logits.softmax(-1)
-        # drop a token when the tokens strictly before it already reach top_p
-        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        # drop a token when the tokens strictly before it already reach top_p; the most likely token
+        # always stays (a top_p below float32's smallest number, e.g. 1e-300, compares as 0 and
+        # would drop every token: NaN probabilities)
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p  # [..., V] in sorted order
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(-1)
