@@ -31,6 +31,7 @@ import torch
 from draftsmith import CausalLM, Draft, DrafterBase, VerifierBase, VerifyResult, build_drafter
 from draftsmith.sampling import probs
 from draftsmith.verify import GreedyVerifier, RejectionVerifier
+from draftsmith.verify import BildVerifier, RelaxedVerifier, TypicalVerifier
 from tests.conftest import WrongDrafter, random_heads, tiny_model
 
 
@@ -249,6 +250,11 @@ VERIFIER_RECIPES: dict[str, VerifierRecipe] = {
     "greedy": VerifierRecipe(GreedyVerifier, "greedy", lossless=True, greedy=True, sampling=False),
     "rejection": VerifierRecipe(RejectionVerifier, "rejection", lossless=True, greedy=True, sampling=True),
     "always_accept": VerifierRecipe(AlwaysAccept, None, lossless=False, greedy=False, sampling=True),
+    # lossy rules: at temperature 0 they keep tokens the target would not choose (not in the greedy matrix), and on
+    # the tiny sampling models they come out close to lossless (no negative control); tests/unit/test_lossy_verifiers.py
+    "typical": VerifierRecipe(TypicalVerifier, "typical", lossless=False, greedy=False, sampling=False),
+    "relaxed": VerifierRecipe(RelaxedVerifier, "relaxed", lossless=False, greedy=False, sampling=False),
+    "bild": VerifierRecipe(BildVerifier, "bild", lossless=False, greedy=False, sampling=False),
 }
 
 
