@@ -20,6 +20,7 @@ from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, Me
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
+from .multi import MultiDrafter
 
 
 def _value(text: str):
@@ -102,6 +103,6 @@ def build_drafter(name: str | dict | Drafter = "none", **options) -> DrafterBase
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "HierarchyDrafter",
+__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "HierarchyDrafter",
            "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter",
            "build_drafter", "parse_spec", "register", "REGISTRY"]
