@@ -7,9 +7,11 @@ from .base import AUTO, VERIFIERS, Verifier, VerifierBase, build_verifier, defau
 # one line per rule: importing it registers it (@register_verifier)
 from .greedy import GreedyVerifier
 from .rejection import RejectionVerifier
+from .spectr import SpecTrVerifier
+from .recursive import RecursiveVerifier
 from .typical import TypicalVerifier
 from .relaxed import RelaxedVerifier
 from .bild import BildVerifier
 
-__all__ = ["AUTO", "VERIFIERS", "BildVerifier", "GreedyVerifier", "RejectionVerifier", "RelaxedVerifier", "TypicalVerifier",
-           "Verifier", "VerifierBase", "build_verifier", "default_verifier", "register_verifier"]
+__all__ = ["AUTO", "VERIFIERS", "BildVerifier", "GreedyVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
+           "TypicalVerifier", "Verifier", "VerifierBase", "build_verifier", "default_verifier", "register_verifier"]
