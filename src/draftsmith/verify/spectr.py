@@ -11,13 +11,15 @@ independently from the same q (duplicates allowed). With a constant rho in [1, k
 
 Why it is exact: candidate i is the first accepted and equals y with probability
 (1 - beta)^(i-1) q(y) m(y)/q(y), so P(out = y) = m(y) sum_{i<k} (1 - beta)^i + (1 - beta)^k r(y) / (1 - beta)^k
-= m(y) (1 - (1 - beta)^k) / beta + r(y) = p(y). The residual is a distribution when r >= 0, i.e.
-when c = (1 - (1 - beta)^k) / beta <= rho (then m c <= (p / rho) rho = p). rho = k always works
-(1 - (1 - beta)^k <= k beta); the paper takes the smallest valid rho, the root of
-rho beta(rho) = 1 - (1 - beta(rho))^k (rho beta(rho) = sum min(rho q, p) grows with rho and the
-right side falls, so it is one root in [1, k]), which accepts the most: 1 - (1 - beta)^k. Here it
-is found on two nested grids of 64 points (the first grid point at or above the root, so always
-valid; at most (k - 1) / 63^2 above it). k = 1 gives rho = 1: ordinary speculative sampling.
+= m(y) c + r(y) = p(y), with c = (1 - (1 - beta)^k) / beta. The residual is a distribution when
+r >= 0, i.e. m(y) c <= p(y) for every y. Where m = p / rho that asks c <= rho; where m = q < p / rho
+it asks c <= p / q. So rho is valid when c(rho) <= max(rho, min_{p,q>0} p / q). rho = k always is
+(1 - (1 - beta)^k <= k beta). Acceptance, 1 - (1 - beta(rho))^k, falls as rho grows, so the rule
+takes the smallest valid rho: the paper's root of rho beta(rho) = 1 - (1 - beta(rho))^k (c = rho),
+or rho = 1 when the second case already holds there (q's excess mass sits where p is zero). It is
+found on two nested grids of 64 points in [1, k] (the valid set is [1, rho_1] or [rho_2, k]: the first
+valid grid point, then refined; never below a valid rho by more than (k - 1) / 63^2). k = 1 gives
+rho = 1: ordinary speculative sampling (accept min(1, p / q), residual norm(max(0, p - q))).
 
 Trees: the root's children are the k candidates; the accepted child's own children are the next
 node's candidates (k = 1 down a chain: the drafts "k independent chains from one prefix" of the
@@ -50,17 +52,20 @@ SAME_Q = 1e-5  # siblings' q rows equal up to rounding (they passed the loop's r
 
 def kseq_rho(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
     """The smallest valid rho in [1, k] ([] float64) for target p and drafter q ([V] each, float64):
-    the first grid point with rho beta(rho) >= 1 - (1 - beta(rho))^k. No host sync."""
+    the first grid point where c(rho) = (1 - (1 - beta)^k) / beta <= max(rho, min p / q). No host sync."""
     if k <= 1:
         return torch.ones((), dtype=torch.float64, device=p.device)
+    both = (p > 0) & (q > 0)
+    r_min = torch.where(both, p / q.clamp_min(1e-300), torch.full_like(p, float("inf"))).min()  # [] (inf: no overlap)
     lo = torch.ones((), dtype=torch.float64, device=p.device)
     hi = torch.full((), float(k), dtype=torch.float64, device=p.device)
     steps = torch.linspace(0, 1, GRID, dtype=torch.float64, device=p.device)  # [G]
     for _ in range(2):
         rho = lo + (hi - lo) * steps  # [G]
         beta = torch.minimum(q[None], p[None] / rho[:, None]).sum(-1)  # [G]
-        ok = rho * beta >= 1 - (1 - beta) ** k  # [G]; ok at rho = k up to rounding
-        ok[-1] = True
+        accepted = 1 - (1 - beta) ** k  # [G] = c beta
+        ok = accepted <= torch.maximum(rho, r_min) * beta  # c <= max(rho, r_min), without dividing by beta
+        ok[-1] = True  # rho = k (first grid) or the valid end of the bracket (second): valid up to rounding
         first = ok.to(torch.int8).argmax()  # the first valid grid point
         hi = rho[first]
         lo = rho[(first - 1).clamp_min(0)]
@@ -114,6 +119,7 @@ class SpecTrVerifier(VerifierBase):
     name: ClassVar[str] = "spectr"
     lossless: ClassVar[bool] = True
     trees: ClassVar[bool] = True
+    rule = staticmethod(kseq)  # (p, q, k) -> (accept [V], residual [V], rho); tests swap it for a broken one
 
     def verify_row(self, draft: Draft, target_logits: torch.Tensor, params: SamplingParams,
                    generator: torch.Generator | None = None) -> VerifyResult:  # [1, N], [1, N+1, V]
@@ -130,7 +136,7 @@ class SpecTrVerifier(VerifierBase):
                 bonus = int(sample(dist.unsqueeze(0), generator))
                 break
             q = self.shared_q(draft, kids, tokens, dist)  # [V]
-            accept, residual, _ = kseq(dist, q, len(kids))
+            accept, residual, _ = self.rule(dist, q, len(kids))
             u = uniform((len(kids),), generator, dist.device).double()  # [k]
             ok = (u < accept[torch.tensor([tokens[c] for c in kids], device=dist.device)]).tolist()
             chosen = next((c for c, a in zip(kids, ok) if a), None)
