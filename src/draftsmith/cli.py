@@ -1,4 +1,4 @@
-"""draftsmith generate | bench | train | serve | models"""
+"""draftsmith generate | bench | eval | train | serve | models"""
 
 from __future__ import annotations
 
@@ -213,19 +213,37 @@ def _check_port_free(host: str, port: int) -> None:
                                   "running there? pick another --port)") from None
 
 
+def _check_serve_args(args) -> None:
+    """Every numeric serve option, with a one-line message naming it (before the model loads)."""
+    import math
+
+    from .target import parse_dtype
+
+    if not 0 < args.port < 65536:
+        raise DraftsmithError(f"--port must be in 1..65535, got {args.port}")
+    for flag, value, low, what in (("--max-batch", args.max_batch, 1, ""), ("--k-max", args.k_max, 0, " (0: no drafting)"),
+                                   ("--max-body", args.max_body, 1, " (bytes)"), ("--max-queue", args.max_queue, 1, ""),
+                                   ("--default-max-tokens", args.default_max_tokens, 1, ""),
+                                   ("--max-tokens-limit", args.max_tokens_limit, 0, " (0: the context length)"),
+                                   ("--max-restarts", args.max_restarts, 0, ""), ("--threads", args.threads, 1, "")):
+        if value is not None and value < low:
+            raise DraftsmithError(f"{flag} must be an integer >= {low}{what}, got {value}")
+    for flag, value in (("--request-timeout", args.request_timeout), ("--first-token-timeout", args.first_token_timeout),
+                        ("--body-timeout", args.body_timeout)):
+        if not (math.isfinite(value) and value >= 0):
+            raise DraftsmithError(f"{flag} must be a number of seconds >= 0 (0: no timeout), got {value}")
+    if args.max_tokens_limit and args.default_max_tokens > args.max_tokens_limit:
+        raise DraftsmithError(f"--default-max-tokens ({args.default_max_tokens}) is over --max-tokens-limit "
+                              f"({args.max_tokens_limit})")
+    parse_dtype(args.dtype)
+
+
 def cmd_serve(args) -> int:
     from .drafters import build_drafter, parse_spec
     from .target import load_target
 
     # every argument is checked before the model loads (seconds to minutes)
-    if not 0 < args.port < 65536:
-        raise DraftsmithError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_batch < 1:
-        raise DraftsmithError(f"--max-batch must be an integer >= 1, got {args.max_batch}")
-    if args.k_max < 0:
-        raise DraftsmithError(f"--k-max must be an integer >= 0 (0: no drafting), got {args.k_max}")
-    if args.max_body < 1:
-        raise DraftsmithError(f"--max-body must be >= 1 byte, got {args.max_body}")
+    _check_serve_args(args)
     name, options = parse_spec(args.drafter)
     build_drafter(name, **options)  # a bad drafter spec fails before the model loads
     _check_target_args(args)
@@ -237,9 +255,12 @@ def cmd_serve(args) -> int:
 
     target = load_target(args.model, dtype=args.dtype, device=args.device)
     engine = Engine(target, build_drafter(name, **options), verifier=_verifier(args), max_batch=args.max_batch,
-                    smartspec=not args.no_smartspec, k_max=args.k_max)
+                    smartspec=not args.no_smartspec, k_max=args.k_max, max_queue=args.max_queue,
+                    max_restarts=args.max_restarts)
     app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body,
-                     verifier_name=args.verifier)
+                     verifier_name=args.verifier, request_timeout=args.request_timeout,
+                     first_token_timeout=args.first_token_timeout, body_timeout=args.body_timeout,
+                     default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit or None)
     rule = "" if args.verifier == "auto" else f", verifier {args.verifier}" + ("" if engine.lossless else " (lossy)")
     print(f"serving {args.model} on {args.device} with drafter {args.drafter}{rule}, k_max {args.k_max}, on "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
@@ -313,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from .eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
     v = sub.add_parser("serve", help="an OpenAI-compatible HTTP server")
     from .catalog import DEFAULT_MODEL
 
@@ -327,6 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--k-max", type=int, default=8, help="the batch's longest draft: caps every row's draft length "
                    "(SmartSpec picks up to it); 0 = no drafting (default 8)")
     v.add_argument("--no-smartspec", action="store_true", help="always draft the full length, whatever the batch")
+    v.add_argument("--max-queue", type=int, default=256, help="requests waiting for a row at most; more get 429 with "
+                   "Retry-After (default 256)")
+    v.add_argument("--request-timeout", type=float, default=600.0, help="seconds from a request's arrival to its "
+                   "end; past it the request is cancelled (its row freed) and answered 504 (default 600; 0 = none)")
+    v.add_argument("--first-token-timeout", type=float, default=120.0, help="seconds from a request's arrival to its "
+                   "first text, likewise (default 120; 0 = none)")
+    v.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request's body; past it 408 "
+                   "(default 30; 0 = none)")
+    v.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of a request that names none "
+                   "(chat and completions; never more than the context left) (default 256)")
+    v.add_argument("--max-tokens-limit", type=int, default=0, help="the largest max_tokens a request may ask for; "
+                   "more is a 400 (default 0 = the context length)")
+    v.add_argument("--max-restarts", type=int, default=3, help="engine worker restarts after failures within a minute "
+                   "before the server reports itself unhealthy (default 3)")
     v.add_argument("--threads", type=int, help="torch threads")
     _add_target_args(v, "The server-wide rule for every request (requests keep the OpenAI schema: no per-request rule).")
     v.set_defaults(func=cmd_serve)
@@ -363,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: models fetch needs a pack name (see `draftsmith models list`)", file=sys.stderr)
         return 2
     try:
+        if getattr(args, "threads", None) is not None and args.threads < 1:
+            raise DraftsmithError(f"--threads must be an integer >= 1, got {args.threads}")
         if getattr(args, "threads", None):
             import torch
 

@@ -1,11 +1,26 @@
-"""The serving engine: a worker thread runs continuous batching over one BatchDecoder. Between
-steps it admits queued requests (up to `max_batch` rows) and drops cancelled ones, which frees
-their slots at once; each step's new text goes back to its request's asyncio queue."""
+"""The serving engine: a supervised worker thread runs continuous batching over one BatchDecoder.
+
+Between steps the worker admits queued requests (up to `max_batch` rows) and drops cancelled ones
+(the client left, or the request timed out), which frees their rows at once; each step's new text
+goes back to its request's asyncio queue.
+
+Isolation. A row fails alone (the loop's boundary checks: whatever a row's drafter or verifier
+raises ends that row with an error, the others go on). Anything that escapes a step (the target's
+forward raising, a failure in cleanup) ends the worker thread; its supervisor then answers every
+in-flight request with an error, starts the loop afresh (no rows, an empty cache; the bound
+drafter is kept) and restarts the worker: queued requests wait for it. More than `max_restarts`
+restarts within `restart_window` seconds, and the engine gives up: it is unhealthy (`/health`
+and `/v1/models` answer 503), queued requests get an error and new ones are refused.
+
+Limits. The queue holds at most `max_queue` waiting requests (`submit` raises QueueFull: the
+server answers 429). A worker that has run one iteration for more than `stall_timeout` seconds
+with rows in flight counts as stalled (unhealthy) until it moves again."""
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,10 +29,21 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..decode import BatchDecoder, Row
+from ..decode.loop import Loop
 from ..drafters import Drafter
 from ..errors import DraftsmithError
 from ..target import CausalLM
 from ..types import SamplingParams
+
+log = logging.getLogger("draftsmith.serve")
+
+
+class QueueFull(DraftsmithError):
+    """The request queue is at its bound (the server answers 429 with Retry-After)."""
+
+
+class EngineUnavailable(DraftsmithError):
+    """The engine gave up (too many worker failures) or is shutting down (the server answers 503)."""
 
 
 @dataclass
@@ -26,8 +52,63 @@ class Job:
     params: SamplingParams
     seed: int
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue  # ("text", str) ... then ("done", GenerationResult) or ("error", str)
+    out: asyncio.Queue  # ("text", str) ... then ("done", GenerationResult) or ("error", message, HTTP status)
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "cancelled"  # the metrics outcome when cancelled: "cancelled" (client left) or "timeout"
+
+    def stop(self, reason: str = "cancelled") -> None:
+        """Cancel this request (a no-op once done): the worker drops it before its next step."""
+        if not self.cancel.is_set():
+            self.cancel_reason = reason
+            self.cancel.set()
+
+
+class JobQueue:
+    """Waiting requests, bounded; cancelled ones are dropped without waiting for a free row."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._items: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, job: Job) -> list[Job]:
+        """Queue `job`; returns the cancelled jobs dropped to make room. Raises QueueFull."""
+        with self._cond:
+            dropped = self._drop_cancelled() if len(self._items) >= self.maxsize else []
+            if len(self._items) >= self.maxsize:
+                raise QueueFull(f"the server's queue is full ({self.maxsize} requests waiting); retry later")
+            self._items.append(job)
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout: float | None = None) -> Job | None:
+        """The oldest waiting job, waiting up to `timeout` seconds for one (None: none came)."""
+        with self._cond:
+            if not self._items and timeout:
+                self._cond.wait(timeout)
+            return self._items.popleft() if self._items else None
+
+    def drop_cancelled(self) -> list[Job]:
+        with self._cond:
+            return self._drop_cancelled()
+
+    def _drop_cancelled(self) -> list[Job]:
+        gone = [j for j in self._items if j.cancel.is_set()]
+        if gone:
+            self._items = collections.deque(j for j in self._items if not j.cancel.is_set())
+        return gone
+
+    def drain(self) -> list[Job]:
+        with self._cond:
+            items, self._items = list(self._items), collections.deque()
+            return items
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
 
 class Metrics:
@@ -41,8 +122,10 @@ class Metrics:
         self.steps = Counter("draftsmith_steps", "Target forward steps", registry=r)
         self.drafted = Counter("draftsmith_drafted_tokens", "Draft tokens proposed", registry=r)
         self.accepted = Counter("draftsmith_accepted_tokens", "Draft tokens accepted", registry=r)
+        self.restarts = Counter("draftsmith_engine_restarts", "Engine worker restarts after a failure", registry=r)
         self.queue_depth = Gauge("draftsmith_queue_depth", "Requests waiting", registry=r)
         self.running = Gauge("draftsmith_running", "Requests being decoded", registry=r)
+        self.healthy = Gauge("draftsmith_healthy", "1 while the engine worker is alive and moving", registry=r)
         self.tokens_per_second = Gauge("draftsmith_tokens_per_second", "Tokens/s of the last finished request", registry=r)
         self.batch = Histogram("draftsmith_step_batch_size", "Rows per target step", buckets=(1, 2, 4, 8, 16, 32, 64),
                                registry=r)
@@ -59,28 +142,49 @@ class Metrics:
         return a._value.get() / den if den else 0.0
 
 
+def _positive_int(name: str, value, minimum: int = 1) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        raise DraftsmithError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 class Engine:
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, max_batch: int = 16,
-                 smartspec: bool = True, k_max: int = 8):
+                 smartspec: bool = True, k_max: int = 8, max_queue: int = 256, max_restarts: int = 3,
+                 restart_window: float = 60.0, stall_timeout: float = 300.0):
         """`drafter` (name, spec or instance) is bound once: every request's row gets a fork of it
         (shared weights and tables, no load per request). `verifier`: the default rule for
         requests (None: greedy at temperature 0, rejection sampling otherwise). `k_max`: the
         batch's longest draft (every row's cap; SmartSpec picks up to it; 0 = no drafting).
-        Bad arguments raise DraftsmithError before any work (the calibration takes seconds)."""
-        if not (isinstance(max_batch, int) and not isinstance(max_batch, bool) and max_batch >= 1):
-            raise DraftsmithError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-        if not (isinstance(k_max, int) and not isinstance(k_max, bool) and k_max >= 0):
-            raise DraftsmithError(f"k_max must be an integer >= 0, got {k_max!r}")
+        `max_queue`: waiting requests at most. `max_restarts` within `restart_window` seconds:
+        worker restarts before the engine gives up. Bad arguments raise DraftsmithError before any
+        work (the calibration takes seconds)."""
+        _positive_int("max_batch", max_batch)
+        _positive_int("k_max", k_max, 0)
+        _positive_int("max_queue", max_queue)
+        _positive_int("max_restarts", max_restarts, 0)
+        for name, value in (("restart_window", restart_window), ("stall_timeout", stall_timeout)):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise DraftsmithError(f"{name} must be a number of seconds > 0, got {value!r}")
         self.target = target
         self.decoder = BatchDecoder(target, drafter, verifier=verifier, k_max=k_max, smartspec=smartspec)
         if smartspec:  # time the batched forward at 1, 2, 4, ... rows up to max_batch
             self.decoder.calibrate(sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)}))
-        self.max_batch = max_batch
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_restarts, self.restart_window, self.stall_timeout = max_restarts, restart_window, stall_timeout
         self.metrics = Metrics()
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.jobs = JobQueue(max_queue)
         self.active: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> (row, job, start time)
-        self.worker = threading.Thread(target=self._run, name="draftsmith-engine", daemon=True)
-        self.worker.start()
+        self.restarts = 0
+        self.failure: str | None = None  # why the engine gave up (unhealthy for good)
+        self._restart_times: list[float] = []
+        self._closing = threading.Event()
+        self._lock = threading.Lock()  # submit vs the supervisor failing the queue
+        self._worker_error: str | None = None
+        self._busy_since: float | None = None  # when the running iteration began (None: idle)
+        self.worker: threading.Thread | None = None
+        self.metrics.healthy.set_function(lambda: 1.0 if self.healthy else 0.0)
+        self.supervisor = threading.Thread(target=self._supervise, name="draftsmith-supervisor", daemon=True)
+        self.supervisor.start()
 
     @property
     def verifier(self):
@@ -93,25 +197,138 @@ class Engine:
         """False when the server-wide rule is lossy (every response then says so in its usage)."""
         return bool(self.verifier.lossless) if self.verifier is not None else True
 
+    # ----- health --------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why): alive and idle or moving; else the reason it is not."""
+        if self.failure is not None:
+            return False, self.failure
+        if self._closing.is_set():
+            return False, "the engine is shutting down"
+        if not self.supervisor.is_alive():
+            return False, "the engine's supervisor thread is gone"
+        worker = self.worker
+        if worker is None or not worker.is_alive():
+            return False, "the engine worker is restarting"
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > self.stall_timeout:
+            return False, f"the engine worker has not finished a step for {time.monotonic() - busy:.0f} s"
+        return True, "ok"
+
+    @property
+    def healthy(self) -> bool:
+        return self.health()[0]
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine can answer nothing more (gave up or shut down): requests waiting
+        on it stop waiting. A worker being restarted is alive."""
+        return self.failure is None and not self._closing.is_set() and self.supervisor.is_alive()
+
+    # ----- requests in -----------------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        self.jobs.put(job)
-        self.metrics.queue_depth.set(self.jobs.qsize())
+        """Queue a request. Raises QueueFull (429) or EngineUnavailable (503)."""
+        with self._lock:
+            if not self.alive:
+                raise EngineUnavailable(self.failure or "the server is shutting down")
+            for gone in self.jobs.put(job):
+                self.metrics.requests.labels(gone.cancel_reason).inc()
+        self.metrics.queue_depth.set(len(self.jobs))
 
     def close(self) -> None:
-        self.jobs.put(None)
+        self._closing.set()
+        self.jobs.wake()
 
     def _send(self, job: Job, item) -> None:
-        job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+        try:
+            job.loop.call_soon_threadsafe(job.out.put_nowait, item)
+        except RuntimeError:  # the request's event loop is closed: nobody is waiting
+            pass
+
+    def _error(self, job: Job, message: str, status: int = 500) -> None:
+        self._send(job, ("error", message, status))
+
+    # ----- the supervisor --------------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Run the worker; when it dies, fail what was in flight, start afresh, restart it (bounded)."""
+        while True:
+            self._worker_error = None
+            self.worker = threading.Thread(target=self._work, name="draftsmith-engine", daemon=True)
+            self.worker.start()
+            self.worker.join()
+            self._busy_since = None
+            if self._closing.is_set():
+                self._fail_everything("the server is shutting down", 503)
+                return
+            message = self._worker_error or "the engine worker stopped"
+            self._fail_active(f"the engine failed while decoding this request ({message}); it restarted", 500)
+            try:
+                self._fresh_loop()
+            except Exception as exc:  # noqa: BLE001 - cannot start afresh: give up below
+                log.exception("the engine could not start afresh")
+                self._give_up(f"the engine failed ({message}) and could not start afresh: {type(exc).__name__}: {exc}")
+                return
+            now = time.monotonic()
+            self._restart_times = [t for t in self._restart_times if now - t < self.restart_window] + [now]
+            if len(self._restart_times) > self.max_restarts:
+                self._give_up(f"the engine failed {len(self._restart_times)} times in {self.restart_window:g} s "
+                              f"(last: {message}); restart the server")
+                return
+            self.restarts += 1
+            self.metrics.restarts.inc()
+            log.warning("engine worker restarted after: %s", message)
+
+    def _give_up(self, reason: str) -> None:
+        with self._lock:
+            self.failure = reason
+        log.error("engine unhealthy: %s", reason)
+        self._fail_everything(reason, 503)
+
+    def _fail_active(self, message: str, status: int) -> None:
+        for row, job, _ in list(self.active.values()):
+            self._error(job, message, status)
+            self.metrics.requests.labels("error").inc()
+        self.active.clear()
+
+    def _fail_everything(self, message: str, status: int) -> None:
+        self._fail_active(message, status)
+        for job in self.jobs.drain():
+            self._error(job, message, status)
+            self.metrics.requests.labels("error").inc()
+        self.metrics.queue_depth.set(0)
+        self.metrics.running.set(0)
+
+    def _fresh_loop(self) -> None:
+        """A loop with no rows and an empty cache, over the same target, bound drafter, rule and
+        policy (rows of a failed step may be half-committed: none of them is kept)."""
+        old = self.decoder.loop
+        for r in list(old.rows):
+            try:
+                r.drafter.finish()
+            except Exception:  # noqa: BLE001 - the row is gone either way
+                pass
+        self.decoder.loop = Loop(self.target, old.drafter, verifier=old.verifier, batch_policy=old.batch_policy,
+                                 k_max=old.k_max)
+        self.metrics.running.set(0)
+
+    # ----- the worker ------------------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            while self._iteration():
+                pass
+        except BaseException as exc:  # noqa: BLE001 - the supervisor restarts the worker
+            self._worker_error = str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}"
+            log.exception("engine worker failed")
 
     def _admit(self, job: Job) -> None:
         if job.cancel.is_set():
-            self.metrics.requests.labels("cancelled").inc()
+            self.metrics.requests.labels(job.cancel_reason).inc()
             return
         try:
             row = self.decoder.add(job.prompt_ids, job.params, torch.Generator().manual_seed(job.seed))
         except Exception as exc:  # this request fails; the worker goes on
             self.metrics.requests.labels("error").inc()
-            self._send(job, ("error", str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}"))
+            self._error(job, str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}",
+                        400 if isinstance(exc, DraftsmithError) else 500)
             return
         self.active[id(row)] = (row, job, time.perf_counter())
 
@@ -133,42 +350,31 @@ class Engine:
             self._send(job, ("text", tail))
         self._send(job, ("done", result))
 
-    def _run(self) -> None:
-        while True:
-            try:
-                if not self._iteration():
-                    return
-            except Exception as exc:  # never let the worker die: fail what is in flight, go on
-                self._fail_all(f"{type(exc).__name__}: {exc}")
-
-    def _fail_all(self, message: str) -> None:
-        for row, job, _ in list(self.active.values()):
-            self._send(job, ("error", message))
-            if not row.done:
-                self.decoder.cancel(row)
-            self.active.pop(id(row), None)
-            self.metrics.requests.labels("error").inc()
-
     def _iteration(self) -> bool:
         """Admit queued requests, drop cancelled rows, step once. False once the engine is closed."""
-        if not self.decoder.rows:  # idle: wait for work
+        self._busy_since = None
+        if self._closing.is_set():
+            return False
+        for gone in self.jobs.drop_cancelled():  # timed out or left while waiting
+            self.metrics.requests.labels(gone.cancel_reason).inc()
+        if not self.decoder.rows:  # idle: wait for work (waking now and then to see a close)
+            job = self.jobs.get(timeout=0.25)
+            self.metrics.queue_depth.set(len(self.jobs))
+            if job is None:
+                return not self._closing.is_set()
+            self._busy_since = time.monotonic()
+            self._admit(job)
+        self._busy_since = time.monotonic()
+        while len(self.decoder.rows) < self.max_batch:
             job = self.jobs.get()
             if job is None:
-                return False
-            self._admit(job)
-        while len(self.decoder.rows) < self.max_batch:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
                 break
-            if job is None:
-                return False
             self._admit(job)
-        self.metrics.queue_depth.set(self.jobs.qsize())
+        self.metrics.queue_depth.set(len(self.jobs))
         for row, job, _ in list(self.active.values()):
             if job.cancel.is_set():
                 self.decoder.cancel(row)
-                self._finish(row, "cancelled")
+                self._finish(row, job.cancel_reason)
         self.metrics.running.set(len(self.decoder.rows))
         if not self.decoder.rows:
             return True
@@ -180,7 +386,7 @@ class Engine:
             if row.error is not None:  # this row failed alone (see BatchDecoder.step)
                 self.active.pop(id(row))
                 self.metrics.requests.labels("error").inc()
-                self._send(job, ("error", row.error))
+                self._error(job, f"this request failed: {row.error}", 500)
                 continue
             if row.tracker.target.tokenizer is not None:
                 delta = row.tracker.delta(row.tracker.text(row.new_ids), final=False)
