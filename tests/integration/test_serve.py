@@ -211,3 +211,117 @@ def test_serving_benchmark_runs_and_reports(tmp_path):
     assert [r["requests"] for r in rows] == [4, 4, 4, 4]  # 2 rounds of max(2, 1 × clients) requests
     write_report(rows, tmp_path / "out", "cmd", "header")
     assert "| ngram:k=4 | 2 |" in (tmp_path / "out" / "report.md").read_text()
+
+
+# ----- OpenAI compatibility, through the official client (issue 21) -------------------------------
+def test_health_is_ok(server):
+    """GET /health: 200 {"status": "ok"} while the engine worker is alive (503 otherwise: test_serve_faults)."""
+    r = httpx.get(f"{server}/health", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_content_parts_equal_plain_content(client):
+    """Bug: OpenAI's content-parts form ([{"type": "text", "text": ...}]) was refused with a 400.
+    Text parts are joined by newlines, as vLLM does: the answer equals the plain string's."""
+    plain = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0,
+                                           messages=[{"role": "user", "content": "the quick\nbrown fox"}])
+    parts = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "the quick"}, {"type": "text", "text": "brown fox"}]}])
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    assert parts.usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+def test_non_text_content_parts_are_refused_clearly(client):
+    """An image part is refused with a 400 that says text only (not a 500, not silently dropped)."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+    assert "content part 1 is of type 'image_url'" in str(exc.value) and "text only" in str(exc.value)
+
+
+def test_a_single_stop_string_longer_than_four_characters(client):
+    """Bug: a single `stop` string longer than 4 characters got a 400 (the 4-items limit counted
+    its characters). A 5-character stop string taken from the greedy answer ends it there."""
+    full = complete(client, PROMPTS[0], max_tokens=24).choices[0].text
+    start = next(i for i in range(3, len(full) - 5) if "\ufffd" not in full[i:i + 5] and full[i:i + 5] not in full[:i + 4])
+    stop = full[start:start + 5]
+    out = complete(client, PROMPTS[0], max_tokens=24, stop=stop)
+    assert out.choices[0].text == full[:start] and out.choices[0].finish_reason == "stop"
+    listed = complete(client, PROMPTS[0], max_tokens=24, stop=["zzzzzzzz", stop, "qqqqqqq", "xxxxxxxxxx"])
+    assert listed.choices[0].text == full[:start]
+
+
+def test_stop_limits(client):
+    """Up to 4 stop strings of at most 256 characters each; more is a clear 400."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="at most 4 strings, got 5"):
+        complete(client, PROMPTS[0], stop=["a", "b", "c", "d", "e"])
+    with pytest.raises(openai.BadRequestError, match="at most 256 characters"):
+        complete(client, PROMPTS[0], stop="x" * 257)
+    with pytest.raises(openai.BadRequestError, match="must not be empty"):
+        complete(client, PROMPTS[0], stop=[""])
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_stream_options_include_usage(client, chat):
+    """Bug: `stream_options.include_usage` was ignored. With it, the stream ends with a chunk that
+    has no choices and the usage (the speculative stats too); every other chunk has usage null."""
+    kw = {"model": MODEL, "max_tokens": 10, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    if chat:
+        chunks = list(client.chat.completions.create(messages=[{"role": "user", "content": PROMPTS[1]}], **kw))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        chunks = list(client.completions.create(prompt=PROMPTS[1], **kw))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens == 10
+    assert last.usage.model_extra["speculative"]["steps"] >= 1
+    assert all(c.usage is None for c in chunks[:-1]) and chunks[-2].choices[0].finish_reason == "length"
+    assert text
+
+
+def test_stream_options_without_stream_is_refused(server):
+    r = httpx.post(f"{server}/v1/completions", json={"model": MODEL, "prompt": "hi", "stream_options": {"include_usage": True}})
+    assert r.status_code == 400 and "only allowed with stream: true" in r.json()["error"]["message"]
+
+
+def test_logprobs_and_n_are_refused_clearly(client):
+    """logprobs are not returned and n > 1 is not supported: each is a 400 that says so (a client
+    must not get an answer without what it asked for)."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="logprobs are not supported"):
+        complete(client, PROMPTS[0], logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="logprobs are not supported"):
+        client.chat.completions.create(model=MODEL, max_tokens=4, logprobs=True, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="top_logprobs is not supported"):
+        client.chat.completions.create(model=MODEL, max_tokens=4, top_logprobs=2, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="only n=1 is supported"):
+        complete(client, PROMPTS[0], n=2)
+    with pytest.raises(openai.BadRequestError, match="only n=1 is supported"):
+        client.chat.completions.create(model=MODEL, max_tokens=4, n=3, messages=[{"role": "user", "content": "hi"}])
+    # logprobs false / null and n=1 are what clients send by default: accepted
+    assert complete(client, PROMPTS[0], max_tokens=3, n=1).usage.completion_tokens == 3
+    chat = client.chat.completions.create(model=MODEL, max_tokens=3, logprobs=False, messages=[{"role": "user", "content": "hi"}])
+    assert chat.choices[0].finish_reason in ("length", "stop")
+
+
+def test_max_completion_tokens_and_the_default(client):
+    """`max_completion_tokens` (the newer name) is honoured; a chat request that names neither gets
+    the server's default (256 here), not the rest of the context."""
+    out = client.chat.completions.create(model=MODEL, max_completion_tokens=5, temperature=0,
+                                         messages=[{"role": "user", "content": PROMPTS[2]}])
+    assert out.usage.completion_tokens <= 5
+    out = client.chat.completions.create(model=MODEL, temperature=0, messages=[{"role": "user", "content": PROMPTS[2]}])
+    assert out.usage.completion_tokens <= 256
+
+
+def test_vanishing_top_p_is_greedy(client):
+    """Bug: top_p=1e-300 at temperature 1 gave a 500 (the probabilities underflowed). It keeps the
+    most likely token only, so the answer is the greedy one."""
+    out = complete(client, PROMPTS[0], temperature=1.0, top_p=1e-300, seed=3)
+    assert out.choices[0].text == complete(client, PROMPTS[0]).choices[0].text

@@ -455,3 +455,17 @@ def test_default_and_limit_of_max_tokens(serve):
     over = s.complete(max_tokens=13)
     assert over.status_code == 400 and "over this server's limit of 12" in over.json()["error"]["message"]
     assert over.json()["error"]["param"] == "max_tokens"
+
+
+def test_a_stalled_worker_is_unhealthy_until_it_moves(serve):
+    """Bug: /v1/models answered 200 whatever the worker did. A worker stuck in one iteration longer
+    than the stall timeout (here a 1 s prefill against 0.3 s) makes /health 503; it is 200 again
+    once the worker moves, and the request is answered."""
+    s = serve(stall_timeout=0.3)
+    with cf.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(s.complete, f"sleepy {PROMPT}")
+        s.wait(lambda: s.health().status_code == 503, "/health to be 503", timeout=5)
+        assert "has not finished a step" in s.health().json()["reason"]
+        assert httpx.get(s.base + "/v1/models", timeout=10).status_code == 503
+        assert slow.result().status_code == 200
+    s.wait(lambda: s.health().status_code == 200, "/health to be 200 again")

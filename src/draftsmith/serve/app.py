@@ -41,8 +41,8 @@ DEFAULT_MAX_TOKENS = 256  # a request without max_tokens gets this many at most 
 RETRY_AFTER_S = 1  # what a 429 tells the client to wait
 
 
-def _refuse(kind: str, message: str, **ctx) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, ctx)
+def _refuse(error_type: str, message: str, /, **ctx) -> PydanticCustomError:
+    return PydanticCustomError(error_type, message, ctx)
 
 
 class StreamOptions(BaseModel):

@@ -306,8 +306,10 @@ class Engine:
                 r.drafter.finish()
             except Exception:  # noqa: BLE001 - the row is gone either way
                 pass
-        self.decoder.loop = Loop(self.target, old.drafter, verifier=old.verifier, batch_policy=old.batch_policy,
-                                 k_max=old.k_max)
+        settings = {"verifier": old.verifier, "batch_policy": old.batch_policy, "k_max": old.k_max}
+        if getattr(old, "exact", None) is not None:  # the exact mode (decode/), kept across a restart
+            settings["exact"] = old.exact
+        self.decoder.loop = Loop(self.target, old.drafter, **settings)
         self.metrics.running.set(0)
 
     # ----- the worker ------------------------------------------------------------------------
