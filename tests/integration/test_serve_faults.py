@@ -337,6 +337,7 @@ def test_a_full_queue_answers_429_with_retry_after(serve, gate):
     assert third.status_code == 429, third.text
     assert third.headers["retry-after"] == "1"
     assert third.json()["error"]["code"] == "queue_full" and "queue is full" in third.json()["error"]["message"]
+    assert s.metric('draftsmith_requests_total{outcome="rejected"}') == 1
     s.assert_healthy_and_unchanged(first.result().json()["choices"][0]["text"])
 
 

@@ -230,7 +230,12 @@ class Engine:
         with self._lock:
             if not self.alive:
                 raise EngineUnavailable(self.failure or "the server is shutting down")
-            for gone in self.jobs.put(job):
+            try:
+                dropped = self.jobs.put(job)
+            except QueueFull:
+                self.metrics.requests.labels("rejected").inc()
+                raise
+            for gone in dropped:
                 self.metrics.requests.labels(gone.cancel_reason).inc()
         self.metrics.queue_depth.set(len(self.jobs))
 
