@@ -84,6 +84,9 @@ class Method:
             self.decoder, self.verifier = None, None
         else:
             self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier)
+            bind = getattr(self.decoder.verifier, "bind", None)
+            if callable(bind):  # a rule that reads the target (relaxed: its output embeddings)
+                bind(target)
 
     @property
     def verifier_name(self) -> str:

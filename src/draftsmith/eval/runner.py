@@ -24,14 +24,6 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
-def bind_verifier(method: Method, target: CausalLM) -> None:
-    """Give a rule that reads the target (relaxed: its output embeddings) the target."""
-    rule = getattr(method.decoder, "verifier", None)
-    bind = getattr(rule, "bind", None)
-    if callable(bind):
-        bind(target)
-
-
 def run_eval(target: CausalLM, cases: list[Case], specs: list[MethodSpec], params: SamplingParams, *,
              verifier=None, warmup: int = 1, timeout_s: float = 10.0, memory_mb: int = 1024, progress=None,
              on_record=None) -> list[dict]:
@@ -41,8 +33,6 @@ def run_eval(target: CausalLM, cases: list[Case], specs: list[MethodSpec], param
         specs = [MethodSpec("none", "none"), *[s for s in specs if s.name != "none"]]
     build_verifier(verifier)  # a bad rule fails before any method is built
     methods = [Method(s, target, None if i == 0 else verifier) for i, s in enumerate(specs)]
-    for m in methods:
-        bind_verifier(m, target)
     if cases and warmup:
         warm = SamplingParams(max_new_tokens=min(16, params.max_new_tokens), temperature=params.temperature)
         ids = _prompt_ids(target, cases[0])
