@@ -470,3 +470,20 @@ def test_a_stalled_worker_is_unhealthy_until_it_moves(serve):
         assert httpx.get(s.base + "/v1/models", timeout=10).status_code == 503
         assert slow.result().status_code == 200
     s.wait(lambda: s.health().status_code == 200, "/health to be 200 again")
+
+
+def test_a_request_timing_out_in_the_queue_leaves_it(serve):
+    """A request that waits in the queue past its first-token timeout gets its 504 and leaves the
+    queue at once (outcome "timeout"), without waiting for a row or ever being prefilled."""
+    s = serve(max_batch=1, first_token_timeout=0.5)
+    with cf.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(s.complete, f"slow {PROMPT}", max_tokens=40)  # about 2 s, in the only row
+        s.wait(lambda: len(s.engine.active) == 1, "the first to run")
+        start = time.time()
+        waiting = s.complete(f"{PROMPT} queued")
+        assert waiting.status_code == 504 and "first-token timeout" in waiting.json()["error"]["message"]
+        assert time.time() - start < 1.5
+        s.wait(lambda: s.metric('draftsmith_requests_total{outcome="timeout"}') == 1 and len(s.engine.jobs) == 0,
+               "the queue to drop it", timeout=1)
+        assert not running.done()  # it left the queue while the row was still busy
+        assert running.result().status_code == 200
