@@ -54,3 +54,52 @@ def test_non_integer_serve_options_are_usage_errors(capsys, option):
         main(["serve", option, "2.5"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"{option}: invalid int value" in err and "Traceback" not in err
+
+
+def test_serve_options_reach_the_engine_and_the_app(capsys, monkeypatch):
+    """Bug guard: the limits must reach the server, not only be parsed: --max-queue and
+    --max-restarts the Engine, --default-max-tokens and --max-tokens-limit the app (a request
+    without max_tokens gets the default; one over the limit a 400), and /health answers."""
+    import socket
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from draftsmith import CausalLM
+    from tests.conftest import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    target = CausalLM(tiny_model("llama", vocab=len(tok), seed=3, eos=tok.eos_token_id, max_len=128).model, tok,
+                      name="tiny")
+    monkeypatch.setattr("draftsmith.target.load_target", lambda *a, **k: target)
+    seen = {}
+
+    def fake_run(app, host, port, log_level):
+        with TestClient(app) as client:
+            seen["health"] = client.get("/health").json()
+            seen["default"] = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello world",
+                                                                    "temperature": 0, "stream": False}).json()
+            seen["over"] = client.post("/v1/completions", json={"model": "tiny", "prompt": "hello world",
+                                                                 "max_tokens": 9}).json()
+
+    import draftsmith.serve as serve_pkg
+
+    real = serve_pkg.Engine
+
+    def spy(*a, **k):
+        seen["engine"] = real(*a, **k)
+        return seen["engine"]
+
+    monkeypatch.setattr(serve_pkg, "Engine", spy)
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    code = main(["serve", "--served-name", "tiny", "--dtype", "fp32", "--no-smartspec", "--port", port,
+                 "--max-queue", "7", "--max-restarts", "2", "--default-max-tokens", "3", "--max-tokens-limit", "8"])
+    assert code == 0, capsys.readouterr().err
+    engine = seen["engine"]
+    assert engine.max_queue == 7 and engine.jobs.maxsize == 7 and engine.max_restarts == 2
+    assert seen["health"]["status"] == "ok"
+    assert seen["default"]["usage"]["completion_tokens"] <= 3
+    assert "over this server's limit of 8" in seen["over"]["error"]["message"]
