@@ -158,3 +158,13 @@ def test_load_cases_from_a_file(tmp_path):
     cases = load_cases("gsm8k", limit=2, path=path)
     assert [c.case_id for c in cases] == ["g0", "g1"] and cases[1].reference == {"answer": "1"}
     assert cases[0].prompt.startswith("q0")
+
+
+def test_report_of_a_run_stopped_early(tmp_path):
+    records = [_rec("gsm8k", "none", True), _rec("gsm8k", "ngram", True),
+               {**_rec("gsm8k", "none", False), "case_id": "d"}]  # case d: ngram never ran
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert report.complete_cases(records) == records[:2]
+    assert report.main([str(tmp_path), "--title", "partial"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["cases"] for r in data["summary"]] == [1, 1]

@@ -95,3 +95,44 @@ def write(out: Path, records: list[dict], rows: list[dict], header: dict) -> tup
                f"{LOSS_POINTS:g} points):", ""] + [f"- {w}" for w in warns] + [""]
     (out / "report.md").write_text("\n".join(md))
     return out / "results.json", out / "report.md"
+
+
+def complete_cases(records: list[dict]) -> list[dict]:
+    """The records of the cases every method finished (a run stopped early leaves its last case partial)."""
+    methods = set(r["method"] for r in records)
+    done = {}
+    for r in records:
+        done.setdefault((r["task"], r["case_id"]), set()).add(r["method"])
+    return [r for r in records if done[r["task"], r["case_id"]] == methods]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m draftsmith.eval.report DIR [--title T] [--command C]: summarize DIR/records.jsonl
+    (streamed by `draftsmith eval --out DIR`, also from a run stopped early: its complete cases only)
+    into DIR/results.json and DIR/report.md."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m draftsmith.eval.report")
+    p.add_argument("folder")
+    p.add_argument("--title", default="draftsmith eval")
+    p.add_argument("--command", default="")
+    p.add_argument("--machine", default="")
+    p.add_argument("--date", default="")
+    args = p.parse_args(argv)
+    folder = Path(args.folder)
+    lines = (folder / "records.jsonl").read_text().splitlines()
+    records = complete_cases([json.loads(line) for line in lines if line.strip()])
+    if not records:
+        print(f"no complete case in {folder / 'records.jsonl'}", file=sys.stderr)
+        return 2
+    rows = summarize(records)
+    header = {"title": args.title, "command": args.command, "machine": args.machine, "date": args.date}
+    paths = write(folder, records, rows, header)
+    print_table(rows, args.title)
+    print("wrote " + ", ".join(str(x) for x in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
