@@ -33,13 +33,19 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .exact import current as current_exact
+
 NAME = "draftsmith_sdpa"
 
 
 def packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                     is_causal=None, **kwargs):
     """An `AttentionInterface` function: query [B, H, q, D], key/value [B, H_kv, T, D],
-    attention_mask [B, 1, q, T] (additive or boolean) -> ([B, q, H, D], None)."""
+    attention_mask [B, 1, q, T] (additive or boolean) -> ([B, q, H, D], None). In exact mode
+    (exact.py) every query goes through the one-query call plain decoding makes instead."""
+    exact = current_exact()
+    if exact is not None:
+        return exact.attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     n_rep = getattr(module, "num_key_value_groups", 1)
     B, H, q, D = query.shape
     T = key.shape[2]

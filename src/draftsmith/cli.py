@@ -27,6 +27,9 @@ def _add_target_args(p: argparse.ArgumentParser, verifier_help: str) -> None:
     p.add_argument("--verifier", default="auto", help="acceptance rule NAME[:opt=val,...]: greedy, rejection, or "
                    "any registered with draftsmith.register_verifier; auto (default) = greedy at temperature 0, "
                    "rejection sampling otherwise. " + verifier_help)
+    p.add_argument("--exact", action="store_true",
+                   help="greedy output id for id identical to plain decoding in bf16 too, whatever the drafter and "
+                   "the batch (one attention call per query in verification forwards; see draftsmith.exact)")
 
 
 def _check_target_args(args) -> None:
@@ -71,7 +74,7 @@ def cmd_generate(args) -> int:
     if not prompt or not prompt.strip():
         raise DraftsmithError("prompt is empty")
     target = load_target(args.model, dtype=args.dtype, device=args.device)
-    decoder = SpeculativeDecoder(target, drafter, verifier=_verifier(args))
+    decoder = SpeculativeDecoder(target, drafter, verifier=_verifier(args), exact=args.exact)
     ids = target.encode(prompt, chat=False if args.no_chat else None)
     generator = torch.Generator().manual_seed(args.seed)
     result = None
@@ -115,11 +118,11 @@ def cmd_bench(args) -> int:
         bar.update(n)
 
     records = run_bench(target, questions, specs, params, repeats=args.repeats, warmup=args.warmup, progress=progress,
-                        verifier=_verifier(args))
+                        verifier=_verifier(args), exact=args.exact)
     bar.close()
     rows = report.summarize(records)
     mode = "greedy" if params.greedy else f"T={params.temperature}"
-    rule = "" if args.verifier == "auto" else f", verifier {args.verifier}"
+    rule = ("" if args.verifier == "auto" else f", verifier {args.verifier}") + (", exact" if args.exact else "")
     title = (f"{args.model} ({args.dtype}, {args.device}, {mode}{rule}, {params.max_new_tokens} new tokens), "
              f"{len(questions)} questions from {Path(args.questions).name}")
     report.print_table(rows, title)
@@ -256,12 +259,13 @@ def cmd_serve(args) -> int:
     target = load_target(args.model, dtype=args.dtype, device=args.device)
     engine = Engine(target, build_drafter(name, **options), verifier=_verifier(args), max_batch=args.max_batch,
                     smartspec=not args.no_smartspec, k_max=args.k_max, max_queue=args.max_queue,
-                    max_restarts=args.max_restarts)
+                    max_restarts=args.max_restarts, exact=args.exact)
     app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body,
                      verifier_name=args.verifier, request_timeout=args.request_timeout,
                      first_token_timeout=args.first_token_timeout, body_timeout=args.body_timeout,
                      default_max_tokens=args.default_max_tokens, max_tokens_limit=args.max_tokens_limit or None)
     rule = "" if args.verifier == "auto" else f", verifier {args.verifier}" + ("" if engine.lossless else " (lossy)")
+    rule += ", exact" if args.exact else ""
     print(f"serving {args.model} on {args.device} with drafter {args.drafter}{rule}, k_max {args.k_max}, on "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -10,6 +10,9 @@ Metrics (per method and category, `none` in the same run as the baseline):
                    accepted every token before it, the share that accepted position i too
     ± spread       the standard deviation of speedup across repeats (with --repeats > 1)
     identical      outputs equal to `none`'s, id for id
+    diff margin    where outputs differ: the largest of the target's top-2 logit margins at the
+                   first differing position (near 0: every difference is rounding at a near tie;
+                   large: a real difference, e.g. a lossy rule or a bug)
 A method whose runs used a lossy acceptance rule (a record with `lossless: false`) is shown as
 `NAME (lossy)` in every table, Markdown report and plot.
 """
@@ -73,6 +76,7 @@ def summarize(records: list[dict]) -> list[dict]:
             wall = sum(r["wall_time"] for r in rs)
             drafter = [r["drafter_time"] for r in rs if r["drafter_time"] is not None]
             divs = [r["first_divergence"] for r in rs if r["first_divergence"] is not None]
+            margins = [r["divergence_margin"] for r in rs if r.get("divergence_margin") is not None]
             repeats = sorted({r.get("repeat", 0) for r in rs})
             per_repeat = [tps([r for r in rs if r.get("repeat", 0) == k]) / tps([r for r in base if r.get("repeat", 0) == k])
                           for k in repeats]
@@ -90,6 +94,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 "drafter_share": sum(drafter) / wall if drafter and wall else None,
                 "identical": sum(r["matches_baseline"] for r in rs),
                 "first_divergence": min(divs) if divs else None,
+                "divergence_margin": max(margins) if margins else None,
             })
     return rows
 
@@ -110,6 +115,7 @@ COLUMNS = [
     ("drafter_share", "drafter share", lambda v: "-" if v is None else f"{100 * v:.0f}%"),
     ("identical", "= none", None),
     ("first_divergence", "first diff", lambda v: "-" if v is None else str(v)),
+    ("divergence_margin", "diff margin", lambda v: "-" if v is None else f"{v:.3f}"),
 ]
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention import stock_attention
+from ..cache import new_cache
 from ..decode import SpeculativeDecoder
 from ..drafters import REGISTRY, build_drafter, parse_spec
 from ..errors import DraftsmithError
@@ -71,7 +72,7 @@ class Method:
     """Something that turns prompt ids into new ids, with stats where it has them. `verifier`: the
     rule used when the spec names none (None: greedy at temperature 0, rejection sampling otherwise)."""
 
-    def __init__(self, spec: MethodSpec, target: CausalLM, verifier=None):
+    def __init__(self, spec: MethodSpec, target: CausalLM, verifier=None, exact: bool = False):
         self.spec, self.target = spec, target
         self.verifier = spec.verifier if spec.verifier is not None else verifier
         if spec.name == "hf_assisted":
@@ -83,7 +84,8 @@ class Method:
         elif spec.name == "hf_prompt_lookup":
             self.decoder, self.verifier = None, None
         else:
-            self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier)
+            self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier,
+                                              exact=exact)
             bind = getattr(self.decoder.verifier, "bind", None)
             if callable(bind):  # a rule that reads the target (relaxed: its output embeddings)
                 bind(target)
@@ -149,15 +151,31 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+@torch.inference_mode()
+def top2_margin(target: CausalLM, prompt_ids: list[int], output_ids: list[int], at: int) -> float | None:
+    """The target's top-1 minus top-2 logit for the token at output position `at` (given the
+    prompt and the first `at` output tokens): near 0, a difference there is rounding at a tie."""
+    ids = prompt_ids + output_ids[:at]
+    if at < 0 or at > len(output_ids) or not ids:
+        return None
+    slots = torch.arange(len(ids), device=target.device)
+    logits = target.step(torch.tensor([ids], device=target.device), slots[None], new_cache(), cache_position=slots,
+                         last_only=True).logits[0, -1].float()  # [V]
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
+
+
 def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpec], params: SamplingParams,
-              repeats: int = 1, warmup: int = 1, progress=None, verifier=None) -> list[dict]:
+              repeats: int = 1, warmup: int = 1, progress=None, verifier=None, exact: bool = False) -> list[dict]:
     """One record per (method, question, turn, repeat). `verifier` (a rule's name, spec or
     instance): the acceptance rule of every method whose spec names none, except the `none`
-    baseline (plain decoding of the target, the default rule)."""
+    baseline (plain decoding of the target, the default rule). `exact`: every method, `none`
+    included, in exact mode (exact.py). Where an output differs from `none`'s, the record has the
+    target's top-2 logit margin at the first differing position (`divergence_margin`)."""
     if not specs or specs[0].name != "none":
         specs = [MethodSpec("none", "none"), *[s for s in specs if s.name != "none"]]
     build_verifier(verifier)  # a bad rule fails before any method is built
-    methods = [Method(s, target, None if i == 0 else verifier) for i, s in enumerate(specs)]
+    methods = [Method(s, target, None if i == 0 else verifier, exact=exact) for i, s in enumerate(specs)]
     turns_total = sum(len(q.turns) for q in questions) * repeats * len(methods)
 
     warm = SamplingParams(max_new_tokens=min(16, params.max_new_tokens), temperature=params.temperature)
@@ -181,9 +199,11 @@ def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpe
                     if baseline is None:
                         baseline = r["output_ids"]
                     div = first_divergence(r["output_ids"], baseline)
+                    margin = top2_margin(target, prompt_ids, baseline, div) if div is not None else None
                     records.append({"method": m.spec.label, "verifier": m.verifier_name, "question_id": q.question_id, "category": q.category,
                                     "turn": turn, "repeat": rep, "prompt_tokens": len(prompt_ids), **r,
-                                    "matches_baseline": div is None, "first_divergence": div})
+                                    "matches_baseline": div is None, "first_divergence": div,
+                                    "divergence_margin": margin})
                     if progress:
                         progress(1, turns_total)
                 history.append({"role": "assistant", "content": target.decode(baseline)})

@@ -21,6 +21,7 @@ import torch
 from ..cache import check_supported
 from ..drafters import Drafter, build_drafter
 from ..errors import DraftsmithError
+from ..exact import Exact
 from ..policy import SmartSpec, StepCost, calibrate
 from ..target import CausalLM
 from ..types import GenerationResult, SamplingParams
@@ -43,15 +44,24 @@ def _check_target(target) -> None:
         raise DraftsmithError("target must come from draftsmith.load_target(...)")
 
 
+def _exact(target: CausalLM, exact) -> Exact | None:
+    if not isinstance(exact, bool):
+        raise DraftsmithError(f"exact must be True or False, got {exact!r}")
+    return Exact(target) if exact else None
+
+
 class SpeculativeDecoder:
     """Generate with `target`, drafting with `drafter` (a name, a spec "NAME:k=v", or an instance).
     `verifier`: a registered rule's name or spec, an instance, or None for the default (greedy at
     temperature 0, lossless rejection sampling otherwise); a rule with `lossless = False` is
-    reported as lossy in every output (`stats.lossless`)."""
+    reported as lossy in every output (`stats.lossless`). `exact=True`: greedy output id for id
+    identical to plain decoding in bf16 too (exact.py; refused with a message where it cannot be)."""
 
-    def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, **drafter_options):
+    def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, exact: bool = False,
+                 **drafter_options):
         _check_target(target)
         self.target = target
+        self.exact = _exact(target, exact)
         self.verifier = build_verifier(verifier)
         self.drafter = build_drafter(drafter, **drafter_options)
         check_supported(target.model, target.name)  # an unsupported cache is refused now, not at the first call
@@ -76,7 +86,7 @@ class SpeculativeDecoder:
         """Like `generate`, yielding a chunk per step as tokens are accepted."""
         params = params or SamplingParams()
         prompt_ids = self.target.encode(prompt)
-        loop = Loop(self.target, self.drafter, verifier=self.verifier)  # this generation's own cache
+        loop = Loop(self.target, self.drafter, verifier=self.verifier, exact=self.exact)  # this generation's own cache
         with self._lock:
             row = loop.add(prompt_ids, params, generator, verifier)
         want_text = text and self.target.tokenizer is not None
@@ -102,18 +112,20 @@ class BatchDecoder:
     """Decode many rows together with one target forward per step (continuous batching: rows join
     with `add` and leave when done or cancelled, between steps). `k_max` caps every row's draft;
     with `smartspec` and a step-cost model (`calibrate()`, or `cost=`), SmartSpec picks each
-    step's draft length for the whole batch."""
+    step's draft length for the whole batch. `exact=True`: each row's greedy output is id for id
+    what plain decoding of that row alone gives, in bf16 too, whatever else is in the batch."""
 
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, k_max: int = 8,
                  smartspec: bool = True, cost: Callable[[int, int], float] | None = None, probe_every: int = 16,
-                 **drafter_options):
+                 exact: bool = False, **drafter_options):
         _check_target(target)
         if not (isinstance(k_max, int) and not isinstance(k_max, bool) and k_max >= 0):
             raise DraftsmithError(f"k_max must be an integer >= 0, got {k_max!r}")
         self.target, self.k_max, self.smartspec, self.probe_every = target, k_max, smartspec, probe_every
         self.drafter = build_drafter(drafter, **drafter_options)
         self.loop = Loop(target, self.drafter, verifier=build_verifier(verifier), k_max=k_max,
-                         batch_policy=SmartSpec(k_max, cost, probe_every) if smartspec and cost else None)
+                         batch_policy=SmartSpec(k_max, cost, probe_every) if smartspec and cost else None,
+                         exact=_exact(target, exact))
         self.drafter.bind(target)
         self._lock = threading.Lock()
 

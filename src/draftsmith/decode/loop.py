@@ -21,7 +21,9 @@ refuse (decode/checks.py), ends that row with `row.error` set while the others g
 
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -29,11 +31,14 @@ import torch
 from ..cache import RowsCache, check_supported, new_cache
 from ..drafters.base import DraftContext, DrafterBase
 from ..errors import DraftsmithError
+from ..exact import Exact
 from ..policy import SmartSpec, row_policy
 from ..types import Draft, RunStats, SamplingParams, VerifyResult
 from ..verify import VerifierBase, build_verifier, default_verifier
 from .checks import check_draft, check_result
 from .rows import Row, TextTracker, check_length
+
+log = logging.getLogger(__name__)
 
 
 def kept_hidden(hidden: torch.Tensor, path: list[int]) -> torch.Tensor:
@@ -48,12 +53,13 @@ def _message(exc: Exception) -> str:
 class Loop:
     """Rows decoding together over one target. `drafter` is bound (its shared state built once);
     each row gets `drafter.fork()`. `verifier` None: per request, greedy at temperature 0 and
-    rejection sampling otherwise. `batch_policy` (SmartSpec) and `k_max` bound every row's draft."""
+    rejection sampling otherwise. `batch_policy` (SmartSpec) and `k_max` bound every row's draft.
+    `exact` (exact.py): every step's forward gives each token the bits a one-token forward would."""
 
     def __init__(self, target, drafter: DrafterBase, *, verifier=None, batch_policy: SmartSpec | None = None,
-                 k_max: int | None = None):
+                 k_max: int | None = None, exact: Exact | None = None):
         check_supported(target.model, target.name)
-        self.target, self.drafter, self.verifier = target, drafter, verifier
+        self.target, self.drafter, self.verifier, self.exact = target, drafter, verifier, exact
         self.batch_policy, self.k_max = batch_policy, k_max
         self.cache = RowsCache(target.config, target.device, target.dtype)
         self.rows: list[Row] = []
@@ -96,6 +102,18 @@ class Loop:
         self.rows.append(row)
         return row
 
+    def reset(self) -> None:
+        """Drop every row (their drafters finish) and start from an empty cache: after a failure
+        outside any one row, when rows may be half-committed."""
+        for r in self.rows:
+            try:
+                r.drafter.finish()
+            except Exception as exc:  # noqa: BLE001 - the rows are gone either way
+                log.warning("%s: finish() failed in reset: %s", r.drafter.name, _message(exc))
+        self.rows = []
+        self.cache = RowsCache(self.target.config, self.target.device, self.target.dtype)
+        self.last_k = None
+
     def cancel(self, row: Row) -> None:
         if row in self.rows:
             row.cancelled = row.done = True
@@ -111,8 +129,8 @@ class Loop:
                 r.stats.wall_time = now - r.start_time
                 try:
                     r.drafter.finish()
-                except Exception as exc:  # noqa: BLE001 - a drafter's cleanup must not fail the others
-                    r.error = r.error or _message(exc)
+                except Exception as exc:  # noqa: BLE001 - a drafter's cleanup fails neither the others nor
+                    log.warning("%s: finish() failed after the row ended: %s", r.drafter.name, _message(exc))  # this row
         self.cache.keep_rows(keep)
         self.rows = [self.rows[i] for i in keep]
 
@@ -160,8 +178,9 @@ class Loop:
         trees = [d.tree for d in drafts]
         ids, pos, cache_position, mask = self.cache.step_inputs(
             [r.ids[-1] for r in rows], [d.token_ids[0] for d in drafts], trees, [len(r.ids) for r in rows])
-        out = self.target.step(ids, pos, self.cache.cache, cache_position=cache_position, mask=mask,
-                               hidden_states=need_hidden)
+        with self.exact.active() if self.exact is not None else nullcontext():
+            out = self.target.step(ids, pos, self.cache.cache, cache_position=cache_position, mask=mask,
+                                   hidden_states=need_hidden)
         logits = out.logits  # [B, q, V]
         hidden = out.hidden_states[-1] if need_hidden else None  # [B, q, H]
 

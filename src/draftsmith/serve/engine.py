@@ -29,7 +29,6 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..decode import BatchDecoder, Row
-from ..decode.loop import Loop
 from ..drafters import Drafter
 from ..errors import DraftsmithError
 from ..target import CausalLM
@@ -307,16 +306,7 @@ class Engine:
     def _fresh_loop(self) -> None:
         """A loop with no rows and an empty cache, over the same target, bound drafter, rule and
         policy (rows of a failed step may be half-committed: none of them is kept)."""
-        old = self.decoder.loop
-        for r in list(old.rows):
-            try:
-                r.drafter.finish()
-            except Exception:  # noqa: BLE001 - the row is gone either way
-                pass
-        settings = {"verifier": old.verifier, "batch_policy": old.batch_policy, "k_max": old.k_max}
-        if getattr(old, "exact", None) is not None:  # the exact mode (decode/), kept across a restart
-            settings["exact"] = old.exact
-        self.decoder.loop = Loop(self.target, old.drafter, **settings)
+        self.decoder.loop.reset()
         self.metrics.running.set(0)
 
     # ----- the worker ------------------------------------------------------------------------

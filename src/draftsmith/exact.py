@@ -1,0 +1,240 @@
+"""Exact mode: greedy output id-for-id identical to plain decoding in bf16, whatever the drafter
+and whatever else is in the batch.
+
+Why outputs differ without it. A verification forward over 1 + N tokens (or over B rows) and a
+one-token forward compute the same function but round differently in bf16, so a token whose
+top-2 logits are within rounding can flip, and everything after it differs. Measured on the
+2-core CPU (torch 2.13, SmolLM2 bf16), op by op, feeding a token alone or among others:
+
+    embedding, RMSNorm, rotary, SiLU, residual adds       the same bits
+    linear layers over M <= 32 rows                       the same bits (oneDNN changes kernels above)
+    attention over q queries with a mask                  differs from a one-query call for q >= 2
+                                                          (kernel blocking over queries and keys)
+
+So exact mode changes two things, only inside the verification forward (`Exact.active()`):
+
+    attention     each query is computed by the very call plain decoding makes for it:
+                  transformers' sdpa, one query, over exactly the keys it sees, in cache order,
+                  with no mask (`Exact.attention`). Plain decoding's call is its own; a draft
+                  node's call gets the same keys (the committed prefix, then its path), so the
+                  same inputs give the same bits on any deterministic kernel, CPU or GPU.
+    linear        run in chunks of at most `chunk` rows, `chunk` the largest count for which
+                  every row of a product equals its one-row product, measured at start-up on this
+                  device for every weight shape of the model (`row_stable_chunk`).
+
+Prefill is the same forward in plain and speculative decoding (the same prompt), so it keeps the
+fast path. A model whose attention does not go through draftsmith's attention function, or a
+device where the premise fails, is refused at start-up: `Exact` runs a chain forward against
+one-token forwards on the target itself and compares the logits bit for bit (`self_check`).
+
+What it costs: a step runs one attention call per query and layer instead of one per layer
+(measured in benchmarks/smollm2-135m-bf16-exact/). Exact mode promises greedy equality; sampled
+outputs stay lossless (the same distribution), as without it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .errors import DraftsmithError
+
+_ACTIVE: ContextVar["Exact | None"] = ContextVar("draftsmith_exact", default=None)
+
+
+def current() -> "Exact | None":
+    """The exact mode of the forward running in this thread, if any."""
+    return _ACTIVE.get()
+
+
+# ----- linear layers ------------------------------------------------------------------------
+def _row_stable_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear.forward, in chunks of `chunk` rows while exact mode is active."""
+    state = _ACTIVE.get()
+    rows = x.numel() // max(1, x.shape[-1])
+    if state is None or rows <= state.chunk:
+        return F.linear(x, module.weight, module.bias)
+    flat = x.reshape(1, rows, x.shape[-1])  # [1, M, in]
+    out = torch.cat([F.linear(c, module.weight, module.bias) for c in flat.split(state.chunk, dim=1)], dim=1)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _install_row_stable_linears(model) -> int:
+    """Route every nn.Linear of `model` through `_row_stable_linear` (the same as before while
+    exact mode is off). Returns how many were switched."""
+    n = 0
+    for mod in model.modules():
+        if type(mod) is torch.nn.Linear and not isinstance(mod.forward, partial):
+            mod.forward = partial(_row_stable_linear, mod)
+            n += 1
+    return n
+
+
+@torch.inference_mode()
+def row_stable_chunk(model, max_rows: int = 32, seed: int = 0) -> int:
+    """The largest c <= max_rows such that, for every weight shape of the model's linear layers and
+    every m <= c, each row of an m-row product equals that row's one-row product (bitwise)."""
+    shapes = {}
+    for mod in model.modules():
+        if type(mod) is torch.nn.Linear:
+            w = mod.weight
+            shapes.setdefault((tuple(w.shape), w.dtype, w.device, mod.bias is not None), mod)
+    best = max_rows
+    gen = torch.Generator().manual_seed(seed)
+    for (shape, dtype, device, _), mod in shapes.items():
+        x = torch.randn(1, best, shape[1], generator=gen).to(device=device, dtype=dtype)  # [1, M, in]
+        alone = torch.cat([F.linear(x[:, i:i + 1], mod.weight, mod.bias) for i in range(best)], dim=1)  # [1, M, out]
+        for m in range(2, best + 1):
+            if not torch.equal(F.linear(x[:, :m], mod.weight, mod.bias), alone[:, :m]):
+                best = m - 1
+                break
+        if best == 1:
+            break
+    return best
+
+
+# ----- attention ------------------------------------------------------------------------------
+class _RowPlan:
+    """How one row's queries see the keys: `index` the committed slots then the step's slots (a
+    buffer of keys in cache order; None = the first `n` slots as they are), and per query its
+    (start, end) run in that buffer plus the extra buffer positions of its path (a tree node)."""
+
+    __slots__ = ("b", "index", "queries")
+
+    def __init__(self, b: int, index: torch.Tensor | None, queries: list[tuple[int, int, int, list[int] | None]]):
+        self.b, self.index, self.queries = b, index, queries  # queries: (j, start, end, path | None)
+
+
+def _plan(mask, q: int, K: int, B: int, device) -> list[_RowPlan]:
+    """Per row and query, the keys it sees, from the step's mask (additive [B|1, 1, q, K], boolean,
+    or None: causal, the queries being the last q of the K keys)."""
+    if mask is None:
+        vis = torch.ones(1, q, K, dtype=torch.bool).tril(K - q)  # [1, q, K]
+    else:
+        m = mask[:, 0] if mask.dim() == 4 else mask  # [B|1, q, K]
+        vis = (m if m.dtype == torch.bool else m == 0).cpu()
+    vis = vis.expand(B, q, K)
+    plans = []
+    first_new = K - q  # the step's own slots are the last q
+    for b in range(B):
+        committed = vis[b, :, :first_new].any(0).nonzero().flatten().tolist()
+        n_c = len(committed)
+        dense = committed == list(range(n_c))
+        # buffer = committed slots, then the q step slots
+        index = None if dense and n_c == first_new else torch.tensor(
+            committed + list(range(first_new, K)), dtype=torch.long, device=device)
+        queries = []
+        for j in range(q):
+            row = vis[b, j]
+            seen_c = row[:first_new].nonzero().flatten().tolist()
+            seen_new = (row[first_new:].nonzero().flatten() + n_c).tolist()  # buffer positions
+            if seen_c:
+                start = committed.index(seen_c[0])
+                if committed[start:start + len(seen_c)] != seen_c or start + len(seen_c) != n_c:
+                    raise DraftsmithError("exact mode: a query sees a committed prefix that is not one run")
+            else:
+                start = n_c
+            if seen_new == list(range(n_c, n_c + len(seen_new))):
+                queries.append((j, start, n_c + len(seen_new), None))
+            else:
+                queries.append((j, start, n_c, seen_new))
+        plans.append(_RowPlan(b, index, queries))
+    return plans
+
+
+class Exact:
+    """Exact mode for one target (see the module docstring). Built once per decoder."""
+
+    def __init__(self, target, max_rows: int = 32):
+        from .attention import NAME
+
+        impl = getattr(target.config, "_attn_implementation", None)
+        if impl != NAME:
+            raise DraftsmithError(
+                f"exact mode needs the target's attention to run through draftsmith's ({NAME}); {target.name} "
+                f"runs {impl!r} (its modeling code could not be switched safely), so its bf16 output cannot be "
+                "made equal to plain decoding here. Use fp32 (`--dtype fp32`) for bit-equal greedy output.")
+        self.target = target
+        self.chunk = row_stable_chunk(target.model, max_rows)
+        _install_row_stable_linears(target.model)
+        self._plans: dict = {}
+        self.self_check()
+
+    @contextmanager
+    def active(self):
+        """Exact mode for the forwards run inside (this thread only)."""
+        token = _ACTIVE.set(self)
+        self._plans = {}
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+            self._plans = {}
+
+    def attention(self, module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+        """query [B, H, q, D], key/value [B, H_kv, K, D], attention_mask as the model gives it ->
+        ([B, q, H, D], None): every query by the one-query call plain decoding makes."""
+        B, H, q, D = query.shape
+        K = key.shape[2]
+        ident = (id(attention_mask), q, K, B)
+        plans = self._plans.get(ident)
+        if plans is None:
+            plans = self._plans[ident] = _plan(attention_mask, q, K, B, key.device)
+        out = query.new_empty(B, q, H, value.shape[-1])  # [B, q, H, Dv]
+        for p in plans:
+            k_row, v_row = key[p.b:p.b + 1], value[p.b:p.b + 1]  # [1, H_kv, K, D]
+            if p.index is not None:
+                k_row, v_row = k_row.index_select(2, p.index), v_row.index_select(2, p.index)
+            scratch = None
+            for j, start, end, path in p.queries:
+                if path is None:
+                    k, v = k_row[:, :, start:end], v_row[:, :, start:end]
+                else:  # a tree node: its path written after the prefix, in a scratch copy
+                    if scratch is None:
+                        scratch = (k_row.clone(), v_row.clone())
+                    ks, vs = scratch
+                    idx = torch.tensor(path, dtype=torch.long, device=key.device)
+                    ks[:, :, end:end + len(path)] = k_row.index_select(2, idx)
+                    vs[:, :, end:end + len(path)] = v_row.index_select(2, idx)
+                    k, v = ks[:, :, start:end + len(path)], vs[:, :, start:end + len(path)]
+                o, _ = sdpa_attention_forward(module, query[p.b:p.b + 1, :, j:j + 1], k, v, None, dropout=dropout,
+                                              scaling=scaling, **kwargs)  # [1, 1, H, Dv]
+                out[p.b, j] = o[0, 0]
+        return out, None
+
+    @torch.inference_mode()
+    def self_check(self, context: int = 12, width: int = 9) -> None:
+        """A chain forward of `width` tokens against `width` one-token forwards on the target,
+        bit for bit; refuse exact mode where they differ."""
+        from .cache import new_cache
+
+        target = self.target
+        dev = target.device
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, target.vocab_size, (1, context + width), generator=gen).to(dev)  # [1, n]
+
+        def prefilled():
+            cache = new_cache()
+            slots = torch.arange(context, device=dev)
+            target.step(ids[:, :context], slots[None], cache, cache_position=slots)
+            return cache
+
+        one, chain = prefilled(), prefilled()  # prefill is outside exact mode, as in the loop
+        alone = []
+        with self.active():
+            for i in range(context, context + width):
+                slot = torch.tensor([i], device=dev)
+                alone.append(target.step(ids[:, i:i + 1], slot[None], one, cache_position=slot).logits)
+        with self.active():
+            slots = torch.arange(context, context + width, device=dev)
+            together = target.step(ids[:, context:], slots[None], chain, cache_position=slots).logits  # [1, w, V]
+        if not torch.equal(torch.cat(alone, dim=1), together):
+            raise DraftsmithError(
+                f"exact mode is not available for {target.name} on {dev}: a {width}-token verification forward "
+                "does not reproduce one-token forwards bit for bit even with per-query attention and "
+                f"{self.chunk}-row linear chunks. Use fp32 for bit-equal greedy output.")
