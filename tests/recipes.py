@@ -14,6 +14,7 @@ target's vocabulary, seed 1) and the capabilities the recipe's drafter declares 
     heads       needs the target's hidden states (draft heads)
     sampled_q   at temperature > 0 its drafts carry the q they were drawn from (else q is None)
     forkable    several rows at once (a DrafterBase; a bare object with `propose` is not)
+    verifier    the rule every matrix runs the recipe with (a multi-draft rule for multi-draft drafters)
 
 tests/unit/test_recipes.py checks that every registered drafter and verifier has a recipe, that
 every recipe is in some matrix, and that the flags are what the drafters really do. A new drafter
@@ -30,7 +31,7 @@ import torch
 
 from draftsmith import CausalLM, Draft, DrafterBase, VerifierBase, VerifyResult, build_drafter
 from draftsmith.sampling import probs
-from draftsmith.verify import GreedyVerifier, RejectionVerifier
+from draftsmith.verify import GreedyVerifier, RecursiveVerifier, RejectionVerifier, SpecTrVerifier
 from draftsmith.verify import BildVerifier, RelaxedVerifier, TypicalVerifier
 from tests.conftest import WrongDrafter, random_heads, tiny_model
 
@@ -46,6 +47,7 @@ class Recipe:
     greedy: bool = False  # in test_equivalence's matrix
     batch: bool = False  # in test_batch's matrix
     sampling: tuple[str, ...] = ()  # test_distribution's cases (CASES names) for this recipe
+    verifier: str | None = None  # the acceptance rule the matrices run it with (None: the default per request)
 
 
 def draft_lm(target: CausalLM, arch: str, draft: CausalLM | None) -> CausalLM:
@@ -141,6 +143,13 @@ def _dm_vocab(ids: Callable[[int], list[int]], k: int = 3):
     return make
 
 
+def _multi(replacement: bool, branches: int = 3, k: int = 2):
+    def make(target, arch, tmp_path, draft=None):
+        return build_drafter("multi", model=CausalLM(draft_lm(target, arch, draft).model), branches=branches,
+                             replacement=replacement, k=k)
+    return make
+
+
 def _named(name: str, **options):
     return lambda target, arch, tmp_path, draft=None: build_drafter(name, **options)
 
@@ -204,6 +213,12 @@ RECIPES: dict[str, Recipe] = {
     # a tree of siblings sampled independently from the drafter's q (a bare object: not forkable)
     "sampled-tree": Recipe(lambda target, arch, tmp_path, draft=None: SampledTree(draft_lm(target, arch, draft)),
                            None, trees=True, sampled_q=True, forkable=False, sampling=("t1", "t0.7-topk3")),
+    # multi-draft: k first tokens drawn i.i.d. (SpecTr's K-SEQ selection) or without replacement
+    # (recursive rejection), each continued by a sampled chain (tests/integration/test_multidraft.py: controls)
+    "multi-iid-spectr": Recipe(_multi(True), "multi", trees=True, sampled_q=True, greedy=True,
+                               sampling=("t1", "t0.7-topk3"), verifier="spectr"),
+    "multi-distinct-recursive": Recipe(_multi(False), "multi", trees=True, sampled_q=True, greedy=True, batch=True,
+                                       sampling=("t1", "t0.7-topk3"), verifier="recursive"),
 }
 
 
@@ -219,6 +234,11 @@ def sampling_cases() -> list[tuple[str, str]]:
 
 def build(name: str, target, arch: str, tmp_path, draft=None):
     return RECIPES[name].make(target, arch, tmp_path, draft)
+
+
+def verifier_of(name: str):
+    """The rule recipe `name` runs with (None: the default per request)."""
+    return RECIPES[name].verifier
 
 
 # ----- verifiers -----------------------------------------------------------------------------
@@ -255,6 +275,9 @@ VERIFIER_RECIPES: dict[str, VerifierRecipe] = {
     "typical": VerifierRecipe(TypicalVerifier, "typical", lossless=False, greedy=False, sampling=False),
     "relaxed": VerifierRecipe(RelaxedVerifier, "relaxed", lossless=False, greedy=False, sampling=False),
     "bild": VerifierRecipe(BildVerifier, "bild", lossless=False, greedy=False, sampling=False),
+    # multi-draft rules: their distribution tests run with the multi drafter's recipes (verifier=)
+    "spectr": VerifierRecipe(SpecTrVerifier, "spectr", lossless=True, greedy=True, sampling=True),
+    "recursive": VerifierRecipe(RecursiveVerifier, "recursive", lossless=True, greedy=True, sampling=True),
 }
 
 

@@ -9,7 +9,7 @@ import torch
 from draftsmith import CausalLM, DrafterBase, SamplingParams, SpeculativeDecoder, build_drafter
 from draftsmith import BatchDecoder
 from tests.conftest import tiny_model
-from tests.recipes import build, recipes
+from tests.recipes import build, recipes, verifier_of
 
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [1, 2], [9, 8, 7, 9, 8, 7, 9, 8], [4]]
 
@@ -21,7 +21,8 @@ def alone(target, prompt, max_new):
 @pytest.mark.parametrize("drafter", recipes("batch"))
 def test_every_row_equals_its_request_alone(arch, drafter, tmp_path):
     target = tiny_model(arch)
-    dec = BatchDecoder(target, build(drafter, target, arch, tmp_path), k_max=4, smartspec=False)
+    dec = BatchDecoder(target, build(drafter, target, arch, tmp_path), verifier=verifier_of(drafter), k_max=4,
+                       smartspec=False)
     lengths = [40, 25, 33, 12, 28, 20]
     outs = dec.generate(PROMPTS, [SamplingParams(max_new_tokens=n) for n in lengths])
     for prompt, n, out in zip(PROMPTS, lengths, outs):

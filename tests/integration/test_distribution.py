@@ -17,7 +17,7 @@ import torch
 from draftsmith import BatchDecoder, SamplingParams, SpeculativeDecoder
 from draftsmith.sampling import probs
 from tests.conftest import tiny_model
-from tests.recipes import VERIFIER_RECIPES, AlwaysAccept, SampledTree, build, lossy_verifiers, sampling_cases
+from tests.recipes import VERIFIER_RECIPES, AlwaysAccept, SampledTree, build, lossy_verifiers, sampling_cases, verifier_of
 
 __all__ = ["AlwaysAccept", "SampledTree", "chi_square_fails", "exact_distribution"]
 
@@ -84,7 +84,8 @@ BATCHED = {("ngram-k3", "t1"), ("draft_model-k3", "t1")}  # run by test_batched_
 def test_sampling_is_lossless(pair, recipe, case, tmp_path):
     target, drafter_model = pair
     params = CASES[case]
-    dec = SpeculativeDecoder(target, build(recipe, target, "llama", tmp_path, draft=drafter_model))
+    dec = SpeculativeDecoder(target, build(recipe, target, "llama", tmp_path, draft=drafter_model),
+                             verifier=verifier_of(recipe))
     failed, stat, bound = chi_square_fails(sample_counts(dec, params), exact_distribution(target, params), SAMPLES)
     assert not failed, f"chi-square {stat:.1f} > {bound:.1f}"
 
