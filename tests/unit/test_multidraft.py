@@ -128,6 +128,17 @@ def test_kseq_root_case():
     assert 0.9 < acc == pytest.approx(1 - (1 - beta) ** 2, abs=1e-9)
 
 
+def test_kseq_without_its_residual_is_not_exact():
+    """The negative control, exactly: the bonus drawn from p instead of the residual after every
+    candidate is rejected leaves the output law off p."""
+    p, q = random_pq(4, 1)
+    accept, _, rho = kseq(p, q, 2)
+    beta = float(torch.minimum(q, p / rho).sum())
+    m = accept * q
+    bent = m * (1 - (1 - beta) ** 2) / beta + (1 - beta) ** 2 * p
+    assert float((bent - p).abs().sum()) / 2 > 1e-3
+
+
 def test_recursive_hand_case():
     """Same p and q, two siblings: without replacement every draw is accepted (if x_1 is the
     useless token, p_2 = (1/2, 1/2, 0) = q_2 exactly), so acceptance is 1; i.i.d. siblings verified
