@@ -40,8 +40,9 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward, use_gqa_in_sdpa
 
+from .cache import sliding_window
 from .errors import DraftsmithError
 
 _ACTIVE: ContextVar["Exact | None"] = ContextVar("draftsmith_exact", default=None)
@@ -106,13 +107,14 @@ class _RowPlan:
 
     __slots__ = ("b", "index", "queries")
 
-    def __init__(self, b: int, index: torch.Tensor | None, queries: list[tuple[int, int, int, list[int] | None]]):
+    def __init__(self, b: int, index: torch.Tensor | None, queries: list[tuple[int, int, int, torch.Tensor | None]]):
         self.b, self.index, self.queries = b, index, queries  # queries: (j, start, end, path | None)
 
 
-def _plan(mask, q: int, K: int, B: int, device) -> list[_RowPlan]:
+def _plan(mask, q: int, K: int, B: int, device, valid: torch.Tensor | None = None) -> list[_RowPlan]:
     """Per row and query, the keys it sees, from the step's mask (additive [B|1, 1, q, K], boolean,
-    or None: causal, the queries being the last q of the K keys)."""
+    or None: causal, the queries being the last q of the K keys). `valid` [B, K - q]: the rows'
+    committed slots (cache.py; None: those some query sees)."""
     if mask is None:
         vis = torch.ones(1, q, K, dtype=torch.bool).tril(K - q)  # [1, q, K]
     else:
@@ -122,7 +124,8 @@ def _plan(mask, q: int, K: int, B: int, device) -> list[_RowPlan]:
     plans = []
     first_new = K - q  # the step's own slots are the last q
     for b in range(B):
-        committed = vis[b, :, :first_new].any(0).nonzero().flatten().tolist()
+        seen_any = vis[b, :, :first_new].any(0) if valid is None else valid[b, :first_new]
+        committed = seen_any.nonzero().flatten().tolist()
         n_c = len(committed)
         dense = committed == list(range(n_c))
         # buffer = committed slots, then the q step slots
@@ -142,7 +145,7 @@ def _plan(mask, q: int, K: int, B: int, device) -> list[_RowPlan]:
             if seen_new == list(range(n_c, n_c + len(seen_new))):
                 queries.append((j, start, n_c + len(seen_new), None))
             else:
-                queries.append((j, start, n_c, seen_new))
+                queries.append((j, start, n_c, torch.tensor(seen_new, dtype=torch.long, device=device)))
         plans.append(_RowPlan(b, index, queries))
     return plans
 
@@ -157,19 +160,23 @@ class Exact:
         if impl != NAME:
             raise DraftsmithError(
                 f"exact mode needs the target's attention to run through draftsmith's ({NAME}); {target.name} "
-                f"runs {impl!r} (its modeling code could not be switched safely), so its bf16 output cannot be "
-                "made equal to plain decoding here. Use fp32 (`--dtype fp32`) for bit-equal greedy output.")
+                f"runs {impl!r} (its modeling code could not be switched safely), so its output cannot be "
+                "made bit-equal to plain decoding here; fp32 (`--dtype fp32`) makes near-tie differences rare.")
         self.target = target
+        self.windowed = sliding_window(target.config) is not None
         self.chunk = row_stable_chunk(target.model, max_rows)
         _install_row_stable_linears(target.model)
         self._plans: dict = {}
+        self._valid = None
         self.self_check()
 
     @contextmanager
-    def active(self):
-        """Exact mode for the forwards run inside (this thread only)."""
+    def active(self, valid: torch.Tensor | None = None):
+        """Exact mode for the forwards run inside (this thread only). `valid` [B, T]: the rows'
+        committed slots (RowsCache.valid), needed where a sliding window hides some of them."""
         token = _ACTIVE.set(self)
         self._plans = {}
+        self._valid = valid.cpu() if valid is not None else None
         try:
             yield self
         finally:
@@ -184,7 +191,25 @@ class Exact:
         ident = (id(attention_mask), q, K, B)
         plans = self._plans.get(ident)
         if plans is None:
-            plans = self._plans[ident] = _plan(attention_mask, q, K, B, key.device)
+            plans = self._plans[ident] = _plan(attention_mask, q, K, B, key.device, self._valid)
+        n_rep = getattr(module, "num_key_value_groups", 1)
+        # plain decoding's one-query call: transformers' sdpa with no mask; on CPU and CUDA that is
+        # this F.sdpa call (kwargs beyond the usual, e.g. a softcap, go through transformers itself)
+        direct = (not kwargs or set(kwargs) <= {"position_ids", "cache_position", "sliding_window"}) and (
+            n_rep == 1 or use_gqa_in_sdpa(None, key, value))
+        gqa = {"enable_gqa": True} if n_rep > 1 else {}
+
+        def one(qj, k, v, start):  # [1, H, 1, D], keys from `start` visible -> [1, 1, H, Dv]
+            if self.windowed:  # plain decoding's call here has every key and an additive mask (cache.py)
+                mask = torch.zeros(1, 1, 1, k.shape[2], dtype=qj.dtype, device=qj.device)
+                mask[..., :start] = torch.finfo(qj.dtype).min
+                return sdpa_attention_forward(module, qj, k, v, mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+            k, v = k[:, :, start:], v[:, :, start:]
+            if direct:
+                return F.scaled_dot_product_attention(qj, k, v, attn_mask=None, dropout_p=0.0, scale=scaling,
+                                                      is_causal=False, **gqa).transpose(1, 2)
+            return sdpa_attention_forward(module, qj, k, v, None, dropout=dropout, scaling=scaling, **kwargs)[0]
+
         out = query.new_empty(B, q, H, value.shape[-1])  # [B, q, H, Dv]
         for p in plans:
             k_row, v_row = key[p.b:p.b + 1], value[p.b:p.b + 1]  # [1, H_kv, K, D]
@@ -193,48 +218,66 @@ class Exact:
             scratch = None
             for j, start, end, path in p.queries:
                 if path is None:
-                    k, v = k_row[:, :, start:end], v_row[:, :, start:end]
+                    k, v = k_row[:, :, :end], v_row[:, :, :end]
                 else:  # a tree node: its path written after the prefix, in a scratch copy
                     if scratch is None:
                         scratch = (k_row.clone(), v_row.clone())
                     ks, vs = scratch
-                    idx = torch.tensor(path, dtype=torch.long, device=key.device)
-                    ks[:, :, end:end + len(path)] = k_row.index_select(2, idx)
-                    vs[:, :, end:end + len(path)] = v_row.index_select(2, idx)
-                    k, v = ks[:, :, start:end + len(path)], vs[:, :, start:end + len(path)]
-                o, _ = sdpa_attention_forward(module, query[p.b:p.b + 1, :, j:j + 1], k, v, None, dropout=dropout,
-                                              scaling=scaling, **kwargs)  # [1, 1, H, Dv]
-                out[p.b, j] = o[0, 0]
+                    n = path.numel()
+                    ks[:, :, end:end + n] = k_row.index_select(2, path)
+                    vs[:, :, end:end + n] = v_row.index_select(2, path)
+                    k, v = ks[:, :, :end + n], vs[:, :, :end + n]
+                out[p.b, j] = one(query[p.b:p.b + 1, :, j:j + 1], k, v, start)[0, 0]
         return out, None
 
     @torch.inference_mode()
     def self_check(self, context: int = 12, width: int = 9) -> None:
-        """A chain forward of `width` tokens against `width` one-token forwards on the target,
-        bit for bit; refuse exact mode where they differ."""
-        from .cache import new_cache
+        """On the target, with the loop's own inputs (cache.py's RowsCache): one-token steps in exact
+        mode against plain decoding's, and a `width`-token verification forward against the
+        one-token steps, bit for bit; refuse exact mode where they differ."""
+        from .cache import RowsCache, new_cache
 
         target = self.target
         dev = target.device
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(0, target.vocab_size, (1, context + width), generator=gen).to(dev)  # [1, n]
 
-        def prefilled():
-            cache = new_cache()
-            slots = torch.arange(context, device=dev)
+        def row() -> RowsCache:  # a row whose cache holds ids[:context]; ids[context] is its root
+            cache, slots = new_cache(), torch.arange(context, device=dev)
             target.step(ids[:, :context], slots[None], cache, cache_position=slots)
-            return cache
+            rows = RowsCache(target.config, dev, target.dtype)
+            rows.add_row(cache, context)
+            return rows
 
-        one, chain = prefilled(), prefilled()  # prefill is outside exact mode, as in the loop
-        alone = []
-        with self.active():
-            for i in range(context, context + width):
-                slot = torch.tensor([i], device=dev)
-                alone.append(target.step(ids[:, i:i + 1], slot[None], one, cache_position=slot).logits)
-        with self.active():
-            slots = torch.arange(context, context + width, device=dev)
-            together = target.step(ids[:, context:], slots[None], chain, cache_position=slots).logits  # [1, w, V]
-        if not torch.equal(torch.cat(alone, dim=1), together):
+        def forward(rows: RowsCache, n_committed: int, draft: torch.Tensor, exact: bool) -> torch.Tensor:
+            inputs = rows.step_inputs([int(ids[0, n_committed - 1])], [draft], [None], [n_committed])
+            ids_, pos, cache_position, mask = inputs
+            with self.active(rows.valid) if exact else _nothing():
+                return target.step(ids_, pos, rows.cache, cache_position=cache_position, mask=mask).logits
+
+        def one_token_steps(exact: bool) -> torch.Tensor:
+            rows, out = row(), []
+            for n in range(context + 1, context + width + 1):
+                out.append(forward(rows, n, ids[0, :0], exact))
+                rows.commit([[0]], 1)
+            return torch.cat(out, dim=1)  # [1, width, V]
+
+        exact_steps = one_token_steps(True)
+        hint = ("" if target.dtype == torch.float32 else " In fp32 such differences are far rarer.") + (
+            " Without exact mode greedy output can differ from plain decoding at near ties (bench reports the "
+            "margin at the first difference).")
+        if not torch.equal(exact_steps, one_token_steps(False)):
+            raise DraftsmithError(f"exact mode is not available for {target.name} ({target.dtype}) on {dev}: its "
+                                  "one-token forward does not give plain decoding's bits (its attention takes "
+                                  "arguments exact mode does not reproduce)." + hint)
+        together = forward(row(), context + 1, ids[0, context + 1:], True)  # [1, width, V]
+        if not torch.equal(exact_steps, together):
             raise DraftsmithError(
-                f"exact mode is not available for {target.name} on {dev}: a {width}-token verification forward "
-                "does not reproduce one-token forwards bit for bit even with per-query attention and "
-                f"{self.chunk}-row linear chunks. Use fp32 for bit-equal greedy output.")
+                f"exact mode is not available for {target.name} ({target.dtype}) on {dev}: a {width}-token "
+                "verification forward does not reproduce one-token forwards bit for bit even with per-query "
+                f"attention and {self.chunk}-row linear chunks (a kernel here depends on the number of rows)." + hint)
+
+
+@contextmanager
+def _nothing():
+    yield

@@ -119,3 +119,21 @@ def test_exact_is_refused_where_it_cannot_hold():
         SpeculativeDecoder(t, "none", exact=True)
     with pytest.raises(DraftsmithError, match="exact must be True or False"):
         SpeculativeDecoder(bf16_tiny("llama"), "none", exact="yes")
+
+
+def test_exact_with_a_sliding_window_bf16():
+    """A target mixing sliding-window and full layers (tiny Gemma 3, window 8, prompts longer than
+    it): plain decoding gives sliding layers every key and a mask, so exact mode does the same per
+    query; chains and trees, one row and batched, equal plain decoding."""
+    from tests.integration.test_sliding_window import tiny_gemma3
+
+    g = tiny_gemma3(std=0.02)
+    g.model.to(torch.bfloat16)
+    t = CausalLM(g.model, None, g.name)
+    ps = [p for p in prompts(6, seed=1)]
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    plain = [SpeculativeDecoder(t, "none").generate(p, params).token_ids for p in ps]
+    for drafter in (WrongDrafter(t, k=5), TwinTree()):
+        assert [SpeculativeDecoder(t, drafter, exact=True).generate(p, params).token_ids for p in ps] == plain
+    batch = BatchDecoder(t, WrongDrafter(t, k=5), exact=True, smartspec=False)
+    assert [r.token_ids for r in batch.generate(ps, params)] == plain

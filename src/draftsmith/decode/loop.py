@@ -178,7 +178,7 @@ class Loop:
         trees = [d.tree for d in drafts]
         ids, pos, cache_position, mask = self.cache.step_inputs(
             [r.ids[-1] for r in rows], [d.token_ids[0] for d in drafts], trees, [len(r.ids) for r in rows])
-        with self.exact.active() if self.exact is not None else nullcontext():
+        with self.exact.active(self.cache.valid) if self.exact is not None else nullcontext():
             out = self.target.step(ids, pos, self.cache.cache, cache_position=cache_position, mask=mask,
                                    hidden_states=need_hidden)
         logits = out.logits  # [B, q, V]
