@@ -210,8 +210,9 @@ class Exact:
                                                       is_causal=False, **gqa).transpose(1, 2)
             return sdpa_attention_forward(module, qj, k, v, None, dropout=dropout, scaling=scaling, **kwargs)[0]
 
-        out = query.new_empty(B, q, H, value.shape[-1])  # [B, q, H, Dv]
+        outs = []  # [1, 1, H, Dv] per (row, query), rows first: the plans' order
         for p in plans:
+            queries = query[p.b:p.b + 1].split(1, dim=2)  # q x [1, H, 1, D]
             k_row, v_row = key[p.b:p.b + 1], value[p.b:p.b + 1]  # [1, H_kv, K, D]
             if p.index is not None:
                 k_row, v_row = k_row.index_select(2, p.index), v_row.index_select(2, p.index)
@@ -227,8 +228,8 @@ class Exact:
                     ks[:, :, end:end + n] = k_row.index_select(2, path)
                     vs[:, :, end:end + n] = v_row.index_select(2, path)
                     k, v = ks[:, :, :end + n], vs[:, :, :end + n]
-                out[p.b, j] = one(query[p.b:p.b + 1, :, j:j + 1], k, v, start)[0, 0]
-        return out, None
+                outs.append(one(queries[j], k, v, start))
+        return torch.cat(outs, dim=1).reshape(B, q, H, value.shape[-1]), None  # [B, q, H, Dv]
 
     @torch.inference_mode()
     def self_check(self, context: int = 12, width: int = 9) -> None:
