@@ -228,7 +228,8 @@ def _check_serve_args(args) -> None:
                                    ("--max-body", args.max_body, 1, " (bytes)"), ("--max-queue", args.max_queue, 1, ""),
                                    ("--default-max-tokens", args.default_max_tokens, 1, ""),
                                    ("--max-tokens-limit", args.max_tokens_limit, 0, " (0: the context length)"),
-                                   ("--max-restarts", args.max_restarts, 0, ""), ("--threads", args.threads, 1, "")):
+                                   ("--max-restarts", args.max_restarts, 0, ""), ("--threads", args.threads, 1, ""),
+                                   ("--prefill-chunk", args.prefill_chunk, 0, " (0: a prompt at once)")):
         if value is not None and value < low:
             raise DraftsmithError(f"{flag} must be an integer >= {low}{what}, got {value}")
     for flag, value in (("--request-timeout", args.request_timeout), ("--first-token-timeout", args.first_token_timeout),
@@ -259,7 +260,7 @@ def cmd_serve(args) -> int:
     target = load_target(args.model, dtype=args.dtype, device=args.device)
     engine = Engine(target, build_drafter(name, **options), verifier=_verifier(args), max_batch=args.max_batch,
                     smartspec=not args.no_smartspec, k_max=args.k_max, max_queue=args.max_queue,
-                    max_restarts=args.max_restarts, exact=args.exact)
+                    max_restarts=args.max_restarts, exact=args.exact, prefill_chunk=args.prefill_chunk or None)
     app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body,
                      verifier_name=args.verifier, request_timeout=args.request_timeout,
                      first_token_timeout=args.first_token_timeout, body_timeout=args.body_timeout,
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "more is a 400 (default 0 = the context length)")
     v.add_argument("--max-restarts", type=int, default=3, help="engine worker restarts after failures within a minute "
                    "before the server reports itself unhealthy (default 3)")
+    v.add_argument("--prefill-chunk", type=int, default=256, help="prefill a longer prompt this many tokens per step, "
+                   "between the running streams' steps, so none waits longer than one chunk (default 256; 0 = a "
+                   "prompt at once)")
     v.add_argument("--threads", type=int, help="torch threads")
     _add_target_args(v, "The server-wide rule for every request (requests keep the OpenAI schema: no per-request rule).")
     v.set_defaults(func=cmd_serve)

@@ -113,11 +113,13 @@ class BatchDecoder:
     with `add` and leave when done or cancelled, between steps). `k_max` caps every row's draft;
     with `smartspec` and a step-cost model (`calibrate()`, or `cost=`), SmartSpec picks each
     step's draft length for the whole batch. `exact=True`: each row's greedy output is id for id
-    what plain decoding of that row alone gives, in bf16 too, whatever else is in the batch."""
+    what plain decoding of that row alone gives, in bf16 too, whatever else is in the batch.
+    `prefill_chunk`: a longer prompt is prefilled that many tokens per step, between the running
+    rows' steps (None: at once, in `add`)."""
 
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, k_max: int = 8,
                  smartspec: bool = True, cost: Callable[[int, int], float] | None = None, probe_every: int = 16,
-                 exact: bool = False, **drafter_options):
+                 exact: bool = False, prefill_chunk: int | None = None, **drafter_options):
         _check_target(target)
         if not (isinstance(k_max, int) and not isinstance(k_max, bool) and k_max >= 0):
             raise DraftsmithError(f"k_max must be an integer >= 0, got {k_max!r}")
@@ -125,13 +127,14 @@ class BatchDecoder:
         self.drafter = build_drafter(drafter, **drafter_options)
         self.loop = Loop(target, self.drafter, verifier=build_verifier(verifier), k_max=k_max,
                          batch_policy=SmartSpec(k_max, cost, probe_every) if smartspec and cost else None,
-                         exact=_exact(target, exact))
+                         exact=_exact(target, exact), prefill_chunk=prefill_chunk)
         self.drafter.bind(target)
         self._lock = threading.Lock()
 
     @property
     def rows(self) -> list[Row]:
-        return self.loop.rows
+        """Every row in the batch: decoding, then those still prefilling (`prefill_chunk`)."""
+        return self.loop.rows + self.loop.pending
 
     @property
     def policy(self) -> SmartSpec | None:

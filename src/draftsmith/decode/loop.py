@@ -36,7 +36,7 @@ from ..policy import SmartSpec, row_policy
 from ..types import Draft, RunStats, SamplingParams, VerifyResult
 from ..verify import VerifierBase, build_verifier, default_verifier
 from .checks import check_draft, check_result
-from .rows import Row, TextTracker, check_length
+from .rows import Prefill, Row, TextTracker, check_length
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,19 @@ class Loop:
     """Rows decoding together over one target. `drafter` is bound (its shared state built once);
     each row gets `drafter.fork()`. `verifier` None: per request, greedy at temperature 0 and
     rejection sampling otherwise. `batch_policy` (SmartSpec) and `k_max` bound every row's draft.
-    `exact` (exact.py): every step's forward gives each token the bits a one-token forward would."""
+    `exact` (exact.py): every step's forward gives each token the bits a one-token forward would.
+    `prefill_chunk`: prompts longer than this are prefilled that many tokens per step, between the
+    other rows' steps (chunked prefill: no running row waits for a whole long prompt)."""
 
     def __init__(self, target, drafter: DrafterBase, *, verifier=None, batch_policy: SmartSpec | None = None,
-                 k_max: int | None = None, exact: Exact | None = None):
+                 k_max: int | None = None, exact: Exact | None = None, prefill_chunk: int | None = None):
         check_supported(target.model, target.name)
+        if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and not isinstance(prefill_chunk, bool)
+                                              and prefill_chunk >= 1):
+            raise DraftsmithError(f"prefill_chunk must be an integer >= 1 or None, got {prefill_chunk!r}")
         self.target, self.drafter, self.verifier, self.exact = target, drafter, verifier, exact
+        self.prefill_chunk = prefill_chunk
+        self.pending: list[Row] = []  # rows whose prompt is being prefilled a chunk per step
         self.batch_policy, self.k_max = batch_policy, k_max
         self.cache = RowsCache(target.config, target.device, target.dtype)
         self.rows: list[Row] = []
@@ -70,51 +77,89 @@ class Loop:
     @torch.inference_mode()
     def add(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator | None = None,
             verifier=None) -> Row:
-        """Prefill a new row and let it join the batch (errors here are the request's alone)."""
+        """Prefill a new row and let it join the batch (errors here are the request's alone). With
+        `prefill_chunk`, a longer prompt is prefilled a chunk per step instead (`pending` until then)."""
         target = self.target
         check_length(target, len(prompt_ids), params)
         rule = build_verifier(verifier) if verifier is not None else self.verifier
         rule = rule or default_verifier(params)
-        start = time.perf_counter()
         drafter = self.drafter.fork()
         row = Row(list(prompt_ids), len(prompt_ids), params, generator, drafter, rule, row_policy(drafter),
                   TextTracker(target, params.stop), set() if params.ignore_eos else target.eos_token_ids,
                   stats=RunStats(lossless=rule.lossless_for(params) if isinstance(rule, VerifierBase) else bool(rule.lossless)),
-                  start_time=start)
-        need = drafter.needs_hidden_states
-        cache, ids, dev = new_cache(), row.ids, target.device
-        features = torch.zeros(1, 0, target.config.hidden_size, dtype=target.dtype, device=dev) if need else None
+                  start_time=time.perf_counter())
+        row.prefill = Prefill(new_cache())
+        if self.prefill_chunk is not None and len(row.ids) - 1 > self.prefill_chunk:
+            self.pending.append(row)
+            return row
         try:
-            if len(ids) > 1:
-                slots = torch.arange(len(ids) - 1, device=dev)
-                out = target.step(torch.tensor([ids[:-1]], device=dev), slots[None], cache, cache_position=slots,
-                                  hidden_states=need, last_only=True)
-                if need:
-                    features = out.hidden_states[-1]  # [1, n-1, H]
-            t0 = time.perf_counter()
-            drafter.prefill(list(ids), features)
-            row.stats.drafter_time += time.perf_counter() - t0
+            self._prefill(row, len(row.ids) - 1)
         except BaseException:
             drafter.finish()
             raise
-        self.cache.add_row(cache, len(ids) - 1)
-        row.stats.prefill_time = time.perf_counter() - start
-        self.rows.append(row)
         return row
+
+    def _prefill(self, row: Row, upto: int) -> None:
+        """Prefill the row's prompt up to token `upto` (all but its last token: it joins the batch)."""
+        target, p, dev = self.target, row.prefill, self.target.device
+        need = row.drafter.needs_hidden_states
+        t0 = time.perf_counter()
+        if upto > p.done:
+            slots = torch.arange(p.done, upto, device=dev)
+            out = target.step(torch.tensor([row.ids[p.done:upto]], device=dev), slots[None], p.cache,
+                              cache_position=slots, hidden_states=need, last_only=True)
+            if need:
+                p.features.append(out.hidden_states[-1])  # [1, chunk, H]
+            p.done = upto
+        row.stats.prefill_time += time.perf_counter() - t0
+        if p.done < len(row.ids) - 1:
+            return
+        features = None
+        if need:
+            features = torch.cat(p.features, dim=1) if p.features else torch.zeros(
+                1, 0, target.config.hidden_size, dtype=target.dtype, device=dev)  # [1, n-1, H]
+        t0 = time.perf_counter()
+        row.drafter.prefill(list(row.ids), features)
+        row.stats.drafter_time += time.perf_counter() - t0
+        self.cache.add_row(p.cache, len(row.ids) - 1)
+        row.prefill = None
+        self.rows.append(row)
+
+    def _prefill_chunk(self) -> list[Row]:
+        """One chunk of the oldest pending prompt; a row whose prefill fails leaves, failed."""
+        r = self.pending[0]
+        try:
+            self._prefill(r, min(len(r.ids) - 1, r.prefill.done + self.prefill_chunk))
+        except Exception as exc:  # this request fails alone
+            r.fail(_message(exc))
+            r.stats.wall_time = time.perf_counter() - r.start_time
+            self._finish_drafter(r)
+            self.pending.pop(0)
+            return [r]
+        if r.prefill is None:
+            self.pending.pop(0)
+        return []
+
+    def _finish_drafter(self, r: Row) -> None:
+        try:
+            r.drafter.finish()
+        except Exception as exc:  # noqa: BLE001 - a drafter's cleanup fails neither the others nor this row
+            log.warning("%s: finish() failed after the row ended: %s", r.drafter.name, _message(exc))
 
     def reset(self) -> None:
         """Drop every row (their drafters finish) and start from an empty cache: after a failure
         outside any one row, when rows may be half-committed."""
-        for r in self.rows:
-            try:
-                r.drafter.finish()
-            except Exception as exc:  # noqa: BLE001 - the rows are gone either way
-                log.warning("%s: finish() failed in reset: %s", r.drafter.name, _message(exc))
-        self.rows = []
+        for r in self.rows + self.pending:
+            self._finish_drafter(r)
+        self.rows, self.pending = [], []
         self.cache = RowsCache(self.target.config, self.target.device, self.target.dtype)
         self.last_k = None
 
     def cancel(self, row: Row) -> None:
+        if row in self.pending:
+            row.cancelled = row.done = True
+            self.pending.remove(row)
+            self._finish_drafter(row)
         if row in self.rows:
             row.cancelled = row.done = True
             self._drop_finished()
@@ -127,10 +172,7 @@ class Loop:
         for r in self.rows:
             if r.done:
                 r.stats.wall_time = now - r.start_time
-                try:
-                    r.drafter.finish()
-                except Exception as exc:  # noqa: BLE001 - a drafter's cleanup fails neither the others nor
-                    log.warning("%s: finish() failed after the row ended: %s", r.drafter.name, _message(exc))  # this row
+                self._finish_drafter(r)
         self.cache.keep_rows(keep)
         self.rows = [self.rows[i] for i in keep]
 
@@ -156,8 +198,9 @@ class Loop:
     def step(self) -> list[tuple[Row, list[int]]]:
         """One target forward for every row. Returns each row's committed tokens; finished rows
         (done, cancelled or failed) leave the batch."""
+        failed = self._prefill_chunk() if self.pending else []  # a waiting stream waits one chunk at most
         if not self.rows:
-            return []
+            return [(r, []) for r in failed]
         rows, policy, step_start = self.rows, self.batch_policy, time.perf_counter()
         caps = self._caps()
         trim = policy is not None and all(r.drafter.trimmable for r in rows)
@@ -203,7 +246,7 @@ class Loop:
             policy.observe_step(time.perf_counter() - step_start, len(rows), ids.shape[1],
                                 sum(len(n) for _, n in committed), self.last_k)
         self._drop_finished()
-        return committed
+        return committed + [(r, []) for r in failed]
 
     def _verify_commit(self, r: Row, d: Draft, logits: torch.Tensor, hidden: torch.Tensor | None):
         """Verify one row's draft ([1, n+1, V] logits), commit, observe. Returns (path, new tokens)."""

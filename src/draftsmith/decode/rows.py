@@ -66,6 +66,15 @@ def check_length(target, n_prompt: int, params: SamplingParams) -> None:
 
 
 @dataclass
+class Prefill:
+    """A prompt being prefilled: its one-row cache, tokens done, the target's features so far."""
+
+    cache: object
+    done: int = 0
+    features: list = field(default_factory=list)  # [1, chunk, H] each, for drafters that read them
+
+
+@dataclass
 class Row:
     """One sequence in the batch."""
 
@@ -84,6 +93,7 @@ class Row:
     error: str | None = None  # set when this row failed on its own (it leaves the batch; the others go on)
     history: History = field(default_factory=History)  # its drafting steps, for SmartSpec
     start_time: float = 0.0
+    prefill: Prefill | None = None  # set while its prompt is prefilled (decode/loop.py)
 
     @property
     def new_ids(self) -> list[int]:

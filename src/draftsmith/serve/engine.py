@@ -149,14 +149,17 @@ def _positive_int(name: str, value, minimum: int = 1) -> None:
 class Engine:
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, max_batch: int = 16,
                  smartspec: bool = True, k_max: int = 8, max_queue: int = 256, max_restarts: int = 3,
-                 restart_window: float = 60.0, stall_timeout: float = 300.0, exact: bool = False):
+                 restart_window: float = 60.0, stall_timeout: float = 300.0, exact: bool = False,
+                 prefill_chunk: int | None = 256):
         """`drafter` (name, spec or instance) is bound once: every request's row gets a fork of it
         (shared weights and tables, no load per request). `verifier`: the default rule for
         requests (None: greedy at temperature 0, rejection sampling otherwise). `k_max`: the
         batch's longest draft (every row's cap; SmartSpec picks up to it; 0 = no drafting).
         `max_queue`: waiting requests at most. `max_restarts` within `restart_window` seconds:
         worker restarts before the engine gives up. `exact`: the decoder's exact mode (greedy rows
-        id for id as plain decoding alone, in bf16 too). Bad arguments raise DraftsmithError before
+        id for id as plain decoding alone, in bf16 too). `prefill_chunk`: a longer prompt is
+        prefilled that many tokens per step, so running streams wait one chunk at most (None: a
+        prompt at once, while every stream waits). Bad arguments raise DraftsmithError before
         any work (the calibration takes seconds)."""
         _positive_int("max_batch", max_batch)
         _positive_int("k_max", k_max, 0)
@@ -166,8 +169,10 @@ class Engine:
             if not (isinstance(value, (int, float)) and value > 0):
                 raise DraftsmithError(f"{name} must be a number of seconds > 0, got {value!r}")
         self.target = target
+        if prefill_chunk is not None:
+            _positive_int("prefill_chunk", prefill_chunk)
         self.decoder = BatchDecoder(target, drafter, verifier=verifier, k_max=k_max, smartspec=smartspec,
-                                    **({"exact": True} if exact else {}))
+                                    exact=exact, prefill_chunk=prefill_chunk)
         if smartspec:  # time the batched forward at 1, 2, 4, ... rows up to max_batch
             self.decoder.calibrate(sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)}))
         self.max_batch, self.max_queue = max_batch, max_queue
@@ -379,7 +384,8 @@ class Engine:
             return True
         self.metrics.batch.observe(len(self.decoder.rows))
         out = self.decoder.step()
-        self.metrics.draft_length.observe(self.decoder.last_k)
+        if self.decoder.last_k is not None:  # None: the step only prefilled a chunk
+            self.metrics.draft_length.observe(self.decoder.last_k)
         for row, _new in out:
             _, job, _ = self.active[id(row)]
             if row.error is not None:  # this row failed alone (see BatchDecoder.step)
