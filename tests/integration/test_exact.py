@@ -137,3 +137,23 @@ def test_exact_with_a_sliding_window_bf16():
         assert [SpeculativeDecoder(t, drafter, exact=True).generate(p, params).token_ids for p in ps] == plain
     batch = BatchDecoder(t, WrongDrafter(t, k=5), exact=True, smartspec=False)
     assert [r.token_ids for r in batch.generate(ps, params)] == plain
+
+
+def test_exact_seeded_sampling_does_not_depend_on_the_batch(target):
+    """Seeded sampling in exact mode: a row's samples are the same alone and among 5 others, even
+    with SmartSpec choosing the batch's draft length from the batch size and measured timings (a
+    sampled row keeps its own draft length: the batch's would change which random numbers it
+    draws). The bug: the same seed sampled differently depending on the other requests."""
+    ps = prompts(6, seed=2)
+    params = SamplingParams(temperature=1.0, max_new_tokens=24, ignore_eos=True)
+    cost = lambda rows, width: 1.0 + 0.3 * rows * width  # noqa: E731 - wide batched steps are dear
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + i) for i in range(len(ps))]
+
+    def decoder():
+        return BatchDecoder(target, WrongDrafter(target, k=6), exact=True, cost=cost)
+
+    alone = [decoder().generate([p], params, [g])[0].token_ids for p, g in zip(ps, gens())]
+    together = [r.token_ids for r in decoder().generate(ps, params, gens())]
+    assert together == alone

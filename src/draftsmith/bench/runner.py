@@ -8,7 +8,8 @@ and `hf_prompt_lookup:k=...` (`generate(prompt_lookup_num_tokens=...)`).
 A drafter method may name its own acceptance rule with the option `verifier`:
 `ngram:k=5,verifier=greedy`, or with the rule's options in brackets,
 `ngram:k=5,verifier=[NAME:opt=val,opt=val]`. `verifier` is taken out of the drafter's options
-and given to the decoder. A method that names none gets `run_bench(verifier=...)` (the CLI's
+and given to the decoder; so is `exact` (`ngram:exact=true`: that method in exact mode, beside
+the same method without it in one run). A method that names none gets `run_bench(verifier=...)` (the CLI's
 `--verifier`), except the `none` baseline, which stays plain decoding of the target (the default
 rule) so that speedups and "= none" compare against the target's own output. Every record says
 which rule ran (`verifier`) and whether it was lossless (`lossless`, from the run's stats);
@@ -47,6 +48,7 @@ class MethodSpec:
     name: str
     options: dict = field(default_factory=dict, hash=False)  # the drafter's (or the HF method's) options
     verifier: str | None = None  # the method's own acceptance rule (spec), None: the run's default
+    exact: bool | None = None  # the method's own exact mode (exact=true), None: the run's (--exact)
 
     @staticmethod
     def parse(text: str) -> MethodSpec:
@@ -65,7 +67,13 @@ class MethodSpec:
             if not isinstance(verifier, str) or not verifier.strip():
                 raise DraftsmithError(f"{text!r}: verifier= names a rule, e.g. verifier=greedy")
             build_verifier(verifier)  # an unknown rule or option fails now, before any model loads
-        return MethodSpec(text, name, options, verifier)
+        exact = options.pop("exact", None)
+        if exact is not None:
+            if name in HF_METHODS:
+                raise DraftsmithError(f"{text!r}: {name} is Hugging Face's own loop; it takes no exact=")
+            if not isinstance(exact, bool):
+                raise DraftsmithError(f"{text!r}: exact= is true or false, got {exact!r}")
+        return MethodSpec(text, name, options, verifier, exact)
 
 
 class Method:
@@ -85,7 +93,7 @@ class Method:
             self.decoder, self.verifier = None, None
         else:
             self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier,
-                                              exact=exact)
+                                              exact=exact if spec.exact is None else spec.exact)
             bind = getattr(self.decoder.verifier, "bind", None)
             if callable(bind):  # a rule that reads the target (relaxed: its output embeddings)
                 bind(target)

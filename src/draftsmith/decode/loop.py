@@ -205,7 +205,11 @@ class Loop:
         caps = self._caps()
         trim = policy is not None and all(r.drafter.trimmable for r in rows)
         batch_k = policy.choose_k([r.history for r in rows]) if policy is not None and not trim else None
-        offered = [r.length.choose(cap if batch_k is None else min(cap, batch_k)) for r, cap in zip(rows, caps)]
+        # in exact mode a sampled row keeps its own draft length: the batch's would change which
+        # random numbers it draws, so the same seed would sample differently beside other rows
+        own = [self.exact is not None and not r.params.greedy for r in rows]
+        offered = [r.length.choose(cap if batch_k is None or mine else min(cap, batch_k))
+                   for r, cap, mine in zip(rows, caps, own)]
         drafts = [self._propose(r, k) for r, k in zip(rows, offered)]
         if trim:  # SmartSpec picks k with every row's (longest) draft in hand; the drafts are cut to it
             for i, r in enumerate(rows):
@@ -213,8 +217,8 @@ class Loop:
                     r.fail(f"{r.drafter.name} is trimmable but proposed a tree")
                     drafts[i] = Draft.empty(device=self.target.device)
             batch_k = policy.choose_k([r.history for r in rows], [d.size for d in drafts])
-            drafts = [d.truncate(batch_k) for d in drafts]
-            offered = [min(o, batch_k) for o in offered]
+            drafts = [d if mine else d.truncate(batch_k) for d, mine in zip(drafts, own)]
+            offered = [o if mine else min(o, batch_k) for o, mine in zip(offered, own)]
         self.last_k = batch_k if batch_k is not None else max(offered)
 
         need_hidden = any(r.drafter.needs_hidden_states for r in rows)
