@@ -27,13 +27,16 @@ import torch
 from ..errors import DraftsmithError
 from ..types import SamplingParams
 from .base import register_verifier
-from .lossy import LossyVerifier
+from .lossy import QUALITY_REPORT, LossyVerifier
 
 
 @register_verifier
 class BildVerifier(LossyVerifier):
     name: ClassVar[str] = "bild"
-    quality_note: ClassVar[str | None] = None  # set from benchmarks/smollm2-135m-lossy-quality when measured
+    quality_note: ClassVar[str | None] = (  # measured: benchmarks/smollm2-135m-lossy-quality
+        "on smollm2-135m (bf16, greedy, ngram drafts, 3 GSM8K + 3 HumanEval cases) its text kept 0.42-0.70 "
+        "difflib similarity to lossless decoding; an accuracy loss was not resolvable there (0/3 for every "
+        "method, lossless included); quality not established, see " + QUALITY_REPORT)
 
     def __init__(self, rollback: float = 2.0, fallback: float = 0.6, distance: str = "nll"):
         """rollback: alpha_RB, the largest distance a kept token may have (nats); fallback: alpha_FB,
