@@ -45,7 +45,7 @@ def answers(dec: BatchDecoder, prompts: list, params: SamplingParams, late: int 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

@@ -94,9 +94,6 @@ class Method:
         else:
             self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier,
                                               exact=exact if spec.exact is None else spec.exact)
-            bind = getattr(self.decoder.verifier, "bind", None)
-            if callable(bind):  # a rule that reads the target (relaxed: its output embeddings)
-                bind(target)
 
     @property
     def verifier_name(self) -> str:

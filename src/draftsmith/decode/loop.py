@@ -34,7 +34,7 @@ from ..errors import DraftsmithError
 from ..exact import Exact
 from ..policy import SmartSpec, row_policy
 from ..types import Draft, RunStats, SamplingParams, VerifyResult
-from ..verify import VerifierBase, build_verifier, default_verifier
+from ..verify import VerifierBase, bind_verifier, build_verifier, default_verifier
 from .checks import check_draft, check_result
 from .rows import Prefill, Row, TextTracker, check_length
 
@@ -64,7 +64,7 @@ class Loop:
         if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and not isinstance(prefill_chunk, bool)
                                               and prefill_chunk >= 1):
             raise DraftsmithError(f"prefill_chunk must be an integer >= 1 or None, got {prefill_chunk!r}")
-        self.target, self.drafter, self.verifier, self.exact = target, drafter, verifier, exact
+        self.target, self.drafter, self.verifier, self.exact = target, drafter, bind_verifier(verifier, target), exact
         self.prefill_chunk = prefill_chunk
         self.pending: list[Row] = []  # rows whose prompt is being prefilled a chunk per step
         self.batch_policy, self.k_max = batch_policy, k_max
@@ -81,7 +81,7 @@ class Loop:
         `prefill_chunk`, a longer prompt is prefilled a chunk per step instead (`pending` until then)."""
         target = self.target
         check_length(target, len(prompt_ids), params)
-        rule = build_verifier(verifier) if verifier is not None else self.verifier
+        rule = bind_verifier(build_verifier(verifier), target) if verifier is not None else self.verifier
         rule = rule or default_verifier(params)
         drafter = self.drafter.fork()
         row = Row(list(prompt_ids), len(prompt_ids), params, generator, drafter, rule, row_policy(drafter),

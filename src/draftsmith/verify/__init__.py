@@ -2,7 +2,7 @@
 
 A new rule is one file with a class (decorated `@register_verifier`) and one line below importing it."""
 
-from .base import AUTO, VERIFIERS, Verifier, VerifierBase, build_verifier, default_verifier, register_verifier
+from .base import AUTO, VERIFIERS, Verifier, VerifierBase, bind_verifier, build_verifier, default_verifier, register_verifier
 
 # one line per rule: importing it registers it (@register_verifier)
 from .greedy import GreedyVerifier
@@ -13,5 +13,5 @@ from .typical import TypicalVerifier
 from .relaxed import RelaxedVerifier
 from .bild import BildVerifier
 
-__all__ = ["AUTO", "VERIFIERS", "BildVerifier", "GreedyVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
+__all__ = ["AUTO", "VERIFIERS", "bind_verifier", "BildVerifier", "GreedyVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
            "TypicalVerifier", "Verifier", "VerifierBase", "build_verifier", "default_verifier", "register_verifier"]

@@ -15,6 +15,9 @@ output that used it is labelled lossy.
         target_logits    [B, N+1, V] row 0 after the last committed token, row i+1 after node i
         returns one VerifyResult per row (rows accept different counts: the result is ragged)
 
+    bind(target)   optional: called once by the decoder before any step, for a rule that reads the
+                   target itself (e.g. `relaxed`: its output embeddings)
+
 Rows of one call share `params` and `generator`; the loop calls a verifier once per row today
 (each request has its own sampling parameters and generator), and a vectorised rule may take
 many rows at once. New rules: one file, a class with `name` and `verify`, and one line in
@@ -54,6 +57,10 @@ class VerifierBase:
     def lossless_for(self, params: SamplingParams) -> bool:
         """Whether this rule keeps the target's distribution under these sampling parameters."""
         return bool(self.lossless)
+
+    def bind(self, target) -> "VerifierBase":
+        """Called once by the decoder before any step; a rule that reads the target does it here."""
+        return self
 
     def verify(self, draft: Draft, target_logits: torch.Tensor, params: SamplingParams,
                generator: torch.Generator | None = None) -> list[VerifyResult]:
@@ -113,3 +120,11 @@ def build_verifier(name, **options):
 def default_verifier(params: SamplingParams) -> Verifier:
     """The rule for a request that named none: greedy at temperature 0, rejection sampling otherwise."""
     return VERIFIERS["greedy"]() if params.greedy else VERIFIERS["rejection"]()
+
+
+def bind_verifier(rule, target):
+    """`rule.bind(target)` where the rule has one (a bare object with `verify` may not); the rule."""
+    bind = getattr(rule, "bind", None)
+    if rule is not None and callable(bind):
+        bind(target)
+    return rule
