@@ -34,7 +34,7 @@ outputs stay lossless (the same distribution), as without it.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from functools import partial
 
@@ -253,7 +253,7 @@ class Exact:
         def forward(rows: RowsCache, n_committed: int, draft: torch.Tensor, exact: bool) -> torch.Tensor:
             inputs = rows.step_inputs([int(ids[0, n_committed - 1])], [draft], [None], [n_committed])
             ids_, pos, cache_position, mask = inputs
-            with self.active(rows.valid) if exact else _nothing():
+            with self.active(rows.valid) if exact else nullcontext():
                 return target.step(ids_, pos, rows.cache, cache_position=cache_position, mask=mask).logits
 
         def one_token_steps(exact: bool) -> torch.Tensor:
@@ -277,8 +277,3 @@ class Exact:
                 f"exact mode is not available for {target.name} ({target.dtype}) on {dev}: a {width}-token "
                 "verification forward does not reproduce one-token forwards bit for bit even with per-query "
                 f"attention and {self.chunk}-row linear chunks (a kernel here depends on the number of rows)." + hint)
-
-
-@contextmanager
-def _nothing():
-    yield
