@@ -37,10 +37,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import DraftsmithError
-from ..sampling import probs, sample, uniform
+from ..sampling import probs, uniform
 from ..types import Draft, SamplingParams, VerifyResult
 from .base import VerifierBase, register_verifier
-from .spectr import children_of, greedy_walk
+from .spectr import greedy_walk, walk
 
 SAME_Q = 1e-4  # a sibling's q equals the expected conditional law up to rounding (max abs difference)
 
@@ -74,33 +74,23 @@ class RecursiveVerifier(VerifierBase):
         p = probs(target_logits, params)  # [1, N+1, V]
         if params.greedy:
             return greedy_walk(draft, p, target_logits)
-        tokens = draft.token_ids[0].tolist()
-        children = children_of(draft)
-        node, path = -1, []
-        while True:
-            kids = children.get(node, [])
-            dist = p[0, node + 1]  # [V]
-            qs = self.sibling_qs(draft, kids, tokens, dist)  # [k, V]
-            chosen = None
-            if kids:
-                u = uniform((len(kids),), generator, dist.device).tolist()
-            for j, c in enumerate(kids):
-                x = tokens[c]
-                q_x, p_x = float(qs[j, x]), float(dist[x])
-                if u[j] * q_x < p_x:  # u < p_j(x) / q_j(x), without dividing
-                    chosen = c
-                    break
-                rest = (dist - qs[j]).clamp_min(0.0)
-                mass = rest.sum()
-                dist = torch.where(mass > 0, rest / mass.clamp_min(1e-30), dist)
-            if chosen is None:
-                bonus = int(sample(dist.unsqueeze(0), generator))
-                break
-            path.append(chosen)
-            node = chosen
-        out = torch.tensor([[tokens[i] for i in path] + [bonus]], device=draft.token_ids.device)
-        return VerifyResult(tokens=out, num_accepted=len(path), num_drafted=draft.size,
-                            path=path if draft.parents is not None else None, target_logits=target_logits)
+        return walk(draft, p, target_logits, lambda kids, tokens, dist: self.pick(draft, kids, tokens, dist, generator),
+                    generator)
+
+    def pick(self, draft: Draft, kids: list[int], tokens: list[int], dist: torch.Tensor, generator):
+        """Recursive rejection at one node: (the accepted sibling, None) or (None, what is left of p)."""
+        qs = self.sibling_qs(draft, kids, tokens, dist)  # [k, V]
+        if kids:
+            u = uniform((len(kids),), generator, dist.device).tolist()
+        for j, c in enumerate(kids):
+            x = tokens[c]
+            q_x, p_x = float(qs[j, x]), float(dist[x])
+            if u[j] * q_x < p_x:  # u < p_j(x) / q_j(x), without dividing
+                return c, None
+            rest = (dist - qs[j]).clamp_min(0.0)
+            mass = rest.sum()
+            dist = torch.where(mass > 0, rest / mass.clamp_min(1e-30), dist)
+        return None, dist
 
     @staticmethod
     def sibling_qs(draft: Draft, kids: list[int], tokens: list[int], p: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,25 @@ def children_of(draft: Draft) -> dict[int, list[int]]:
     return {i: [i + 1] if i + 1 < n else [] for i in range(-1, n)}
 
 
+def walk(draft: Draft, p: torch.Tensor, target_logits: torch.Tensor, pick, generator) -> VerifyResult:
+    """Down the draft (chain or tree) from the root: at each node, `pick(kids, tokens, dist)` with
+    the target's law `dist` [V] there gives (the accepted child, None) or (None, the bonus's law
+    [V]); the accepted path and the bonus drawn from that law, as a VerifyResult."""
+    tokens = draft.token_ids[0].tolist()
+    children = children_of(draft)
+    node, path = -1, []
+    while True:
+        chosen, rest = pick(children.get(node, []), tokens, p[0, node + 1])
+        if chosen is None:
+            bonus = int(sample(rest.unsqueeze(0), generator))
+            break
+        path.append(chosen)
+        node = chosen
+    out = torch.tensor([[tokens[i] for i in path] + [bonus]], device=draft.token_ids.device)
+    return VerifyResult(tokens=out, num_accepted=len(path), num_drafted=draft.size,
+                        path=path if draft.parents is not None else None, target_logits=target_logits)
+
+
 @register_verifier
 class SpecTrVerifier(VerifierBase):
     name: ClassVar[str] = "spectr"
@@ -126,28 +145,19 @@ class SpecTrVerifier(VerifierBase):
         p = probs(target_logits, params)  # [1, N+1, V]
         if params.greedy:
             return greedy_walk(draft, p, target_logits)
-        tokens = draft.token_ids[0].tolist()
-        children = children_of(draft)
-        node, path = -1, []
-        while True:
-            kids = children.get(node, [])
-            dist = p[0, node + 1]  # [V]
-            if not kids:
-                bonus = int(sample(dist.unsqueeze(0), generator))
-                break
-            q = self.shared_q(draft, kids, tokens, dist)  # [V]
-            accept, residual, _ = self.rule(dist, q, len(kids))
-            u = uniform((len(kids),), generator, dist.device).double()  # [k]
-            ok = (u < accept[torch.tensor([tokens[c] for c in kids], device=dist.device)]).tolist()
-            chosen = next((c for c, a in zip(kids, ok) if a), None)
-            if chosen is None:
-                bonus = int(sample(residual.float().unsqueeze(0), generator))
-                break
-            path.append(chosen)
-            node = chosen
-        out = torch.tensor([[tokens[i] for i in path] + [bonus]], device=draft.token_ids.device)
-        return VerifyResult(tokens=out, num_accepted=len(path), num_drafted=draft.size,
-                            path=path if draft.parents is not None else None, target_logits=target_logits)
+        return walk(draft, p, target_logits, lambda kids, tokens, dist: self.pick(draft, kids, tokens, dist, generator),
+                    generator)
+
+    def pick(self, draft: Draft, kids: list[int], tokens: list[int], dist: torch.Tensor, generator):
+        """K-SEQ at one node: (the accepted candidate, None) or (None, the residual law)."""
+        if not kids:
+            return None, dist
+        q = self.shared_q(draft, kids, tokens, dist)  # [V]
+        accept, residual, _ = self.rule(dist, q, len(kids))
+        u = uniform((len(kids),), generator, dist.device).double()  # [k]
+        ok = (u < accept[torch.tensor([tokens[c] for c in kids], device=dist.device)]).tolist()
+        chosen = next((c for c, a in zip(kids, ok) if a), None)
+        return (chosen, None) if chosen is not None else (None, residual.float())
 
     @staticmethod
     def shared_q(draft: Draft, kids: list[int], tokens: list[int], p: torch.Tensor) -> torch.Tensor:
