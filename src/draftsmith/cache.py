@@ -48,6 +48,22 @@ def new_cache() -> DynamicCache:
     return DynamicCache()
 
 
+class SubsetCache(DynamicCache):
+    """The cache of a forward over a subset of the decoder layers (target.PartialLM): each layer
+    writes at its own `layer_idx`, as in the full model, so the layers it skips stay empty. Its
+    length is read from its first kept layer (DynamicCache reads layer 0, which may be skipped);
+    `crop`, `keep_path` and `remove_last` below work on it as on any cache."""
+
+    def __init__(self, layers: list[int]):
+        super().__init__()
+        if not layers:
+            raise DraftsmithError("a SubsetCache needs at least one layer")
+        self.kept = tuple(sorted(int(i) for i in layers))
+
+    def get_seq_length(self, layer_idx: int | None = None) -> int:
+        return super().get_seq_length(self.kept[0] if layer_idx is None else layer_idx)
+
+
 def remove_last(cache: DynamicCache, n: int) -> None:
     """Drop the last n tokens of every layer (transformers 5: `crop` takes a negative count)."""
     if n > 0:

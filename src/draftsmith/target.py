@@ -3,18 +3,39 @@
 `CausalLM` serves both the target and a draft model: `forward` appends tokens to the cache and
 returns their logits; `crop` rolls the cache back to a length. The cache always holds exactly
 the tokens in `self.length` positions, so positions never drift.
+
+The target over a subset of its layers (self-speculation: layer skipping, early exit)::
+
+    part = target.partial([0, 1, 2, 5, 7])      # PartialLM: these decoder layers, in this order
+    cache = part.new_cache()                    # its own KV cache rows (cache.SubsetCache)
+    out = part.step(ids, positions, cache)      # ids [1, q], positions [1, q] -> out.logits [1, q, V]
+    shallow = target.partial(range(L))          # a shallow exit after the first L layers:
+    h = shallow.step(ids, positions, c, head=False).hidden   # the residual stream after layer L-1, [1, q, H]
+    logits = shallow.head(h)                    # the target's own final norm + LM head (for an adapter's output)
+
+`PartialLM.step` runs embeddings -> the chosen layers -> (final norm + LM head with `head`), the
+same modules and weights as the target (nothing copied): it is built from the model's public
+structure (`base_model.layers`, `.rotary_emb`, `.norm`, the input and output embeddings), which
+Llama, Qwen2, Mistral, Gemma and most decoder-only HF models share. Each layer writes its keys at
+its own `layer_idx`, as in the full model, so a `SubsetCache` holds only the kept layers' rows and
+`cache.crop`/`keep_path` roll it back like any cache. `partial` refuses, with
+IncompatibleDrafterError, a model without that structure, and one for which the partial forward
+over every layer does not reproduce the model's own logits (checked once per CausalLM on a short
+probe: a model whose forward does more than this, say a per-layer input, is refused rather than
+drafted for wrongly).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .attention import use_packed_gqa
-from .cache import crop, new_cache
-from .errors import DraftsmithError, ModelNotFoundError
+from .cache import SUPPORTED_LAYERS, SubsetCache, crop, layer_types, new_cache, sliding_window
+from .errors import DraftsmithError, IncompatibleDrafterError, ModelNotFoundError
 
 DTYPES = {
     "bf16": torch.bfloat16,
@@ -170,6 +191,171 @@ class CausalLM:
     def crop(self, length: int) -> None:
         """Roll this object's cache back so that it holds the first `length` tokens."""
         crop(self.cache, length)
+
+    # ----- a subset of the layers (self-speculation) -----------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(_decoder_parts(self)[1])
+
+    def partial(self, layers, *, check: bool = True) -> "PartialLM":
+        """The target over `layers` (decoder layer indices, each once, run in the given order):
+        see the module docstring and PartialLM. `check`: compare, once per CausalLM, the partial
+        forward over every layer with the model's own on a short probe (refuse on a mismatch)."""
+        part = PartialLM(self, layers)
+        if check and not getattr(self, "_partial_checked", False):
+            _check_partial(self)
+            self._partial_checked = True
+        return part
+
+
+@dataclass
+class PartialOut:
+    logits: torch.Tensor | None  # [B, q, V] ([B, 1, V] with last_only); None with head=False
+    hidden: torch.Tensor | None  # [B, q, H] the residual stream after the last chosen layer (before the final norm)
+
+
+def _decoder_parts(lm: CausalLM):
+    """(base model, its decoder layers, rotary embedding, final norm) from the public structure, or
+    IncompatibleDrafterError."""
+    base = getattr(lm.model, "base_model", None)
+    layers = getattr(base, "layers", None)
+    rotary, norm = getattr(base, "rotary_emb", None), getattr(base, "norm", None)
+    missing = [n for n, v in (("layers", layers), ("rotary_emb", rotary), ("norm", norm)) if v is None]
+    if missing or not isinstance(layers, torch.nn.ModuleList) or lm.model.get_output_embeddings() is None:
+        raise IncompatibleDrafterError(
+            f"{lm.name}: running a subset of its layers needs a decoder-only model whose base model has "
+            f"`layers` (a ModuleList), `rotary_emb` and `norm` and an LM head (Llama, Qwen2, Mistral, Gemma "
+            f"style); this one lacks {', '.join(missing) or 'an LM head'}")
+    return base, layers, rotary, norm
+
+
+class PartialLM:
+    """The target over a subset of its decoder layers, with its own cache rows (module docstring).
+    Holds no state of its own besides the layer list: one object serves every row, each row with
+    its own `new_cache()`."""
+
+    def __init__(self, lm: CausalLM, layers):
+        self.lm = lm
+        self.base, all_layers, self.rotary, self.norm = _decoder_parts(lm)
+        try:
+            chosen = [int(i) for i in layers]
+        except (TypeError, ValueError):
+            raise DraftsmithError(f"layers must be a list of decoder layer indices, got {layers!r}") from None
+        n = len(all_layers)
+        if not chosen:
+            raise DraftsmithError("a partial forward needs at least one decoder layer")
+        bad = [i for i in chosen if not 0 <= i < n]
+        if bad or len(set(chosen)) != len(chosen):
+            raise DraftsmithError(f"layers must be distinct indices in [0, {n}) ({lm.name} has {n} decoder layers), "
+                                  f"got {chosen}")
+        self.layers = tuple(chosen)
+        self.modules = [all_layers[i] for i in chosen]
+        kinds = layer_types(lm.config)
+        self.kinds = [kinds[i] if i < len(kinds) else "full_attention" for i in chosen]
+        odd = sorted(set(self.kinds) - SUPPORTED_LAYERS)
+        if odd:
+            raise IncompatibleDrafterError(f"{lm.name}: layers of kind {', '.join(odd)} cannot run in a partial forward "
+                                           "(supported: full and sliding-window attention)")
+        self.window = sliding_window(lm.config)
+        params = inspect.signature(self.modules[0].forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.24 renamed it
+        self._rope_by_kind = "layer_type" in inspect.signature(self.rotary.forward).parameters  # Gemma 3
+        cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        return self.lm.model.get_output_embeddings()
+
+    def new_cache(self) -> SubsetCache:
+        return SubsetCache(list(self.layers))
+
+    def length(self, cache) -> int:
+        """Tokens in `cache` (read from a kept layer)."""
+        return 0 if cache is None else cache.get_seq_length(self.layers[0])
+
+    def head(self, hidden: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """The target's final norm + LM head (+ its final logit soft-capping, where the config has
+        one): hidden [B, q, H] -> logits [B, q, V] ([B, 1, V] with last_only). It runs under the
+        caller's grad mode, so an adapter before it can be trained through it."""
+        h = self.norm(hidden[:, -1:] if last_only else hidden)
+        logits = self.lm_head(h)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _masks(self, positions: torch.Tensor, past: int, dtype: torch.dtype):
+        """Attention masks for queries at `positions` [B, q] over `past` cached tokens (hole-free:
+        slot = position) and themselves: None where plain causal attention is right, else an
+        additive [B, 1, q, past+q] mask, per layer kind."""
+        B, q = positions.shape
+        dev = positions.device
+        need_sliding = self.window is not None and "sliding_attention" in self.kinds and past + q > self.window
+        if (q == 1 or past == 0) and not need_sliding:
+            return {"full_attention": None, "sliding_attention": None}
+        key_pos = torch.cat([torch.arange(past, device=dev)[None].expand(B, -1), positions], dim=1)  # [B, past+q]
+        allow = key_pos[:, None, :] <= positions[:, :, None]  # [B, q, past+q]
+        additive = lambda a: torch.zeros(a.shape, dtype=dtype, device=dev).masked_fill_(  # noqa: E731
+            ~a, torch.finfo(dtype).min)[:, None]
+        masks = {"full_attention": None if (q == 1 or past == 0) else additive(allow)}
+        if self.window is not None:
+            near = (positions[:, :, None] - key_pos[:, None, :]) < self.window
+            masks["sliding_attention"] = additive(allow & near) if need_sliding else masks["full_attention"]
+        return masks
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor | None, positions: torch.Tensor, cache=None, *, head: bool = True,
+             last_only: bool = False, hidden: bool = False, mask=None, hidden_in: torch.Tensor | None = None
+             ) -> PartialOut:
+        """Append ids [B, q] at `positions` [B, q] to `cache` (this object's `new_cache()`, or None
+        for a forward that keeps nothing) through the chosen layers. `head`: apply the final norm
+        and LM head (logits [B, q, V], or [B, 1, V] with `last_only`); `hidden` (implied when not
+        `head`): also return the residual stream after the last chosen layer [B, q, H].
+        `mask`: None = causal over a hole-free cache (built here, windows included), else the
+        caller's (a tensor, or a dict {layer kind: mask} as RowsCache.step_inputs gives).
+        `hidden_in` [B, q, H]: start from this residual stream instead of the embeddings of `ids`
+        (for instance the target's own hidden state entering the first chosen layer)."""
+        h = hidden_in if hidden_in is not None else self.lm.model.get_input_embeddings()(ids)  # [B, q, H]
+        if mask is None:
+            masks = self._masks(positions, self.length(cache), h.dtype)
+        elif isinstance(mask, dict):
+            masks = mask
+        else:
+            masks = {"full_attention": mask, "sliding_attention": mask}
+        if self._rope_by_kind:
+            rope = {k: self.rotary(h, positions, k) for k in set(self.kinds)}
+        else:
+            shared = self.rotary(h, positions)
+            rope = {k: shared for k in set(self.kinds)}
+        for layer, kind in zip(self.modules, self.kinds):
+            out = layer(h, attention_mask=masks.get(kind), position_ids=positions, position_embeddings=rope[kind],
+                        use_cache=cache is not None, **{self._cache_kw: cache})
+            h = out[0] if isinstance(out, tuple) else out
+        logits = self.head(h, last_only=last_only) if head else None
+        return PartialOut(logits, h if (hidden or not head) else None)
+
+
+def _check_partial(lm: CausalLM) -> None:
+    """The partial forward over every layer must give the model's own logits (a prompt, then two
+    more tokens over the cache), else IncompatibleDrafterError."""
+    part = PartialLM(lm, range(len(_decoder_parts(lm)[1])))
+    V, dev = lm.vocab_size, lm.device
+    ids = (torch.arange(8, device=dev)[None] * 7 + 3) % V  # [1, 8]
+    pos = torch.arange(8, device=dev)[None]
+    mine, ref = part.new_cache(), new_cache()
+    got, want = [], []
+    for a, b in ((0, 6), (6, 8)):
+        slots = torch.arange(a, b, device=dev)
+        got.append(part.step(ids[:, a:b], pos[:, a:b], mine).logits.float())
+        want.append(lm.step(ids[:, a:b], pos[:, a:b], ref, cache_position=slots).logits.float())
+    got, want = torch.cat(got, 1), torch.cat(want, 1)  # [1, 8, V]
+    tol = (1e-4 if lm.dtype == torch.float32 else 3e-2) * (1.0 + float(want.abs().max()))
+    err = float((got - want).abs().max())
+    if not err <= tol:
+        raise IncompatibleDrafterError(
+            f"{lm.name}: its forward over its decoder layers, run one by one from the public structure, does not "
+            f"reproduce the model's own logits (max difference {err:.3g} > {tol:.3g}): this model's forward does "
+            "something more, so self-speculation over a subset of its layers is not supported for it")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
