@@ -1,0 +1,221 @@
+"""One draft tree merging the candidates of several drafters, the node budget shared by measured
+acceptance (the kind of fusion RASD and Hierarchy Drafting make of their sources).
+
+    union:drafters=[ngram,eagle:tree_nodes=24]
+    union:drafters=[ngram:k=6,draft_model:model=M,hierarchy],max_nodes=24
+
+Each step every member proposes (a chain or a tree) for the same context; the proposals are
+merged into one trie (a node whose path from the root is already in the tree is shared, not
+repeated), at most `max_nodes` nodes. The budget goes to the members in the order of a UCB score
+(UCB1, Auer et al. 2002) on each member's accepted tokens per node it put into the tree: the first
+member's nodes go in (in its own order, which is topological, so its tree stays prefix-closed)
+until the budget or its draft runs out, then the next member's, and so on; nodes another member
+already added cost nothing. The score is
+
+    accepted_i / nodes_i + explore * sqrt(ln(steps) / steps_i)
+
+with decayed counts (`decay` per step: the mix of text changes within one answer); a member
+that has not yet put any node into the tree ranks first (ties: the order listed). The rule is
+deterministic: no random number is drawn, so the output distribution is untouched. When the
+budget is not binding (the default 32 nodes over, say, an 8-token n-gram chain and a 24-node
+EAGLE tree), the merged tree contains every member's draft, so under greedy decoding it accepts
+at least as many tokens as any member alone; when it binds, the members that earned the most
+tokens per node get the nodes, and the others are tried again as the exploration term grows.
+
+Sampling (temperature > 0). The merged tree carries no q: its nodes come from different
+members, and one node may stand for proposals made under different laws, so no one q per node
+would be honest. So members are asked for their deterministic candidates (they draft as at
+temperature 0: argmax chains, top-k trees, table lookups), a function of the context alone;
+recursive rejection with one-hot q over a tree of distinct siblings (a trie) is then exact. A
+member that still returns a sampled draft (q) is dropped for the row: its tokens were drawn from
+q, and keeping them without it would bend the distribution.
+
+What members observe. Every member is told what the target kept in terms of its own draft: a
+VerifyResult whose tokens, num_accepted and hidden are the step's (what was committed: heads
+extend their features from it), whose path lists the member's own nodes on the accepted path
+(fewer than num_accepted when the accepted path left its draft), whose num_drafted is its own
+draft's size, and whose target_logits are the rows of its own nodes (None when the budget cut
+some of them: a learner like `recycling` then skips the step). Members that need the target's
+hidden states get them in prefill and observe (the union needs them when one member does).
+
+A member that raises (in prefill, propose or observe) or proposes a draft the loop would refuse
+is dropped for the rest of the row, with a warning; the others go on, and a union whose members
+are all gone drafts nothing. A member that proposes nothing costs nothing; one that is always
+wrong earns no acceptance and sinks to the end of the order.
+
+Options: drafters (specs, dicts or instances), max_nodes (32), explore (0.3), decay (0.98)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import replace
+from typing import ClassVar
+
+import torch
+
+from ..errors import DraftsmithError
+from ..types import Draft, VerifyResult
+from .base import DraftContext, DrafterBase, register
+
+log = logging.getLogger(__name__)
+
+
+class SourceStats:
+    """Decayed acceptance counts of one member: accepted tokens, nodes in the tree, steps."""
+
+    def __init__(self):
+        self.accepted = self.nodes = self.steps = 0.0
+
+    def mean(self) -> float:
+        return self.accepted / self.nodes if self.nodes > 0 else 0.0
+
+
+@register
+class UnionDrafter(DrafterBase):
+    name: ClassVar[str] = "union"
+    trees: ClassVar[bool] = True
+
+    def __init__(self, drafters=None, max_nodes: int = 32, explore: float = 0.3, decay: float = 0.98):
+        from . import build_drafter
+
+        if not isinstance(drafters, (list, tuple)) or not drafters:
+            raise DraftsmithError("union needs drafters=[...], e.g. union:drafters=[ngram,eagle:tree_nodes=24]")
+        if not (isinstance(max_nodes, int) and not isinstance(max_nodes, bool) and max_nodes >= 1):
+            raise DraftsmithError(f"union: max_nodes must be an integer >= 1, got {max_nodes!r}")
+        if not (isinstance(explore, (int, float)) and explore >= 0):
+            raise DraftsmithError(f"union: explore must be a number >= 0, got {explore!r}")
+        if not (isinstance(decay, (int, float)) and 0 < decay <= 1):
+            raise DraftsmithError(f"union: decay must be in (0, 1], got {decay!r}")
+        self.members: list[DrafterBase] = [build_drafter(spec) for spec in drafters]
+        self.max_nodes, self.explore, self.decay = max_nodes, float(explore), float(decay)
+        self.needs_hidden_states = any(m.needs_hidden_states for m in self.members)
+        self.k = max(m.k or 0 for m in self.members)  # heads learn theirs in bind
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-row state: the members still in, their statistics, this step's merge."""
+        self.alive = [True] * len(self.members)
+        self.stats = [SourceStats() for _ in self.members]
+        self.steps = 0.0
+        self.given = [0] * len(self.members)  # nodes each member added to the tree over the row (not decayed)
+        self.last: dict[int, tuple[Draft, list[int | None]]] = {}  # member -> (its draft, its nodes' tree nodes)
+
+    def bind(self, target) -> None:
+        for m in self.members:
+            m.bind(target)
+        self.k = max(m.k or 0 for m in self.members)  # heads know their k once bound
+        self.vocab, self.device = target.vocab_size, target.device
+
+    def fork(self) -> "UnionDrafter":
+        other = copy.copy(self)
+        other.members = [m.fork() for m in self.members]
+        other._reset()
+        return other
+
+    def _drop(self, i: int, where: str, exc: Exception) -> None:
+        self.alive[i] = False
+        self.last.pop(i, None)
+        log.warning("union: member %d (%s) failed in %s (%s: %s); it is dropped for the rest of this row",
+                    i, self.members[i].name, where, type(exc).__name__, exc)
+
+    def prefill(self, prompt_ids: list[int], features: torch.Tensor | None = None) -> None:
+        self._reset()
+        for i, m in enumerate(self.members):
+            try:
+                m.prefill(prompt_ids, features if m.needs_hidden_states else None)
+            except Exception as exc:  # noqa: BLE001 - one member fails alone
+                self._drop(i, "prefill", exc)
+
+    def finish(self) -> None:
+        for i, m in enumerate(self.members):
+            try:
+                m.finish()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("union: member %d (%s) failed in finish (%s: %s)", i, m.name, type(exc).__name__, exc)
+
+    # ----- the bandit --------------------------------------------------------------------------
+    def score(self, i: int) -> float:
+        s = self.stats[i]
+        if s.steps <= 0:
+            return math.inf
+        return s.mean() + self.explore * math.sqrt(math.log(max(self.steps, 1.0)) / s.steps)
+
+    def order(self, members) -> list[int]:
+        """Members by score, best first; ties in the order listed."""
+        return sorted(members, key=lambda i: -self.score(i))
+
+    # ----- drafting ----------------------------------------------------------------------------
+    def _member_draft(self, i: int, ctx: DraftContext, depth: int) -> Draft | None:
+        from ..decode.checks import check_draft  # decode imports the drafters package: import at call time
+
+        m = self.members[i]
+        try:
+            # deterministic candidates at any temperature (module docstring); no generator: a member
+            # cannot draw from the row's random stream
+            params = ctx.params if ctx.params.greedy else replace(ctx.params, temperature=0.0)
+            d = m.propose(DraftContext(ctx.ids, depth, params, None))
+            d = check_draft(d, vocab=self.vocab, cap=depth, device=self.device, trees=True,
+                            who=f"union member {m.name!r}")
+            if d.q is not None and not ctx.params.greedy:
+                raise DraftsmithError("proposed a sampled draft (with q) when asked for deterministic candidates")
+        except Exception as exc:  # noqa: BLE001 - one member fails alone
+            self._drop(i, "propose", exc)
+            return None
+        return d
+
+    def propose(self, ctx: DraftContext) -> Draft:
+        self.last = {}
+        depth = max(0, min(self.k, ctx.max_tokens))  # members are asked even for 0: each sees every step
+        drafts = {i: d for i in range(len(self.members)) if self.alive[i]
+                  and (d := self._member_draft(i, ctx, depth)) is not None}
+        tokens: list[int] = []
+        parents: list[int] = []
+        node_of: dict[tuple[int, int], int] = {}  # (parent tree node, token) -> tree node
+        for i in self.order(drafts):
+            d = drafts[i]
+            own = d.token_ids[0].tolist()
+            up = d.parents.tolist() if d.parents is not None else list(range(-1, len(own) - 1))
+            where: list[int | None] = []  # member node -> tree node (None: cut by the budget)
+            for tok, p in zip(own, up):
+                parent = -1 if p < 0 else where[p]
+                key = (parent, tok)
+                if parent is not None and key not in node_of and len(tokens) < self.max_nodes:
+                    node_of[key] = len(tokens)
+                    tokens.append(tok)
+                    parents.append(parent)
+                    self.given[i] += 1
+                where.append(node_of.get(key) if parent is not None else None)
+            self.last[i] = (d, where)
+        if not tokens:
+            return Draft.empty()
+        ids = torch.tensor([tokens], dtype=torch.long)  # [1, N]
+        if all(p == j - 1 for j, p in enumerate(parents)):
+            return Draft(ids)  # the merge is a chain
+        return Draft(ids, parents=torch.tensor(parents, dtype=torch.long))
+
+    def observe(self, result: VerifyResult) -> None:
+        path = list(result.path) if result.path is not None else list(range(result.num_accepted))
+        self.steps = self.decay * self.steps + 1
+        for s in self.stats:
+            s.accepted, s.nodes, s.steps = self.decay * s.accepted, self.decay * s.nodes, self.decay * s.steps
+        for i, (d, where) in list(self.last.items()):
+            mine = {t: j for j, t in reversed(list(enumerate(where))) if t is not None}  # tree node -> member node
+            own_path: list[int] = []
+            for node in path:
+                if node not in mine:
+                    break
+                own_path.append(mine[node])
+            included = sum(t is not None for t in where)
+            if included:
+                s = self.stats[i]
+                s.accepted, s.nodes, s.steps = s.accepted + len(own_path), s.nodes + included, s.steps + 1
+            logits = result.target_logits
+            if logits is not None:
+                logits = logits[:, [0] + [1 + t for t in where]] if included == len(where) else None
+            view = replace(result, num_drafted=d.size, path=own_path, target_logits=logits)
+            try:
+                self.members[i].observe(view)
+            except Exception as exc:  # noqa: BLE001 - one member fails alone
+                self._drop(i, "observe", exc)
