@@ -7,7 +7,7 @@ QUESTIONS ?= $(if $(wildcard $(SPEC_BENCH)),$(SPEC_BENCH),mtbench)
 PER_CATEGORY ?= 1
 MAX_NEW_TOKENS ?= 128
 
-.PHONY: install bench test test-fast clean
+.PHONY: install bench test test-fast test-full clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,11 @@ test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not extended"
+
+# every case of every matrix (the default run leaves out the `extended` ones: a second sampling case per drafter)
+test-full: install
+	$(PY) -m pytest -q -n 2 --dist loadfile -m ""
 
 clean:
 	rm -rf $(VENV) runs

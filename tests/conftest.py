@@ -88,6 +88,22 @@ def arch(request) -> str:
     return request.param
 
 
+_PLAIN: dict[tuple, list[int]] = {}
+
+
+def plain_ids(arch: str, prompt: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
+    """Plain decoding's ids for `tiny_model(arch)` with its default seed (the same weights in every
+    test), computed once per test process: the drafter matrices compare dozens of recipes against
+    the same few references."""
+    key = (arch, tuple(prompt), max_new_tokens, ignore_eos)
+    if key not in _PLAIN:
+        from draftsmith import SamplingParams, SpeculativeDecoder
+
+        params = SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
+        _PLAIN[key] = SpeculativeDecoder(tiny_model(arch), "none").generate(prompt, params).token_ids
+    return _PLAIN[key]
+
+
 class WrongDrafter(DrafterBase):
     """Proposes k tokens the target never picks greedily: (target argmax + 1) mod V."""
 

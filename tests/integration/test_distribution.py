@@ -17,7 +17,7 @@ import torch
 from draftsmith import BatchDecoder, SamplingParams, SpeculativeDecoder
 from draftsmith.sampling import probs
 from tests.conftest import tiny_model
-from tests.recipes import VERIFIER_RECIPES, AlwaysAccept, SampledTree, build, lossy_verifiers, sampling_cases, verifier_of
+from tests.recipes import RECIPES, VERIFIER_RECIPES, AlwaysAccept, SampledTree, build, lossy_verifiers, sampling_cases, verifier_of
 
 __all__ = ["AlwaysAccept", "SampledTree", "chi_square_fails", "exact_distribution"]
 
@@ -80,7 +80,11 @@ CASES = {
 BATCHED = {("ngram-k3", "t1"), ("draft_model-k3", "t1")}  # run by test_batched_rows_are_lossless
 
 
-SINGLE = [c for c in sampling_cases() if c not in BATCHED]  # half here, half in test_distribution_more.py
+# The default run takes each recipe's first case (and every case of draft_model-k3, the reference
+# drafter: top-k and top-p); a recipe's further cases are `extended` (make test-full).
+REFERENCE = "draft_model-k3"
+SINGLE = [pytest.param(r, c, marks=[pytest.mark.extended] if c != RECIPES[r].sampling[0] and r != REFERENCE else [])
+          for r, c in sampling_cases() if (r, c) not in BATCHED]  # half here, half in test_distribution_more.py
 
 
 @pytest.mark.parametrize("recipe, case", SINGLE[0::2])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from draftsmith import CausalLM, SamplingParams, SpeculativeDecoder
-from tests.conftest import WrongDrafter, tiny_model
+from tests.conftest import WrongDrafter, plain_ids, tiny_model
 from tests.recipes import VERIFIER_RECIPES, build, recipes, verifier_of
 
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40))]
@@ -20,12 +20,11 @@ def reference(target, prompt, **kw):
 def test_greedy_equals_autoregressive(arch, name, tmp_path):
     target = tiny_model(arch)
     for prompt in PROMPTS:
-        ref = reference(target, prompt, max_new_tokens=48)
         out = SpeculativeDecoder(target, build(name, target, arch, tmp_path), verifier=verifier_of(name)).generate(
             prompt, SamplingParams(max_new_tokens=48))
-        assert out.token_ids == ref.token_ids, f"{name} diverged on prompt {prompt[:5]}..."
+        assert out.token_ids == plain_ids(arch, prompt, 48), f"{name} diverged on prompt {prompt[:5]}..."
         assert out.stats.new_tokens == 48
-        assert out.stats.steps <= ref.stats.steps
+        assert out.stats.steps <= 48  # plain decoding's steps (one token each)
         assert sum(out.stats.accepted_per_step) + out.stats.steps == out.stats.new_tokens
 
 

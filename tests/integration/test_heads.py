@@ -16,7 +16,7 @@ from draftsmith.cli import main
 from draftsmith.errors import DraftsmithError
 from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
 from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
-from tests.conftest import random_heads, tiny_model
+from tests.conftest import plain_ids, random_heads, tiny_model
 
 KINDS = ["medusa", "hydra", "eagle", "amphista", "koala"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
@@ -82,7 +82,7 @@ def test_greedy_equals_autoregressive(arch, variant, tmp_path):
     target = tiny_model(arch)
     heads = random_heads(target, kind, tmp_path / kind)
     params = SamplingParams(max_new_tokens=40, ignore_eos=True)
-    refs = [SpeculativeDecoder(target, "none").generate(p, params).token_ids for p in PROMPTS]
+    refs = [plain_ids(arch, p, 40, ignore_eos=True) for p in PROMPTS]
     for prompt, ref in zip(PROMPTS, refs):
         assert SpeculativeDecoder(target, kind, heads=heads, **options).generate(prompt, params).token_ids == ref
     dec = BatchDecoder(target, build_drafter(kind, heads=heads, **options), k_max=3, smartspec=False)
@@ -114,7 +114,7 @@ def test_greedy_with_a_draft_vocabulary(arch, variant, tmp_path):
     drafter.bind(target)
     assert isinstance(drafter.lm_head, SubsetLMHead) and drafter.lm_head.weight.shape[0] == 20
     params = SamplingParams(max_new_tokens=30, ignore_eos=True)
-    refs = [SpeculativeDecoder(target, "none").generate(p, params).token_ids for p in PROMPTS]
+    refs = [plain_ids(arch, p, 30, ignore_eos=True) for p in PROMPTS]
     outs = [SpeculativeDecoder(target, kind, heads=heads, vocab=20, **options).generate(p, params) for p in PROMPTS]
     assert [o.token_ids for o in outs] == refs
     assert sum(o.stats.drafted for o in outs) > 0
