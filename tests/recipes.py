@@ -150,6 +150,63 @@ def _multi(replacement: bool, branches: int = 3, k: int = 2):
     return make
 
 
+def _rasd(k: int = 2, retrieval: str = "ngram:k=4,max_ngram=2", eagle: bool = False, **options):
+    """RASD: a draft-model tree (or an EAGLE-2 head tree) fused with a retrieval tree."""
+    def make(target, arch, tmp_path, draft=None):
+        if eagle:
+            model = build_drafter("eagle", heads=random_heads(target, "eagle", Path(tmp_path) / "heads-rasd-eagle", seed=2,
+                                                              scale=0.5), tree_nodes=6, topk=2)
+        else:
+            model = build_drafter("draft_model", model=CausalLM(draft_lm(target, arch, draft).model), k=k)
+        return build_drafter("rasd", model=model, retrieval=retrieval, **options)
+    return make
+
+
+def _cascade(k: int = 4, **options):
+    """Cascade: the tiny draft model (the top level) checking an n-gram level's proposals."""
+    def make(target, arch, tmp_path, draft=None):
+        top = build_drafter("draft_model", model=CausalLM(draft_lm(target, arch, draft).model), k=k, adaptive=False,
+                            confidence=0)
+        return build_drafter("cascade", levels=[top, "ngram:k=3,max_ngram=2"], **options)
+    return make
+
+
+def _union(eagle: bool = False, **options):
+    """Union: an n-gram chain merged with the tiny draft model's chain (or an EAGLE-2 head tree)."""
+    def make(target, arch, tmp_path, draft=None):
+        if eagle:
+            other = build_drafter("eagle", heads=random_heads(target, "eagle", Path(tmp_path) / "heads-union-eagle",
+                                                              seed=2, scale=0.5), tree_nodes=6, topk=2)
+        else:
+            other = build_drafter("draft_model", model=CausalLM(draft_lm(target, arch, draft).model), k=3,
+                                  adaptive=False, confidence=0)
+        return build_drafter("union", drafters=["ngram:k=3,max_ngram=2", other], **options)
+    return make
+
+
+def random_adapter(target: CausalLM, folder, exits=(1,), seed: int = 3, scale: float = 0.3) -> str:
+    """Untrained early-exit adapters for `target` with perturbed weights (so the attention and
+    norms do something), a stop predictor and held-out priors, saved to `folder` in fp32."""
+    from draftsmith.drafters.early_exit import AdapterConfig, ExitAdapters, save_adapters
+
+    torch.manual_seed(seed)
+    cfg = AdapterConfig.for_target(target.config, exits, predictor={str(e): [0.5, 2.0, -0.5, 1.0] for e in exits},
+                                   held_out={str(e): 0.5 for e in exits})
+    module = ExitAdapters(cfg)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    save_adapters(module, folder, dtype=torch.float32)
+    return str(folder)
+
+
+def _early_exit(**options):
+    """Kangaroo early exit after the tiny target's first layer, with a random adapter."""
+    def make(target, arch, tmp_path, draft=None):
+        return build_drafter("early_exit", adapter=random_adapter(target, Path(tmp_path) / "early-exit"), **options)
+    return make
+
+
 def _named(name: str, **options):
     return lambda target, arch, tmp_path, draft=None: build_drafter(name, **options)
 
@@ -174,11 +231,19 @@ RECIPES: dict[str, Recipe] = {
     "hierarchy": Recipe(_named("hierarchy", corpus="none"), "hierarchy", trees=True, greedy=True, batch=True),
     "hierarchy-narrow": Recipe(_named("hierarchy", k=3, max_ngram=1, max_candidates=1, corpus="none"), "hierarchy",
                                trees=True, greedy=True),
+    # SuffixDecoding: trees from suffix structures over this request and earlier ones (the global one persists
+    # across the prompts of one decoder, so later prompts draft from earlier answers); a wide budget: more siblings
+    "suffix": Recipe(_named("suffix", max_spec_offset=3, min_token_prob=0.0), "suffix", trees=True, greedy=True),
+    # early exit: the target's first layer + a random Kangaroo adapter drafts a chain (q sampled from it)
+    "early_exit": Recipe(_early_exit(k=4, confidence=0.1), "early_exit", sampled_q=True, greedy=True, batch=True,
+                         sampling=("t1",)),
     # --- batched greedy (many rows) ---
     "none": Recipe(_named("none"), "none", batch=True),
     "ngram-k4-batch": Recipe(_named("ngram", k=4), "ngram", batch=True),
     "recycling-4-2-1": Recipe(_named("recycling", topk=4, branching="4-2-1"), "recycling", trees=True, batch=True),
     "lookahead-w3-n3": Recipe(_named("lookahead", window=3, ngram=3, guesses=2), "lookahead", trees=True, batch=True),
+    "suffix-batch": Recipe(_named("suffix", max_depth=12, max_cached_requests=4, min_token_prob=0.05), "suffix",
+                           trees=True, batch=True),
     "draft_model-k3": Recipe(_dm(3), "draft_model", sampled_q=True, batch=True, sampling=("t1", "t0.7-topk3", "topp0.8")),
     "draft_model-vocab-third": Recipe(_dm_vocab(lambda v: list(range(0, v, 3))), "draft_model", sampled_q=True,
                                       batch=True),
@@ -199,6 +264,9 @@ RECIPES: dict[str, Recipe] = {
     # context and session n-gram databases merged into a tree
     "hierarchy-k3": Recipe(_named("hierarchy", k=3, max_ngram=2, max_candidates=3, corpus="none"), "hierarchy",
                            trees=True, sampling=("t0.7-topk3",)),
+    # suffix trees over the earlier samples' answers: siblings ranked by frequency, q None (one-hot)
+    "suffix-t1": Recipe(_named("suffix", max_cached_requests=16, min_token_prob=0.05, max_spec_offset=2), "suffix",
+                        trees=True, sampling=("t1",)),
     # draft heads on the target's hidden states, drafts sampled from the heads' q
     "medusa": Recipe(_heads("medusa"), "medusa", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     "hydra": Recipe(_heads("hydra"), "hydra", heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
@@ -219,6 +287,29 @@ RECIPES: dict[str, Recipe] = {
                                sampling=("t1", "t0.7-topk3"), verifier="spectr"),
     "multi-distinct-recursive": Recipe(_multi(False), "multi", trees=True, sampled_q=True, greedy=True, batch=True,
                                        sampling=("t1", "t0.7-topk3"), verifier="recursive"),
+    # RASD: the draft model's top-k tree, retrieved n-gram continuations pruned by its probabilities and fused in
+    # (deterministic tree, q None at every temperature: recursive rejection with one-hot q)
+    "rasd": Recipe(_rasd(max_nodes=8, model_nodes=4, topk=2, beam=2, min_prob=0.05, confidence=0.0), "rasd", trees=True,
+                   greedy=True, batch=True, sampling=("t1",)),
+    "rasd-eagle": Recipe(_rasd(eagle=True, retrieval="hierarchy:corpus=none,k=4", max_nodes=10, min_prob=0.05), "rasd",
+                         trees=True, heads=True, greedy=True),
+    # cascade: the draft model's chain made with an n-gram level's help (vertical; q = the draft model's law) and,
+    # with split, its later positions drafted by the n-gram level alone (horizontal; one-hot q rows)
+    "cascade": Recipe(_cascade(k=3), "cascade", sampled_q=True, greedy=True, batch=True),
+    "cascade-split": Recipe(_cascade(k=3, split=2), "cascade", sampled_q=True, sampling=("t1",)),
+    # union: one trie over several drafters' deterministic candidates (q None at every temperature)
+    "union": Recipe(_union(max_nodes=6), "union", trees=True, greedy=True, batch=True),
+    "union-t1": Recipe(_named("union", drafters=["ngram:k=3,max_ngram=2", "recycling:topk=2,branching=2-1"], max_nodes=5),
+                       "union", trees=True, sampling=("t1",)),
+    "union-eagle": Recipe(_union(eagle=True, max_nodes=10), "union", trees=True, heads=True, greedy=True),
+    # layer_skip (SWIFT): the target with layers skipped, the set searched on the context (a short prompt drafts
+    # with the default set first); chains sampled from the partial model's q; with early stop
+    "layer_skip": Recipe(_named("layer_skip", k=4, adaptive=False, confidence=0, min_context=10, search_steps=4),
+                         "layer_skip", sampled_q=True, greedy=True, batch=True),
+    "layer_skip-t1": Recipe(_named("layer_skip", k=3, adaptive=False, confidence=0, min_context=4, search_steps=2),
+                            "layer_skip", sampled_q=True, sampling=("t1",)),
+    "layer_skip-confidence": Recipe(_named("layer_skip", k=6, confidence=0.5, skip=0.3), "layer_skip",
+                                    sampled_q=True, greedy=True),
 }
 
 

@@ -98,6 +98,8 @@ SHIPPED_DRAFTERS: dict[str, tuple[str, str]] = {
 SHIPPED_HEADS: dict[tuple[str, str], str] = {
     ("smollm2-135m-instruct", kind): f"smollm2-135m-instruct-{kind}" for kind in ("medusa", "hydra", "eagle", "amphista", "koala")
 }
+# early-exit adapters (`draftsmith train early-exit`): `build_drafter("early_exit")` on that target loads them
+SHIPPED_HEADS[("smollm2-135m-instruct", "early_exit")] = "smollm2-135m-instruct-early-exit"
 
 
 def packs_root() -> Path:

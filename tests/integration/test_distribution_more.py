@@ -1,12 +1,12 @@
-"""The other half of test_distribution.py's single-row cases: the distribution tests are the
-suite's longest file, and `make test` gives each file to one worker (pytest-xdist, loadfile), so
-they are split in two files to run on both workers."""
+"""A third of test_distribution.py's single-row cases (test_distribution_rest.py has another): the
+distribution tests are the suite's longest, and `make test` gives each file to one worker
+(pytest-xdist, loadfile), so they are split in three files that the two workers share out."""
 
 import pytest
 
 from tests.integration.test_distribution import SINGLE, check_sampling, pair  # noqa: F401 - pair is a fixture
 
 
-@pytest.mark.parametrize("recipe, case", SINGLE[1::2])
+@pytest.mark.parametrize("recipe, case", SINGLE[1::3])
 def test_sampling_is_lossless(pair, recipe, case, tmp_path):  # noqa: F811
     check_sampling(pair, recipe, case, tmp_path)

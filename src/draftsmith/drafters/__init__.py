@@ -2,7 +2,7 @@
 
 A new drafter is one file (a `DrafterBase` subclass with a `name`, decorated `@register`) and one
 line below importing it (which registers it). Specs are `NAME[:key=value,...]`; a value may be a bracketed list of specs, so specs nest:
-`cascade:drafters=[draft_model:model=X,ngram:k=3]` (the list stays a list of spec strings for
+`cascade:levels=[draft_model:model=X,ngram:k=3]` (the list stays a list of spec strings for
 the drafter to build), or a dict `{"name": ..., **options}` (a YAML/JSON config file's form)."""
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
 from .multi import MultiDrafter
+from .layer_skip import LayerSkipDrafter
+from .cascade import CascadeDrafter
+from .union import UnionDrafter
+from .suffix import SuffixDrafter
+from .rasd import RasdDrafter
+from .early_exit import EarlyExitDrafter
 
 
 def _value(text: str):
@@ -53,6 +59,19 @@ def split_top(text: str, sep: str = ",") -> list[str]:
     return parts
 
 
+def _spec_list(text: str) -> list[str]:
+    """A bracketed list's items: "draft_model:model=X,k=3,ngram" -> ["draft_model:model=X,k=3", "ngram"]
+    (an item whose text before its first ':' holds '=' is one more option of the spec before it:
+    a drafter name never holds '=')."""
+    items: list[str] = []
+    for part in (p.strip() for p in split_top(text)):
+        if part and items and "=" in part.partition(":")[0]:
+            items[-1] += "," + part
+        elif part:
+            items.append(part)
+    return items
+
+
 def parse_spec(text: str) -> tuple[str, dict]:
     """`NAME[:opt=val,...]` -> (name, options), values cast to int, float or bool where they read
     so; `[spec,spec]` is a list of (nested) spec strings."""
@@ -66,7 +85,7 @@ def parse_spec(text: str) -> tuple[str, dict]:
             raise DraftsmithError(f"{text!r}: options are written NAME:key=value,key=value")
         val = val.strip()
         if val.startswith("[") and val.endswith("]"):
-            options[key.strip()] = [v.strip() for v in split_top(val[1:-1]) if v.strip()]
+            options[key.strip()] = _spec_list(val[1:-1])
         else:
             options[key.strip()] = _value(val)
     if not name.strip():
@@ -103,6 +122,6 @@ def build_drafter(name: str | dict | Drafter = "none", **options) -> DrafterBase
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "HierarchyDrafter",
+__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "LayerSkipDrafter", "CascadeDrafter", "UnionDrafter", "SuffixDrafter", "RasdDrafter", "EarlyExitDrafter", "HierarchyDrafter",
            "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter",
            "build_drafter", "parse_spec", "register", "REGISTRY"]

@@ -117,6 +117,10 @@ def add_train_parser(sub) -> None:
     h.add_argument("--save-every", type=int, default=100)
     h.set_defaults(func=cmd_heads)
 
+    from .early_exit import add_parser as add_early_exit_parser  # `train early-exit` (train/early_exit.py)
+
+    add_early_exit_parser(stages, DEFAULT_MODEL, _device)
+
 
 def _config(args, stage: str, loss: str):
     from .trainer import TrainConfig
