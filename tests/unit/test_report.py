@@ -68,3 +68,17 @@ def test_hf_rows_have_no_tau():
                                             ([1, 2], [1, 2, 3], 2), ([], [], None)])
 def test_first_divergence(a, b, expected):
     assert first_divergence(a, b) == expected
+
+
+def test_console_table_prints_nested_specs_whole(capsys):
+    """Bug: the console table went through rich's markup, which took a nested spec's brackets
+    for styles: `union:drafters=[ngram,eagle]` and `union:drafters=[suffix,eagle]` both printed as
+    `union:drafters=`, two rows with one name."""
+    from draftsmith.bench.report import print_table
+
+    records = [rec("none", "a", 10, 1.0, steps=10, drafted=0, accepted=0),
+               rec("union:drafters=[ngram,eagle]", "a", 10, 0.5, steps=5, drafted=8, accepted=5),
+               rec("union:drafters=[suffix,eagle]", "a", 10, 0.5, steps=5, drafted=8, accepted=5)]
+    print_table(summarize(records), "title [x]")
+    out = capsys.readouterr().out
+    assert "union:drafters=[ngram,eagle]" in out and "union:drafters=[suffix,eagle]" in out and "title [x]" in out

@@ -137,9 +137,10 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 def print_table(rows: list[dict], title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="left" if header in ("method", "category") else "right")
     last_cat = None
@@ -147,7 +148,7 @@ def print_table(rows: list[dict], title: str) -> None:
         if last_cat is not None and r["category"] != last_cat:
             table.add_section()
         last_cat = r["category"]
-        table.add_row(*cells)
+        table.add_row(*map(escape, cells))  # specs nest in brackets: text, not rich markup
     console = Console()
     if not console.is_terminal:  # a log file or a pipe: do not squeeze the table into 80 columns
         console = Console(width=200)
