@@ -19,7 +19,14 @@ METHODS=(--method none --method ngram --method hierarchy --method "$EAGLE" --met
   --method layer_skip --method early_exit)
 
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category "$N" --max-new-tokens "$T" \
-  "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-combined-greedy
+  --threads 2 "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-combined-greedy
 
+# T1=short: at temperature 1 only the rows the aims are about (none, ngram, suffix and
+# the combined drafters), for time
+T1_METHODS=("${METHODS[@]}")
+if [ "${T1:-all}" = short ]; then
+  T1_METHODS=(--method none --method ngram --method suffix --method "cascade:levels=[$DM,ngram]"
+    --method "union:drafters=[suffix,$EAGLE]" --method "rasd:model=[$DM],retrieval=[suffix]")
+fi
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category "$N" --max-new-tokens "$T" \
-  --temperature 1 "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-combined-t1
+  --threads 2 --temperature 1 "${T1_METHODS[@]}" --out benchmarks/smollm2-135m-bf16-combined-t1
