@@ -18,8 +18,11 @@ METHODS=(--method none --method ngram --method hierarchy --method "$EAGLE" --met
   --method "rasd:model=[$DM],retrieval=[suffix]"
   --method layer_skip --method early_exit)
 
+# SKIP_GREEDY=1 / SKIP_T1=1 leave out one half
+if [ "${SKIP_GREEDY:-0}" != 1 ]; then
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category "$N" --max-new-tokens "$T" \
   --threads 2 "${METHODS[@]}" --out benchmarks/smollm2-135m-bf16-combined-greedy
+fi
 
 # T1=short: at temperature 1 only the rows the aims are about (none, ngram, suffix and
 # the combined drafters), for time
@@ -28,5 +31,7 @@ if [ "${T1:-all}" = short ]; then
   T1_METHODS=(--method none --method ngram --method suffix --method "cascade:levels=[$DM,ngram]"
     --method "union:drafters=[suffix,$EAGLE]" --method "rasd:model=[$DM],retrieval=[suffix]")
 fi
+if [ "${SKIP_T1:-0}" != 1 ]; then
 $B bench --model smollm2-135m-instruct --dtype bf16 --questions "$Q" --per-category "$N" --max-new-tokens "$T" \
   --threads 2 --temperature 1 "${T1_METHODS[@]}" --out benchmarks/smollm2-135m-bf16-combined-t1
+fi
