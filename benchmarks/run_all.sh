@@ -20,3 +20,7 @@ $B bench --model qwen2.5-coder-1.5b-instruct --dtype bf16 --questions "$Q" --per
 benchmarks/run_drafters.sh
 benchmarks/run_heads.sh
 benchmarks/run_serving.sh
+# exact mode (issue 20); combined and self-drafting drafters, suffix over repeated requests (issue 19)
+benchmarks/run_exact.sh
+benchmarks/run_combined.sh
+benchmarks/run_suffix_repeat.sh

@@ -236,7 +236,7 @@ RECIPES: dict[str, Recipe] = {
     "suffix": Recipe(_named("suffix", max_spec_offset=3, min_token_prob=0.0), "suffix", trees=True, greedy=True),
     # early exit: the target's first layer + a random Kangaroo adapter drafts a chain (q sampled from it)
     "early_exit": Recipe(_early_exit(k=4, confidence=0.1), "early_exit", sampled_q=True, greedy=True, batch=True,
-                         sampling=("t1",)),
+                         sampling=("t1", "t0.7-topk3")),
     # --- batched greedy (many rows) ---
     "none": Recipe(_named("none"), "none", batch=True),
     "ngram-k4-batch": Recipe(_named("ngram", k=4), "ngram", batch=True),
@@ -266,7 +266,7 @@ RECIPES: dict[str, Recipe] = {
                            trees=True, sampling=("t0.7-topk3",)),
     # suffix trees over the earlier samples' answers: siblings ranked by frequency, q None (one-hot)
     "suffix-t1": Recipe(_named("suffix", max_cached_requests=16, min_token_prob=0.05, max_spec_offset=2), "suffix",
-                        trees=True, sampling=("t1",)),
+                        trees=True, sampling=("t1", "t0.7-topk3")),
     # draft heads on the target's hidden states, drafts sampled from the heads' q
     "medusa": Recipe(_heads("medusa"), "medusa", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     "hydra": Recipe(_heads("hydra"), "hydra", heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
@@ -290,24 +290,24 @@ RECIPES: dict[str, Recipe] = {
     # RASD: the draft model's top-k tree, retrieved n-gram continuations pruned by its probabilities and fused in
     # (deterministic tree, q None at every temperature: recursive rejection with one-hot q)
     "rasd": Recipe(_rasd(max_nodes=8, model_nodes=4, topk=2, beam=2, min_prob=0.05, confidence=0.0), "rasd", trees=True,
-                   greedy=True, batch=True, sampling=("t1",)),
+                   greedy=True, batch=True, sampling=("t1", "t0.7-topk3")),
     "rasd-eagle": Recipe(_rasd(eagle=True, retrieval="hierarchy:corpus=none,k=4", max_nodes=10, min_prob=0.05), "rasd",
                          trees=True, heads=True, greedy=True),
     # cascade: the draft model's chain made with an n-gram level's help (vertical; q = the draft model's law) and,
     # with split, its later positions drafted by the n-gram level alone (horizontal; one-hot q rows)
     "cascade": Recipe(_cascade(k=3), "cascade", sampled_q=True, greedy=True, batch=True),
-    "cascade-split": Recipe(_cascade(k=3, split=2), "cascade", sampled_q=True, sampling=("t1",)),
+    "cascade-split": Recipe(_cascade(k=3, split=2), "cascade", sampled_q=True, sampling=("t1", "t0.7-topk3")),
     # union: one trie over several drafters' deterministic candidates (q None at every temperature)
     "union": Recipe(_union(max_nodes=6), "union", trees=True, greedy=True, batch=True),
     "union-t1": Recipe(_named("union", drafters=["ngram:k=3,max_ngram=2", "recycling:topk=2,branching=2-1"], max_nodes=5),
-                       "union", trees=True, sampling=("t1",)),
+                       "union", trees=True, sampling=("t1", "t0.7-topk3")),
     "union-eagle": Recipe(_union(eagle=True, max_nodes=10), "union", trees=True, heads=True, greedy=True),
     # layer_skip (SWIFT): the target with layers skipped, the set searched on the context (a short prompt drafts
     # with the default set first); chains sampled from the partial model's q; with early stop
     "layer_skip": Recipe(_named("layer_skip", k=4, adaptive=False, confidence=0, min_context=10, search_steps=4),
                          "layer_skip", sampled_q=True, greedy=True, batch=True),
     "layer_skip-t1": Recipe(_named("layer_skip", k=3, adaptive=False, confidence=0, min_context=4, search_steps=2),
-                            "layer_skip", sampled_q=True, sampling=("t1",)),
+                            "layer_skip", sampled_q=True, sampling=("t1", "t0.7-topk3")),
     "layer_skip-confidence": Recipe(_named("layer_skip", k=6, confidence=0.5, skip=0.3), "layer_skip",
                                     sampled_q=True, greedy=True),
 }
