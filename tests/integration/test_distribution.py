@@ -8,6 +8,7 @@ draft model at T=1 run through the batched loop instead (test_batched_rows_are_l
 different prompt lengths, one group at top-k, rows joining mid-flight), which checks the same
 case at the same sample size for that prompt, so the batched path costs no extra time."""
 
+import functools
 import itertools
 import math
 
@@ -84,9 +85,20 @@ BATCHED = {("ngram-k3", "t1"), ("draft_model-k3", "t1")}  # run by test_batched_
 
 # The default run takes each recipe's first case (and every case of draft_model-k3, the reference
 # drafter: top-k and top-p); a recipe's further cases are `extended` (make test-full).
+# Variants of a drafter whose own first recipe is in the default run are extended too (the draft
+# model's confidence stop and draft vocabulary, the EAGLE head's tree and draft vocabulary).
 REFERENCE = "draft_model-k3"
-SINGLE = [pytest.param(r, c, marks=[pytest.mark.extended] if c != RECIPES[r].sampling[0] and r != REFERENCE else [])
+VARIANTS = {"draft_model-k3-confidence", "draft_model-vocab-1-3", "eagle-tree", "eagle-vocab"}
+
+
+def _extended(recipe: str, case: str) -> bool:
+    return recipe in VARIANTS or (case != RECIPES[recipe].sampling[0] and recipe != REFERENCE)
+
+
+SINGLE = [pytest.param(r, c, marks=[pytest.mark.extended] if _extended(r, c) else [])
           for r, c in sampling_cases() if (r, c) not in BATCHED]  # a third here, a third in each of _more and _rest
+# drafters made of the target's own layers need a target with layers to skip or exit from
+DEEP = {"early_exit", "layer_skip"}
 
 
 @pytest.mark.parametrize("recipe, case", SINGLE[0::3])
@@ -94,8 +106,15 @@ def test_sampling_is_lossless(pair, recipe, case, tmp_path):
     check_sampling(pair, recipe, case, tmp_path)
 
 
+@functools.cache
+def deep_pair():
+    """Two-layer twins of `pair` for the DEEP drafters (a shallow exit or a skipped layer needs two)."""
+    return (tiny_model("llama", vocab=V, seed=0, std=0.5, layers=2),
+            tiny_model("llama", vocab=V, seed=5, std=0.5, layers=2))
+
+
 def check_sampling(pair, recipe, case, tmp_path):
-    target, drafter_model = pair
+    target, drafter_model = deep_pair() if RECIPES[recipe].registry in DEEP else pair
     params = CASES[case]
     dec = SpeculativeDecoder(target, build(recipe, target, "llama", tmp_path, draft=drafter_model),
                              verifier=verifier_of(recipe))
