@@ -80,14 +80,10 @@ def _member(spec, role: str) -> DrafterBase:
     """A member drafter from a spec string, a one-element spec list, a dict or an instance."""
     from . import build_drafter  # the registry module imports this one
 
-    if isinstance(spec, (list, tuple)):  # a bracketed value: the spec parser split it at its commas
-        items = [str(s) for s in spec]
-        if len(items) == 1 and items[0].startswith("[") and items[0].endswith("]"):
-            items = [items[0][1:-1]]
-        first, rest = (items[0], items[1:]) if items else ("", [])
-        if not first or any("=" not in r or ":" in r.partition("=")[0] for r in rest):
-            raise DraftsmithError(f"rasd: {role}= takes one drafter spec (NAME:key=value,...), got {items}")
-        spec = first + ("," if ":" in first else ":") + ",".join(rest) if rest else first
+    if isinstance(spec, (list, tuple)):  # a bracketed value: parse_spec keeps a member's options with it
+        if len(spec) != 1:
+            raise DraftsmithError(f"rasd: {role}= takes one drafter spec (NAME:key=value,...), got {list(spec)}")
+        spec = str(spec[0])
     if spec is None:
         raise DraftsmithError(f"rasd needs a {role} drafter: rasd:model=[draft_model:model=NAME],retrieval=[ngram]")
     return build_drafter(spec)
