@@ -273,6 +273,8 @@ RECIPES: dict[str, Recipe] = {
     "eagle": Recipe(_heads("eagle"), "eagle", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     "amphista": Recipe(_heads("amphista"), "amphista", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     "koala": Recipe(_heads("koala"), "koala", heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
+    # EAGLE-3: fused low/mid/high target features (feature_layers), its own draft vocabulary
+    "eagle3": Recipe(_heads("eagle3"), "eagle3", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     # an EAGLE-2 dynamic tree: the heads' top-k at each depth, deterministic (q None) even when sampling
     "eagle-tree": Recipe(_heads("eagle", tree_nodes=6, topk=2), "eagle", trees=True, heads=True, sampling=("t1",)),
     # heads drafting over part of the vocabulary: q is zero outside it

@@ -41,6 +41,15 @@ from .rows import Prefill, Row, TextTracker, check_length
 log = logging.getLogger(__name__)
 
 
+def drafter_features(hidden_states: tuple[torch.Tensor, ...], layers: tuple[int, ...] | None) -> torch.Tensor:
+    """What a drafter with needs_hidden_states reads of a forward's hidden states (each [B, q, H]):
+    the last (after the final norm) when its `feature_layers` is None, else the inputs of those
+    layers (hidden_states[i]) concatenated, [B, q, len(layers) * H] (EAGLE-3's low/mid/high)."""
+    if layers is None:
+        return hidden_states[-1]
+    return torch.cat([hidden_states[i] for i in layers], dim=-1)
+
+
 def kept_hidden(hidden: torch.Tensor, path: list[int]) -> torch.Tensor:
     """The step's hidden states [1, q, H] -> those of the root and the accepted nodes [1, m, H]."""
     return hidden[:, [0] + [1 + i for i in path]]
@@ -103,21 +112,23 @@ class Loop:
         """Prefill the row's prompt up to token `upto` (all but its last token: it joins the batch)."""
         target, p, dev = self.target, row.prefill, self.target.device
         need = row.drafter.needs_hidden_states
+        layers = getattr(row.drafter, "feature_layers", None)
         t0 = time.perf_counter()
         if upto > p.done:
             slots = torch.arange(p.done, upto, device=dev)
             out = target.step(torch.tensor([row.ids[p.done:upto]], device=dev), slots[None], p.cache,
                               cache_position=slots, hidden_states=need, last_only=True)
             if need:
-                p.features.append(out.hidden_states[-1])  # [1, chunk, H]
+                p.features.append(drafter_features(out.hidden_states, layers))  # [1, chunk, H']
             p.done = upto
         row.stats.prefill_time += time.perf_counter() - t0
         if p.done < len(row.ids) - 1:
             return
         features = None
         if need:
+            width = target.config.hidden_size * (1 if layers is None else len(layers))
             features = torch.cat(p.features, dim=1) if p.features else torch.zeros(
-                1, 0, target.config.hidden_size, dtype=target.dtype, device=dev)  # [1, n-1, H]
+                1, 0, width, dtype=target.dtype, device=dev)  # [1, n-1, H']
         t0 = time.perf_counter()
         row.drafter.prefill(list(row.ids), features)
         row.stats.drafter_time += time.perf_counter() - t0
@@ -229,7 +240,12 @@ class Loop:
             out = self.target.step(ids, pos, self.cache.cache, cache_position=cache_position, mask=mask,
                                    hidden_states=need_hidden)
         logits = out.logits  # [B, q, V]
-        hidden = out.hidden_states[-1] if need_hidden else None  # [B, q, H]
+        hidden: dict = {}  # feature_layers -> [B, q, H'] (drafter_features), made once per kind
+        if need_hidden:
+            for r in rows:
+                layers = getattr(r.drafter, "feature_layers", None)
+                if r.drafter.needs_hidden_states and layers not in hidden:
+                    hidden[layers] = drafter_features(out.hidden_states, layers)
 
         committed, kept = [], []
         for b, (r, d, k_row) in enumerate(zip(rows, drafts, offered)):
@@ -237,7 +253,8 @@ class Loop:
             if r.error is None:
                 try:
                     path, new = self._verify_commit(r, d, logits[b:b + 1, :d.size + 1],
-                                                    hidden[b:b + 1] if r.drafter.needs_hidden_states else None)
+                                                    hidden[getattr(r.drafter, "feature_layers", None)][b:b + 1]
+                                                    if r.drafter.needs_hidden_states else None)
                 except Exception as exc:  # this row fails alone; the others go on
                     r.fail(_message(exc))
                     path, new = [], []

@@ -17,6 +17,7 @@ from .base import REGISTRY, DraftContext, Drafter, DrafterBase, NoDrafter, Proto
 from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
 from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, MedusaDrafter
+from .heads.eagle3 import Eagle3Drafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter
@@ -123,5 +124,5 @@ def build_drafter(name: str | dict | Drafter = "none", **options) -> DrafterBase
 
 
 __all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "LayerSkipDrafter", "CascadeDrafter", "UnionDrafter", "SuffixDrafter", "RasdDrafter", "EarlyExitDrafter", "HierarchyDrafter",
-           "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter",
+           "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter", "Eagle3Drafter",
            "build_drafter", "parse_spec", "register", "REGISTRY"]

@@ -18,6 +18,9 @@ Lifecycle (the loop is the only caller):
 
 Capabilities are declared class attributes, read once when the decoder is built:
     needs_hidden_states  the loop hands the target's last hidden states to prefill and observe
+    feature_layers       None (the last hidden state, after the final norm) or the target layers
+                         whose inputs it reads instead, concatenated (EAGLE-3's low/mid/high;
+                         may be set in bind, once the drafter knows its weights)
     trimmable            proposes chains that cost nothing more at full length and keeps no state
                          assuming the whole draft was verified: a batch policy may ask for the
                          longest draft and cut it after seeing every row's
@@ -78,6 +81,7 @@ class DrafterBase:
 
     name: ClassVar[str] = ""
     needs_hidden_states: ClassVar[bool] = False
+    feature_layers: tuple[int, ...] | None = None
     trimmable: ClassVar[bool] = False
     trees: ClassVar[bool] = False
     adaptive: bool = False
@@ -137,6 +141,8 @@ class ProtocolDrafter(DrafterBase):
     def bind(self, target):
         if callable(getattr(self.inner, "bind", None)):
             self.inner.bind(target)
+        layers = getattr(self.inner, "feature_layers", None)
+        self.feature_layers = None if layers is None else tuple(int(i) for i in layers)
 
     def fork(self):
         if self.forked:

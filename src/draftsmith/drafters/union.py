@@ -55,7 +55,7 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import DraftsmithError
+from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..types import Draft, VerifyResult
 from .base import DraftContext, DrafterBase, register
 
@@ -106,6 +106,11 @@ class UnionDrafter(DrafterBase):
         for m in self.members:
             m.bind(target)
         self.k = max(m.k or 0 for m in self.members)  # heads know their k once bound
+        layers = {m.feature_layers for m in self.members if m.needs_hidden_states}
+        if len(layers) > 1:
+            raise IncompatibleDrafterError(f"union: members read different target features ({sorted(map(str, layers))}); "
+                                           "the loop hands one kind to a drafter")
+        self.feature_layers = next(iter(layers), None)
         self.vocab, self.device = target.vocab_size, target.device
 
     def fork(self) -> "UnionDrafter":

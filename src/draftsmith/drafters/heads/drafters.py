@@ -96,7 +96,7 @@ class HeadsDrafter(DrafterBase):
     def _top(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Features x [.., H] -> q's n most likely tokens: (log q [.., n], token ids [.., n]). Over
         a draft vocabulary the V-wide logits (-inf outside it) are never built."""
-        if isinstance(self.lm_head, SubsetLMHead):
+        if hasattr(self.lm_head, "subset"):  # a draft vocabulary (vocab.SubsetLMHead, eagle3's own)
             top = self.lm_head.subset(x).float().log_softmax(-1).topk(n, dim=-1)
             return top.values, self.lm_head.token_ids[top.indices]
         top = self.lm_head(x).float().log_softmax(-1).topk(n, dim=-1)

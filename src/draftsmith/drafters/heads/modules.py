@@ -18,6 +18,14 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
     KOALA   (Zhang et al. 2024) Hydra's heads with multi-layer heads: `num_layers` (default 2)
                                 decoder blocks per head instead of residual blocks (the adversarial
                                 term of KOALA's training is in draftsmith.train.heads)
+    EAGLE-3 (Li et al. 2025)    the target's low, middle and high layers instead of its last one,
+                                fused by one linear layer, g_t = fc([a_t; b_t; c_t]); one decoder
+                                layer whose attention reads [norm(e_{t+1}); norm(g_t)] (2H wide)
+                                gives u_{t+1} (before its final norm); logits_{t+2} over its own draft
+                                vocabulary = lm_head(norm(u_{t+1})); the next draft step feeds u back
+                                in place of g (no fc). Trained on tokens only (no feature regression),
+                                with the training-time test. Features: `aux_layers` are the inputs
+                                of those target layers (the target's hidden_states[i]), as in vLLM.
 
 All start out close to the LM head itself (zero-initialised residual branches), as in Medusa;
 Medusa, Hydra, Amphista and KOALA heads are exactly the identity on h at init.
@@ -33,11 +41,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm,
+                                                      LlamaRotaryEmbedding)
 
 from ...errors import DraftsmithError
 
-KINDS = ("medusa", "hydra", "eagle", "amphista", "koala")
+KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3")
 DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)
 
 
@@ -55,6 +64,13 @@ class HeadsConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 8192
+    # EAGLE-3: the target layers whose inputs are fused (hidden_states[i]; default 2, L/2, L-3, as
+    # vLLM), the target's hidden size, the draft vocabulary's size (0 = the target's), and the
+    # place of the hidden norm (vLLM's and speculators' `norm_before_residual`)
+    aux_layers: list = field(default_factory=list)
+    target_hidden_size: int = 0
+    draft_vocab_size: int = 0
+    norm_before_residual: bool = False
     target: str = ""  # what it was trained on (informative)
     training: dict = field(default_factory=dict)
 
@@ -62,6 +78,14 @@ class HeadsConfig:
         if self.kind not in KINDS:
             raise DraftsmithError(f"unknown head kind {self.kind!r}; known: {', '.join(KINDS)}")
         self.num_layers = self.num_layers or DEFAULT_LAYERS.get(self.kind, 1)
+        if self.kind == "eagle3":
+            self.aux_layers = [int(i) for i in self.aux_layers]
+            self.target_hidden_size = self.target_hidden_size or self.hidden_size
+            self.draft_vocab_size = self.draft_vocab_size or self.vocab_size
+            if len(self.aux_layers) != 3 or min(self.aux_layers) < 0:
+                raise DraftsmithError(f"eagle3: aux_layers must be three target layer indices >= 0, got {self.aux_layers}")
+            if not 1 <= self.draft_vocab_size <= self.vocab_size:
+                raise DraftsmithError(f"eagle3: draft_vocab_size must be in [1, {self.vocab_size}], got {self.draft_vocab_size}")
 
     def llama(self) -> LlamaConfig:
         """A one-layer Llama config of the heads' shape (for the decoder layers they hold)."""
@@ -76,6 +100,9 @@ class HeadsConfig:
     @classmethod
     def for_target(cls, kind: str, target_config, **overrides) -> "HeadsConfig":
         c = target_config
+        if kind == "eagle3" and not overrides.get("aux_layers"):
+            L = c.num_hidden_layers  # vLLM's default (2, L/2, L-3); tiny targets repeat a layer
+            overrides["aux_layers"] = [2, L // 2, L - 3] if L >= 6 else [0, L // 2, L - 1]
         rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
         return cls(kind=kind, hidden_size=c.hidden_size, vocab_size=c.vocab_size,
                    num_attention_heads=c.num_attention_heads,
@@ -242,7 +269,98 @@ class EagleHead(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads}
+class Eagle3Layer(nn.Module):
+    """EAGLE-3's decoder layer: attention over [input_layernorm(e); hidden_norm(g)] (2H -> H),
+    then the MLP, with the residual stream starting at g (after the hidden norm when
+    `norm_before_residual`). Parameter names are those of EAGLE-3 checkpoints (`midlayer.*`)."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        H, llama = cfg.hidden_size, cfg.llama()
+        self.norm_before_residual = cfg.norm_before_residual
+        self.input_layernorm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.hidden_norm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(llama, layer_idx=0)
+        for name in ("q_proj", "k_proj", "v_proj"):  # their input is [e; g], twice the width
+            old = getattr(self.self_attn, name)
+            setattr(self.self_attn, name, nn.Linear(2 * H, old.out_features, bias=False))
+        self.post_attention_layernorm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(llama)
+
+    def forward(self, g, embeds, positions, position_embeddings, mask=None, cache=None):
+        """g [B, n, H], embeds [B, n, H] -> u [B, n, H], the residual stream after the layer."""
+        h = self.hidden_norm(g)
+        residual = h if self.norm_before_residual else g
+        x = torch.cat([self.input_layernorm(embeds), h], dim=-1)  # [B, n, 2H]
+        a = self.self_attn(x, position_embeddings=position_embeddings, attention_mask=mask,
+                           past_key_values=cache, position_ids=positions, use_cache=cache is not None)[0]
+        residual = residual + a
+        return residual + self.mlp(self.post_attention_layernorm(residual))
+
+
+class Eagle3Head(nn.Module):
+    """EAGLE-3 (see the module docstring): `fc` fuses the target's aux features, `midlayer`
+    drafts, `norm` + `lm_head` give logits over the draft vocabulary, whose draft id i is target id
+    i + d2t[i] (`d2t` offsets, `t2d` [V] the mask of drafted target ids, as in EAGLE-3 checkpoints).
+    The target's embeddings are shared, not stored."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.llama = cfg.llama()
+        H, Vd = cfg.hidden_size, cfg.draft_vocab_size
+        self.fc = nn.Linear(len(cfg.aux_layers) * cfg.target_hidden_size, H, bias=False)
+        self.midlayer = Eagle3Layer(cfg)
+        self.norm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(H, Vd, bias=False)
+        self.register_buffer("d2t", torch.zeros(Vd, dtype=torch.long))  # [Vd] target id - draft id
+        t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+        t2d[:Vd] = True
+        self.register_buffer("t2d", t2d)  # [V]
+        self.rotary = LlamaRotaryEmbedding(self.llama)
+
+    def set_vocab(self, token_ids: torch.Tensor) -> None:
+        """Draft over these target ids (any order; stored ascending, as EAGLE-3 checkpoints do)."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).unique(sorted=True)
+        if ids.numel() != self.cfg.draft_vocab_size:
+            raise DraftsmithError(f"eagle3: {ids.numel()} distinct draft token ids for a draft vocabulary of "
+                                  f"{self.cfg.draft_vocab_size}")
+        self.d2t.copy_(ids - torch.arange(ids.numel()))
+        self.t2d.zero_()
+        self.t2d[ids] = True
+
+    def token_ids(self) -> torch.Tensor:
+        """[Vd] the target id of every draft id."""
+        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.llama)
+
+    def combine(self, aux: torch.Tensor) -> torch.Tensor:
+        """The target's aux features [.., 3*Ht] (aux_layers' inputs, concatenated in order) -> g [.., H]."""
+        return self.fc(aux)
+
+    def logits(self, u: torch.Tensor) -> torch.Tensor:
+        """u [.., H] -> logits over the draft vocabulary [.., Vd]."""
+        return self.lm_head(self.norm(u))
+
+    def forward(self, g: torch.Tensor, embeds: torch.Tensor, positions: torch.Tensor,
+                cache: DynamicCache | None = None, allow: torch.Tensor | None = None) -> torch.Tensor:
+        """g [B, n, H] (fc of the target's features at t, or u_t from the previous draft step),
+        embeds [B, n, H] (e_{t+1}), positions [B, n] (t) -> u_{t+1} [B, n, H]. Attention as
+        EagleHead's: causal over the cache and the n new pairs, or `allow` [n, past + n]."""
+        n, past = g.shape[1], cache.get_seq_length() if cache is not None else 0
+        if allow is None and n > 1:
+            allow = torch.ones(n, past + n, dtype=torch.bool, device=g.device).tril(past)
+        mask = None
+        if allow is not None:
+            mask = torch.zeros(allow.shape, dtype=g.dtype, device=g.device).masked_fill(~allow, torch.finfo(g.dtype).min)
+            mask = mask[None, None]
+        return self.midlayer(g, embeds, positions, self.rotary(g, positions), mask, cache)
+
+
+MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads,
+           "eagle3": Eagle3Head}
 
 
 def build_heads(cfg: HeadsConfig) -> nn.Module:
