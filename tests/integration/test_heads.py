@@ -18,7 +18,7 @@ from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
 from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import plain_ids, random_heads, tiny_model
 
-KINDS = ["medusa", "hydra", "eagle", "amphista", "koala"]
+KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 
 

@@ -59,7 +59,12 @@ class Eagle3Drafter(EagleDrafter):
     name: ClassVar[str] = "eagle3"
 
     def __init__(self, heads: str | None = None, k: int | None = None, tree_nodes: int = 0, topk: int = 4,
-                 beam: int = 4):
+                 beam: int = 4, vocab: int = 0):
+        """vocab: refused unless 0 (the draft vocabulary is the head's own, d2t); kept as an option so
+        that a `vocab=` carried over from an `eagle` spec gets this message, not a TypeError."""
+        if vocab != 0:
+            raise DraftsmithError("eagle3: the draft vocabulary is part of the heads (their d2t map, set when they are "
+                                  "trained with --train-vocab N); drop vocab=")
         super().__init__(heads, k, tree_nodes, topk, beam, vocab=0)
         self.feature_layers: tuple[int, ...] | None = None  # known once the heads are loaded
 
