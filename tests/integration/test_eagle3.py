@@ -119,3 +119,16 @@ def test_eagle3_errors_are_clear(tmp_path):
         SpeculativeDecoder(shallow, "union", drafters=[f"eagle:heads={e1}", f"eagle3:heads={e3}"])
     with pytest.raises(DraftsmithError, match="vocab"):
         build_drafter("eagle3", heads=e3, vocab=100)
+
+
+def test_eagle3_inside_rasd_equals_autoregressive(tmp_path):
+    """rasd forwards its model member's feature_layers (without it the loop handed an eagle3
+    member the last hidden state and the row failed with a width error)."""
+    target = tiny_model("qwen2", layers=4)
+    heads = random_heads(target, "eagle3", tmp_path / "e3")
+    params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+    for p in PROMPTS:
+        ref = SpeculativeDecoder(target, "none").generate(p, params).token_ids
+        rasd = build_drafter("rasd", model=[f"eagle3:heads={heads},tree_nodes=6,topk=2"], retrieval="ngram:k=3",
+                             max_nodes=10)
+        assert SpeculativeDecoder(target, rasd).generate(p, params).token_ids == ref

@@ -212,6 +212,7 @@ class RasdDrafter(DrafterBase):
     def bind(self, target) -> None:
         self.model.bind(target)
         self.retrieval.bind(target)
+        self.feature_layers = self.model.feature_layers  # eagle3 reads its target layers, known once bound
         if self.kind == "draft_model" and sliding_window(self.model.draft.config) is not None:
             raise IncompatibleDrafterError(f"rasd: draft model {self.model.draft.name!r} has sliding-window layers; its "
                                            "tree-masked forwards support full attention only")
