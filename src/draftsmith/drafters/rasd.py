@@ -158,6 +158,24 @@ class FusedTree:
         return Draft(ids, parents=torch.tensor(parents, dtype=torch.long)), index
 
 
+def _fuse_retrieved(tree: "FusedTree", fused: list, r_tokens: list[int], r_parents: list[int], which, keep) -> None:
+    """Retrieval nodes `which` (parents before children) into `tree` by longest prefix match, each
+    recorded in `fused` (retrieval node -> tree node): a node whose parent was pruned or cut is
+    skipped; a node new to the tree that `keep(parent, token)` rejects is added dead (pruned, with
+    whatever would hang below it)."""
+    for i in which:
+        parent = -1 if r_parents[i] < 0 else fused[r_parents[i]]
+        if parent is None or (parent >= 0 and not tree.alive[parent]):
+            continue
+        node = tree.find(parent, r_tokens[i])
+        if node is None:
+            node = tree.add(parent, r_tokens[i])
+            if not keep(parent, r_tokens[i]):
+                tree.alive[node] = False
+        tree.retrieved[node] = True
+        fused[i] = node
+
+
 def _retrieved_tree(draft: Draft) -> tuple[list[int], list[int]]:
     """A retrieval member's draft -> (tokens, parents) in its node order (a chain: parents i - 1)."""
     tokens = draft.token_ids[0].tolist() if draft.token_ids.numel() else []
@@ -303,19 +321,8 @@ class RasdDrafter(DrafterBase):
         def insert_retrieved(d: int, scored: bool) -> None:
             """The retrieved nodes of depth d into the tree, each pruned by the distribution after its
             parent (when `scored`)."""
-            for i, tok in enumerate(r_tokens):
-                if r_depth[i] != d:
-                    continue
-                parent = -1 if r_parents[i] < 0 else fused[r_parents[i]]
-                if parent is None or (parent >= 0 and not tree.alive[parent]):
-                    continue
-                node = tree.find(parent, tok)
-                if node is None:
-                    node = tree.add(parent, tok)
-                    if scored and not self._keep(logp.get(parent), tok):
-                        tree.alive[node] = False
-                tree.retrieved[node] = True
-                fused[i] = node
+            _fuse_retrieved(tree, fused, r_tokens, r_parents, [i for i in range(len(r_tokens)) if r_depth[i] == d],
+                            (lambda parent, tok: self._keep(logp.get(parent), tok)) if scored else (lambda parent, tok: True))
 
         frontier = [-1]  # the beam: model nodes to expand at this depth
         reached = depth  # the model tree's depth (less when the draft model's confidence ran out)
@@ -409,15 +416,6 @@ class RasdDrafter(DrafterBase):
                 root = m.lm_head(f)[0, 0].float().log_softmax(-1)
             else:
                 root = None
-        for i, tok in enumerate(r_tokens):
-            parent = -1 if r_parents[i] < 0 else fused[r_parents[i]]
-            if parent is None or (parent >= 0 and not tree.alive[parent]):
-                continue
-            node = tree.find(parent, tok)
-            if node is None:
-                node = tree.add(parent, tok)
-                if parent < 0 and not self._keep(root, tok):
-                    tree.alive[node] = False
-            tree.retrieved[node] = True
-            fused[i] = node
+        _fuse_retrieved(tree, fused, r_tokens, r_parents, range(len(r_tokens)),
+                        lambda parent, tok: parent >= 0 or self._keep(root, tok))  # first tokens judged only
         return tree, fused
