@@ -120,6 +120,7 @@ class RunStats:
     wall_time: float = 0.0  # s, whole generation including prefill
     prefill_time: float = 0.0
     drafter_time: float = 0.0  # s spent in drafter.propose / observe
+    target_time: float = 0.0  # s in the target's verification forwards (batched: each step's whole forward)
     accepted_per_step: list[int] = field(default_factory=list)
     drafted_per_step: list[int] = field(default_factory=list)
     finish_reason: str = "length"  # "length" | "stop" (EOS or stop string) | "error"
@@ -156,6 +157,7 @@ class RunStats:
             "tokens_per_s": round(self.tokens_per_second, 3),
             "drafter_time_s": round(self.drafter_time, 4),
             "drafter_share": round(self.drafter_share, 4),
+            "target_time_s": round(self.target_time, 4),
             "finish_reason": self.finish_reason,
             "lossless": self.lossless,
         }

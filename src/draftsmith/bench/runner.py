@@ -117,11 +117,13 @@ class Method:
             return {"output_ids": out.token_ids, "new_tokens": s.new_tokens, "wall_time": wall, "steps": s.steps,
                     "drafted": s.drafted, "accepted": s.accepted, "accepted_per_step": s.accepted_per_step,
                     "drafted_per_step": s.drafted_per_step, "drafter_time": s.drafter_time,
+                    "target_time": s.target_time, "prefill_time": s.prefill_time,
                     "finish_reason": s.finish_reason, "lossless": s.lossless}
         ids = self._hf_generate(prompt_ids, params)
         wall = time.perf_counter() - t0
         return {"output_ids": ids, "new_tokens": len(ids), "wall_time": wall, "steps": None, "drafted": None,
-                "accepted": None, "accepted_per_step": None, "drafted_per_step": None, "drafter_time": None, "finish_reason": None,
+                "accepted": None, "accepted_per_step": None, "drafted_per_step": None, "drafter_time": None, "target_time": None,
+                "prefill_time": None, "finish_reason": None,
                 "lossless": True}
 
     @torch.inference_mode()

@@ -33,6 +33,7 @@ from ..drafters.base import DraftContext, DrafterBase
 from ..errors import DraftsmithError
 from ..exact import Exact
 from ..policy import SmartSpec, row_policy
+from ..policy.smartspec import synchronize
 from ..types import Draft, RunStats, SamplingParams, VerifyResult
 from ..verify import VerifierBase, bind_verifier, build_verifier, default_verifier
 from .checks import check_draft, check_result
@@ -236,10 +237,15 @@ class Loop:
         trees = [d.tree for d in drafts]
         ids, pos, cache_position, mask = self.cache.step_inputs(
             [r.ids[-1] for r in rows], [d.token_ids[0] for d in drafts], trees, [len(r.ids) for r in rows])
+        t_forward = time.perf_counter()
         with self.exact.active(self.cache.valid) if self.exact is not None else nullcontext():
             out = self.target.step(ids, pos, self.cache.cache, cache_position=cache_position, mask=mask,
                                    hidden_states=need_hidden)
         logits = out.logits  # [B, q, V]
+        synchronize(logits.device)  # a GPU runs asynchronously: time the forward, not its launch
+        forward = time.perf_counter() - t_forward
+        for r in rows:  # every row of the batch waited for the whole forward
+            r.stats.target_time += forward
         hidden: dict = {}  # feature_layers -> [B, q, H'] (drafter_features), made once per kind
         if need_hidden:
             for r in rows:
