@@ -386,7 +386,9 @@ def test_eagle_export_for_other_engines(engine, tmp_path):
     """`draftsmith export`: the shipped EAGLE head as the EAGLE-1 folder each engine loads. Every
     weight but `fc` is a tensor of a one-layer Llama decoder of the target's shape (names
     without the `model.` prefix, which both loaders add; layer 0 without an input norm; no
-    embeddings, final norm or LM head); vLLM's fc has no bias, SGLang's has one (zero here)."""
+    embeddings, final norm or LM head); vLLM's fc has no bias, SGLang's has one (zero here). One
+    weights file only: both engines load every *.safetensors of the folder, and vLLM rejected the
+    draft vocabulary's `token_ids` that the export used to copy beside it."""
     from safetensors.torch import load_file
     from transformers import LlamaConfig, LlamaModel
 
@@ -395,6 +397,7 @@ def test_eagle_export_for_other_engines(engine, tmp_path):
     shipped = packs_root() / SHIPPED_HEADS[("smollm2-135m-instruct", "eagle")]
     out = tmp_path / engine
     assert main(["export", "smollm2-135m-instruct", "--engine", engine, "--out", str(out)]) == 0
+    assert [p.name for p in out.glob("*.safetensors")] == ["model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [{"vllm": "LlamaForCausalLM", "sglang": "LlamaForCausalLMEagle"}[engine]]
     weights, original = load_file(str(out / "model.safetensors")), load_file(str(shipped / "model.safetensors"))
