@@ -117,15 +117,20 @@ def cmd_bench(args) -> int:
         bar.total = total
         bar.update(n)
 
+    from .bench import roofline
+
+    hardware = roofline.machine(target)  # the bandwidth in the same run, before the methods
     records = run_bench(target, questions, specs, params, repeats=args.repeats, warmup=args.warmup, progress=progress,
                         verifier=_verifier(args), exact=args.exact)
     bar.close()
     rows = report.summarize(records)
+    roof = roofline.markdown(roofline.rows(records, hardware), hardware)
     mode = "greedy" if params.greedy else f"T={params.temperature}"
     rule = ("" if args.verifier == "auto" else f", verifier {args.verifier}") + (", exact" if args.exact else "")
     title = (f"{args.model} ({args.dtype}, {args.device}, {mode}{rule}, {params.max_new_tokens} new tokens), "
              f"{len(questions)} questions from {Path(args.questions).name}")
     report.print_table(rows, title)
+    print(roof)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +142,7 @@ def cmd_bench(args) -> int:
         machine = f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads {_threads()}"
         (out / "report.md").write_text(
             f"# {title}\n\n`{command}`\n\n{dt.datetime.now().isoformat(timespec='seconds')}, {machine}\n\n"
-            f"{report.markdown(rows)}\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
+            f"{report.markdown(rows)}\n\n{roof}\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots))
         print(f"wrote {out / 'records.jsonl'}, {out / 'report.md'}, " + ", ".join(str(p) for p in plots))
     return 0
 
@@ -187,13 +192,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .drafters.heads.export import export_eagle
+    from .drafters.heads.export import export_heads
     from .catalog import SHIPPED_HEADS, packs_root
 
     heads = args.heads
-    if not Path(heads).expanduser().exists() and (heads, "eagle") in SHIPPED_HEADS:  # a target's shipped heads
-        heads = str(packs_root() / SHIPPED_HEADS[(heads, "eagle")])
-    print(export_eagle(heads, args.engine, args.out))
+    if not Path(heads).expanduser().exists():  # a target's shipped heads: its EAGLE heads, else its EAGLE-3 heads
+        kind = next((k for k in ("eagle", "eagle3") if (heads, k) in SHIPPED_HEADS), None)
+        heads = str(packs_root() / SHIPPED_HEADS[(heads, kind)]) if kind else heads
+    print(export_heads(heads, args.engine, args.out, verifier=args.verifier))
     return 0
 
 
@@ -390,10 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for report.md, results.json, throughput.png")
     s.set_defaults(func=cmd_bench_serve)
 
-    e = sub.add_parser("export", help="EAGLE heads as a folder vLLM or SGLang loads as an EAGLE draft model")
-    e.add_argument("heads", help="an EAGLE heads folder (`train heads --kind eagle`), or a target whose EAGLE heads ship")
+    e = sub.add_parser("export", help="EAGLE or EAGLE-3 heads as a folder vLLM or SGLang loads as a draft model")
+    e.add_argument("heads", help="an EAGLE or EAGLE-3 heads folder (`train heads --kind eagle|eagle3`), or a target "
+                   "whose EAGLE (else EAGLE-3) heads ship")
     e.add_argument("--engine", required=True, choices=["vllm", "sglang"])
     e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--verifier", help="EAGLE-3 for vllm: the target's Hugging Face id or folder, written into the "
+                   "speculators config (default: the upstream id of the target the heads were trained on)")
     e.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list or fetch model packs")

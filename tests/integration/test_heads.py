@@ -415,6 +415,8 @@ def test_eagle_export_for_other_engines(engine, tmp_path):
 
 
 def test_export_takes_eagle_heads_only(tmp_path, capsys):
+    """`draftsmith export` takes EAGLE and EAGLE-3 heads (the latter as the speculators folder vLLM
+    reads, tests/unit/test_export_conformance.py) and refuses other kinds with a message."""
     from draftsmith.catalog import SHIPPED_HEADS, packs_root
 
     medusa = packs_root() / SHIPPED_HEADS[("smollm2-135m-instruct", "medusa")]
@@ -422,3 +424,6 @@ def test_export_takes_eagle_heads_only(tmp_path, capsys):
     assert "medusa heads, which vLLM and SGLang have no loader for" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--engine", "sglang", "--out", str(tmp_path / "y")]) == 2
     assert "export takes EAGLE heads" in capsys.readouterr().err
+    e3 = random_heads(tiny_model("llama", layers=4), "eagle3", tmp_path / "e3")
+    assert main(["export", e3, "--engine", "vllm", "--out", str(tmp_path / "v"), "--verifier", "org/tiny"]) == 0
+    assert json.loads((tmp_path / "v" / "config.json").read_text())["speculators_model_type"] == "eagle3"
