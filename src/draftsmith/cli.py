@@ -196,9 +196,12 @@ def cmd_export(args) -> int:
     from .catalog import SHIPPED_HEADS, packs_root
 
     heads = args.heads
-    if not Path(heads).expanduser().exists():  # a target's shipped heads: its EAGLE heads, else its EAGLE-3 heads
-        kind = next((k for k in ("eagle", "eagle3") if (heads, k) in SHIPPED_HEADS), None)
-        heads = str(packs_root() / SHIPPED_HEADS[(heads, kind)]) if kind else heads
+    if not Path(heads).expanduser().exists():  # a target's shipped heads of --kind
+        if (heads, args.kind) not in SHIPPED_HEADS:
+            shipped = sorted(k for t, k in SHIPPED_HEADS if t == heads and k in ("eagle", "eagle3"))
+            raise DraftsmithError(f"{heads!r} is neither a heads folder nor a target with shipped {args.kind} heads"
+                                  + (f" (it ships: {', '.join(shipped)}; pick one with --kind)" if shipped else ""))
+        heads = str(packs_root() / SHIPPED_HEADS[(heads, args.kind)])
     print(export_heads(heads, args.engine, args.out, verifier=args.verifier))
     return 0
 
@@ -398,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="EAGLE or EAGLE-3 heads as a folder vLLM or SGLang loads as a draft model")
     e.add_argument("heads", help="an EAGLE or EAGLE-3 heads folder (`train heads --kind eagle|eagle3`), or a target "
-                   "whose EAGLE (else EAGLE-3) heads ship")
+                   "whose heads of --kind ship")
+    e.add_argument("--kind", choices=["eagle", "eagle3"], default="eagle",
+                   help="with a target name: which of its shipped heads (default: eagle)")
     e.add_argument("--engine", required=True, choices=["vllm", "sglang"])
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--verifier", help="EAGLE-3 for vllm: the target's Hugging Face id or folder, written into the "
