@@ -344,6 +344,76 @@ def test_union_forwards_hidden_states_to_the_members_that_need_them(tmp_path):
 
 def test_union_refuses_bad_options():
     """Guards: options that would make an empty or unbounded tree accepted silently."""
-    for spec in ("union", "union:drafters=[]", "union:drafters=[ngram],max_nodes=0", "union:drafters=[ngram],decay=0"):
+    for spec in ("union", "union:drafters=[]", "union:drafters=[ngram],max_nodes=0", "union:drafters=[ngram],decay=0",
+                 "union:drafters=[ngram],gate=maybe", "union:drafters=[ngram],probe=0"):
         with pytest.raises(DraftsmithError):
             build_drafter(spec)
+
+
+class Slow(DrafterBase):
+    """Another drafter that takes `seconds` longer to propose: a member whose drafting costs time."""
+
+    name: ClassVar[str] = "slow"
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds, self.k = inner, seconds, inner.k
+
+    def bind(self, target):
+        self.inner.bind(target)
+
+    def fork(self):
+        return Slow(self.inner.fork(), self.seconds)
+
+    def prefill(self, prompt_ids, features=None):
+        self.inner.prefill(prompt_ids, features)
+
+    def propose(self, ctx):
+        import time
+
+        time.sleep(self.seconds)
+        return self.inner.propose(ctx)
+
+    def observe(self, result):
+        self.inner.observe(result)
+
+
+def _run_union(target, drafters, params, **options):
+    dec = BatchDecoder(target, build_drafter("union", drafters=drafters, **options), smartspec=False)
+    row = dec.add(PROMPT, params)
+    while dec.rows:
+        dec.step()
+    return row
+
+
+def test_union_gate_sits_out_a_costly_member_that_adds_nothing():
+    """Guards: the union paying a slow member's drafting time on every step although its nodes never
+    add an accepted token (an EAGLE tree beside a long suffix match). Gated, it is asked only in the
+    warm-up and every `probe` steps, and the output is still the target's."""
+    target = tiny_model("llama")
+    params = SamplingParams(max_new_tokens=60)
+    row = _run_union(target, [dm(target, k=4), Slow(WrongDrafter(target, k=4), 0.01)], params, probe=8, warmup=4)
+    steps = row.stats.steps
+    asked_good, asked_slow = row.drafter.asked
+    assert row.new_ids == plain(target, PROMPT, 60)
+    assert asked_good == steps and asked_slow <= 4 + steps // 8 + 1, (row.drafter.asked, steps)
+    assert row.stats.tau >= 4.0
+    off = _run_union(target, [dm(target, k=4), Slow(WrongDrafter(target, k=4), 0.01)], params, gate=False)
+    assert off.drafter.asked[1] == off.stats.steps  # gate=false asks everyone, every step
+
+
+def test_union_gate_keeps_a_costly_member_that_pays():
+    """Guards: a gate that judges by cost alone: the slow member here is the only one accepted, so it
+    must be asked every step, and the cheap always-wrong member sits out instead."""
+    target = tiny_model("llama")
+    row = _run_union(target, [WrongDrafter(target, k=4), Slow(dm(target, k=4), 0.005)], SamplingParams(max_new_tokens=40))
+    assert row.drafter.asked[1] == row.stats.steps
+    assert row.new_ids == plain(target, PROMPT, 40)
+
+
+def test_union_gate_is_off_when_sampling_by_default():
+    """Guards: timing-dependent trees at temperature > 0 (a seeded sample would differ between runs):
+    gate=auto gates greedy rows only."""
+    target = tiny_model("llama")
+    row = _run_union(target, [dm(target, k=4), Slow(WrongDrafter(target, k=4), 0.005)],
+                     SamplingParams(max_new_tokens=30, temperature=1.0))
+    assert row.drafter.asked[1] == row.stats.steps

@@ -43,13 +43,31 @@ is dropped for the rest of the row, with a warning; the others go on, and a unio
 are all gone drafts nothing. A member that proposes nothing costs nothing; one that is always
 wrong earns no acceptance and sinks to the end of the order.
 
-Options: drafters (specs, dicts or instances), max_nodes (32), explore (0.3), decay (0.98)."""
+Paying for a member (`gate`). Every member that proposes costs its drafting time on every step,
+whether or not its nodes win (an EAGLE tree is a fifth of a CPU step). With the gate on, a
+member sits a step out when what it adds does not pay for it: per member, the decayed mean of
+its marginal tokens g (accepted tokens of the step that no other member's nodes covered: the
+accepted path's length minus its longest prefix inside the other members' drafts) and of its
+drafting time c (propose + observe), against the step's time T (between two proposals of the
+row) and tokens per step τ. Dropping it turns T/τ into (T - c)/(τ - g), so it is kept while
+g >= τ c / T. A member sitting out still observes every step (so heads keep their features), and
+it is asked again every `probe` steps to refresh g. The first `warmup` steps ask everyone, and the
+member with the most accepted tokens per step it was asked in is always asked (two members that
+cover the same tokens add nothing over each other; one must stay). The
+gate reads the clock, so the draft tree depends on timing: outputs stay the target's (greedy:
+the same tokens; sampling: the same distribution, since no draft depends on the random draws),
+but a seeded sample could differ between runs; `gate=auto` (the default) gates greedy rows only,
+`true` every row, `false` none.
+
+Options: drafters (specs, dicts or instances), max_nodes (32), explore (0.3), decay (0.98), gate
+(auto), probe (8), warmup (4)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import time
 from dataclasses import replace
 from typing import ClassVar
 
@@ -77,8 +95,16 @@ class UnionDrafter(DrafterBase):
     name: ClassVar[str] = "union"
     trees: ClassVar[bool] = True
 
-    def __init__(self, drafters=None, max_nodes: int = 32, explore: float = 0.3, decay: float = 0.98):
+    def __init__(self, drafters=None, max_nodes: int = 32, explore: float = 0.3, decay: float = 0.98,
+                 gate="auto", probe: int = 8, warmup: int = 4):
         from . import build_drafter
+
+        if gate not in ("auto", True, False):
+            raise DraftsmithError(f"union: gate must be auto, true or false, got {gate!r}")
+        for key, v in (("probe", probe), ("warmup", warmup)):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise DraftsmithError(f"union: {key} must be an integer >= 1, got {v!r}")
+        self.gate, self.probe, self.warmup = gate, probe, warmup
 
         if not isinstance(drafters, (list, tuple)) or not drafters:
             raise DraftsmithError("union needs drafters=[...], e.g. union:drafters=[ngram,eagle:tree_nodes=24]")
@@ -100,7 +126,16 @@ class UnionDrafter(DrafterBase):
         self.stats = [SourceStats() for _ in self.members]
         self.steps = 0.0
         self.given = [0] * len(self.members)  # nodes each member added to the tree over the row (not decayed)
+        self.steps_seen = 0
         self.last: dict[int, tuple[Draft, list[int | None]]] = {}  # member -> (its draft, its nodes' tree nodes)
+        # the gate (module docstring): decayed marginal tokens g and drafting seconds c per member, the
+        # row's step seconds and tokens per step, steps each member has sat out, the clock at the last propose
+        self.gain = [0.0] * len(self.members)
+        self.cost = [0.0] * len(self.members)
+        self.step_s = self.step_w = self.tau_s = self.tau_w = 0.0  # decayed sums and their weights
+        self.idle = [0] * len(self.members)
+        self.asked = [0] * len(self.members)  # steps each member proposed in (over the row)
+        self.clock: float | None = None
 
     def bind(self, target) -> None:
         for m in self.members:
@@ -170,11 +205,50 @@ class UnionDrafter(DrafterBase):
             return None
         return d
 
+    def _gated(self, ctx: DraftContext) -> set[int]:
+        """The members that sit this step out (module docstring: g < τ c / T)."""
+        on = self.gate is True or (self.gate == "auto" and ctx.params.greedy)
+        if not on or self.steps_seen < self.warmup or self.step_w <= 0 or self.tau_w <= 0:
+            return set()
+        T, tau = self.step_s / self.step_w, self.tau_s / self.tau_w  # the row's mean step (s) and tokens per step
+        alive = [i for i in range(len(self.members)) if self.alive[i]]
+        if not alive:
+            return set()
+        # the member with the most accepted tokens per step it was asked in is always asked: when two
+        # members cover the same tokens, neither adds anything over the other, and one must stay
+        anchor = max(alive, key=lambda i: (self.stats[i].accepted / self.stats[i].steps if self.stats[i].steps > 0 else 0.0, -i))
+        out = set()
+        for i in alive:  # gain and cost: decayed sums over the same (asked) steps
+            if i == anchor:
+                continue
+            pays = self.gain[i] * T >= tau * self.cost[i]
+            if not pays and self.idle[i] + 1 < self.probe:
+                out.add(i)
+        return out
+
     def propose(self, ctx: DraftContext) -> Draft:
+        now = time.perf_counter()
+        if self.clock is not None:  # the row's step: from one proposal to the next
+            self.step_s = self.decay * self.step_s + (now - self.clock)
+            self.step_w = self.decay * self.step_w + 1
+        self.clock = now
         self.last = {}
         depth = max(0, min(self.k, ctx.max_tokens))  # members are asked even for 0: each sees every step
-        drafts = {i: d for i in range(len(self.members)) if self.alive[i]
-                  and (d := self._member_draft(i, ctx, depth)) is not None}
+        gated = self._gated(ctx)
+        drafts = {}
+        for i in range(len(self.members)):
+            if not self.alive[i]:
+                continue
+            if i in gated:
+                self.idle[i] += 1
+                continue
+            t0 = time.perf_counter()
+            d = self._member_draft(i, ctx, depth)
+            self.cost[i] = self.decay * self.cost[i] + (time.perf_counter() - t0)
+            self.idle[i] = 0
+            self.asked[i] += 1
+            if d is not None:
+                drafts[i] = d
         tokens: list[int] = []
         parents: list[int] = []
         node_of: dict[tuple[int, int], int] = {}  # (parent tree node, token) -> tree node
@@ -200,11 +274,30 @@ class UnionDrafter(DrafterBase):
             return Draft(ids)  # the merge is a chain
         return Draft(ids, parents=torch.tensor(parents, dtype=torch.long))
 
+    def _marginal(self, path: list[int]) -> None:
+        """Decay the gate's statistics and add this step's: each asked member's marginal tokens (the
+        accepted path's length minus its longest prefix inside the other members' nodes)."""
+        d = self.decay
+        self.tau_s, self.tau_w = d * self.tau_s + len(path) + 1, d * self.tau_w + 1
+        covers = {i: {t for t in where if t is not None} for i, (_, where) in self.last.items()}
+        for i in self.last:  # decayed over the steps it was asked in, as its cost is
+            others = set().union(*(c for j, c in covers.items() if j != i))
+            prefix = next((n for n, node in enumerate(path) if node not in others), len(path))
+            self.gain[i] = d * self.gain[i] + len(path) - prefix
+
     def observe(self, result: VerifyResult) -> None:
         path = list(result.path) if result.path is not None else list(range(result.num_accepted))
         self.steps = self.decay * self.steps + 1
+        self.steps_seen += 1
+        self._marginal(path)
         for s in self.stats:
             s.accepted, s.nodes, s.steps = self.decay * s.accepted, self.decay * s.nodes, self.decay * s.steps
+        for i in range(len(self.members)):  # a member that sat the step out still learns what was kept
+            if self.alive[i] and i not in self.last:
+                try:
+                    self.members[i].observe(replace(result, num_drafted=0, path=[], target_logits=None))
+                except Exception as exc:  # noqa: BLE001 - one member fails alone
+                    self._drop(i, "observe", exc)
         for i, (d, where) in list(self.last.items()):
             mine = {t: j for j, t in reversed(list(enumerate(where))) if t is not None}  # tree node -> member node
             own_path: list[int] = []
