@@ -126,14 +126,17 @@ def test_bench_end_to_end_on_tiny_model(capsys, tmp_path, folder):
                   '{"question_id": 2, "category": "b", "turns": ["speculative decoding"]}\n')
     out = tmp_path / "out"
     code = main(["bench", "--model", folder, "--dtype", "fp32", "--questions", str(qs), "--max-new-tokens", "12",
-                 "--method", "none", "--method", "ngram:k=3", "--method", "hf_prompt_lookup:k=3", "--out", str(out)])
+                 "--method", "none", "--method", "ngram:k=3", "--method", "hf_prompt_lookup:k=3", "--method", "hf",
+                 "--out", str(out)])
     assert code == 0
     import json
 
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 3 * 3  # 3 turns x 3 methods
-    assert all(r["matches_baseline"] for r in records)  # fp32 greedy: every method equals none
+    assert len(records) == 3 * 4  # 3 turns x 4 methods
+    assert all(r["matches_baseline"] for r in records)  # fp32 greedy: every method (HF's plain generate too) equals none
     assert (out / "speedup.png").stat().st_size > 0 and (out / "report.md").exists()
+    report = (out / "report.md").read_text()
+    assert "Roofline: triad bandwidth" in report and "| ngram:k=3 |" in report  # the roofline has the loop's methods
     assert "ngram:k=3" in capsys.readouterr().out
 
 

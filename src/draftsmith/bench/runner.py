@@ -2,8 +2,8 @@
 
 A method is `NAME[:opt=val,...]`: any registered drafter (`none`, `ngram:k=5`,
 `draft_model:model=qwen2.5-coder-0.5b-instruct`), or a tool people use today on the same
-target and prompts: `hf_assisted:model=...` (Hugging Face `generate(assistant_model=...)`)
-and `hf_prompt_lookup:k=...` (`generate(prompt_lookup_num_tokens=...)`).
+target and prompts: `hf` (Hugging Face's plain `generate`), `hf_assisted:model=...`
+(`generate(assistant_model=...)`) and `hf_prompt_lookup:k=...` (`generate(prompt_lookup_num_tokens=...)`).
 
 A drafter method may name its own acceptance rule with the option `verifier`:
 `ngram:k=5,verifier=greedy`, or with the rule's options in brackets,
@@ -39,7 +39,7 @@ from ..types import SamplingParams
 from ..verify import build_verifier
 from ..data.questions import Question
 
-HF_METHODS = ("hf_assisted", "hf_prompt_lookup")
+HF_METHODS = ("hf", "hf_assisted", "hf_prompt_lookup")
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,9 @@ class Method:
                 raise DraftsmithError("hf_assisted needs model=NAME_OR_PATH")
             self.assistant = load_causal_lm(model, dtype=target.dtype, device=target.device)
             self.decoder, self.verifier = None, None
-        elif spec.name == "hf_prompt_lookup":
+        elif spec.name in ("hf", "hf_prompt_lookup"):
+            if spec.name == "hf" and spec.options:
+                raise DraftsmithError(f"hf (plain generate) takes no options, got {sorted(spec.options)}")
             self.decoder, self.verifier = None, None
         else:
             self.decoder = SpeculativeDecoder(target, build_drafter(spec.name, **spec.options), verifier=self.verifier,
@@ -137,7 +139,7 @@ class Method:
             kwargs["assistant_model"] = self.assistant.model
             if "k" in self.spec.options:
                 kwargs["num_assistant_tokens"] = self.spec.options["k"]
-        else:
+        elif self.spec.name == "hf_prompt_lookup":
             kwargs["prompt_lookup_num_tokens"] = self.spec.options.get("k", 10)
             if "max_ngram" in self.spec.options:
                 kwargs["max_matching_ngram_size"] = self.spec.options["max_ngram"]
