@@ -117,18 +117,14 @@ def make_prompts(target, args) -> list[dict]:
 
 
 def export_head(heads: str, where: Path) -> Path:
+    """The EAGLE heads (a folder, or a target whose heads ship) exported as vLLM loads them (one
+    weights file: the export leaves the draft vocabulary behind, which vLLM would reject)."""
     from draftsmith.catalog import SHIPPED_HEADS, packs_root
-    from draftsmith.drafters.heads.export import export_eagle
+    from draftsmith.drafters.heads.export import export_heads
 
     if not Path(heads).expanduser().exists() and (heads, "eagle") in SHIPPED_HEADS:
         heads = str(packs_root() / SHIPPED_HEADS[(heads, "eagle")])
-    out = export_eagle(heads, "vllm", where)
-    # vLLM loads every *.safetensors in the speculative model's folder, and today's export copies
-    # draft_vocab.safetensors there too (vLLM: "There is no module or parameter named 'token_ids'").
-    # Dropped here until the export stops copying it (being fixed in export.py); this can go then.
-    for extra in out.glob("draft_vocab.safetensors"):
-        extra.unlink()
-    return out
+    return export_heads(heads, "vllm", where)
 
 
 def vllm_configs(args, head_dir: Path | None) -> dict[str, dict | None]:
@@ -268,7 +264,7 @@ def write_report(args, prompts, vres, dres, vsum, dsum, meta) -> None:
              "at a time, one warm-up generation, counters from `LLM.get_metrics()`; default CPU thread binding, "
              "`VLLM_CPU_KVCACHE_SPACE=%s`" % (args.max_model_len, os.environ.get("VLLM_CPU_KVCACHE_SPACE", args.kv_cache_gib)),
              "- the EAGLE head: `draftsmith export %s --engine vllm` into a temporary folder, "
-             "`draft_vocab.safetensors` removed from it (vLLM loads every safetensors file there)" % args.heads,
+             "(one weights file: vLLM loads every safetensors file there)" % args.heads,
              "", "**MAL** (mean acceptance length) = 1 + accepted / drafts (vLLM's), drafts = steps that proposed "
              "something; **τ** = new tokens / steps over every step (draftsmith's). **speedup** = mean tok/s over "
              "the same engine's plain mean tok/s; **= plain** counts outputs identical id for id to the same "

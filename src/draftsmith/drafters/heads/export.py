@@ -4,7 +4,7 @@
 reads. Every contract below was read from the engines' sources (no engine runs in this test suite:
 tests/unit/test_export_conformance.py re-implements vLLM's config reading, weight-name mapping and
 EAGLE-3 draft step in plain PyTorch and checks these folders against draftsmith's own drafters;
-benchmarks/vllm_peer.sh runs the real vLLM). Sources read: vLLM (vllm-project/vllm, main, 2025-26)
+benchmarks/vllm_peer.py runs the real vLLM). Sources read: vLLM (vllm-project/vllm, main, 2025-26)
 `model_executor/models/llama_eagle.py`, `llama_eagle3.py`, `models/interfaces.py`
 (EagleModelMixin), `v1/spec_decode/eagle.py` (EagleProposer), `transformers_utils/config.py`,
 `transformers_utils/configs/eagle.py`, `transformers_utils/configs/speculators/{base,algos}.py`,
