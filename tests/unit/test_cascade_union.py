@@ -391,7 +391,8 @@ def test_union_gate_sits_out_a_costly_member_that_adds_nothing():
     warm-up and every `probe` steps, and the output is still the target's."""
     target = tiny_model("llama")
     params = SamplingParams(max_new_tokens=60)
-    row = _run_union(target, [dm(target, k=4), Slow(WrongDrafter(target, k=4), 0.01)], params, probe=8, warmup=4)
+    row = _run_union(target, [dm(target, k=4), Slow(WrongDrafter(target, k=4), 0.01)], params, gate="auto", probe=8,
+                     warmup=4)
     steps = row.stats.steps
     asked_good, asked_slow = row.drafter.asked
     assert row.new_ids == plain(target, PROMPT, 60)
@@ -405,15 +406,16 @@ def test_union_gate_keeps_a_costly_member_that_pays():
     """Guards: a gate that judges by cost alone: the slow member here is the only one accepted, so it
     must be asked every step, and the cheap always-wrong member sits out instead."""
     target = tiny_model("llama")
-    row = _run_union(target, [WrongDrafter(target, k=4), Slow(dm(target, k=4), 0.005)], SamplingParams(max_new_tokens=40))
+    row = _run_union(target, [WrongDrafter(target, k=4), Slow(dm(target, k=4), 0.005)], SamplingParams(max_new_tokens=40),
+                     gate=True)
     assert row.drafter.asked[1] == row.stats.steps
     assert row.new_ids == plain(target, PROMPT, 40)
 
 
-def test_union_gate_is_off_when_sampling_by_default():
+def test_union_gate_auto_leaves_sampling_rows_alone():
     """Guards: timing-dependent trees at temperature > 0 (a seeded sample would differ between runs):
     gate=auto gates greedy rows only."""
     target = tiny_model("llama")
     row = _run_union(target, [dm(target, k=4), Slow(WrongDrafter(target, k=4), 0.005)],
-                     SamplingParams(max_new_tokens=30, temperature=1.0))
+                     SamplingParams(max_new_tokens=30, temperature=1.0), gate="auto")
     assert row.drafter.asked[1] == row.stats.steps
