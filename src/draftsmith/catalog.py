@@ -100,6 +100,7 @@ SHIPPED_HEADS: dict[tuple[str, str], str] = {
 }
 # early-exit adapters (`draftsmith train early-exit`): `build_drafter("early_exit")` on that target loads them
 SHIPPED_HEADS[("smollm2-135m-instruct", "early_exit")] = "smollm2-135m-instruct-early-exit"
+SHIPPED_HEADS[("smollm2-135m-instruct", "eagle3")] = "smollm2-135m-instruct-eagle3"  # benchmarks/train_eagle3.sh
 
 
 def packs_root() -> Path:

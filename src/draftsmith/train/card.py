@@ -98,7 +98,10 @@ CARD_ARCHITECTURE = {
     "amphista": "- heads: {heads}, residual blocks per head: {layers}, then one bi-directional decoder layer over the "
                 "heads (Amphista)",
     "koala": "- heads: {heads}, decoder blocks per head: {layers} (KOALA on Hydra)",
+    "eagle3": "- EAGLE-3: fc over the inputs of target layers {aux}, one decoder layer on [embedding; feature] "
+              "(2H-wide attention), its own norm and LM head over a {vd}-token draft vocabulary",
 }
+RECURRENT_KINDS = ("eagle", "eagle3")  # heads whose rows are draft steps, not heads
 
 
 def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
@@ -109,16 +112,22 @@ def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
              + (f"ShareGPT first turns (`{t['data']}`; ShareGPT's answers, the target's soft labels)."
                 if is_sharegpt(str(t.get("data", "")))
                 else "the target's own answers (self-distillation)."), "",
-             CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers),
+             CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers,
+                                                aux=list(getattr(cfg, "aux_layers", [])),
+                                                vd=getattr(cfg, "draft_vocab_size", 0)),
              f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
              f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
              + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")
-             + (f", draft steps trained: {t.get('unroll', 1)}" if cfg.kind == "eagle" else ""),
-             f"- training sequences: {t.get('sequences')}, answer tokens seen: {t.get('answer_tokens_seen')}", "",
+             + (f", draft steps trained: {t.get('unroll', 1)}, feature noise {t.get('noise')}"
+                if cfg.kind in RECURRENT_KINDS else ""),
+             f"- training sequences: {t.get('sequences')}"
+             + (f" ({t['sequence_answer_tokens']} answer tokens)" if "sequence_answer_tokens" in t else "")
+             + f", answer tokens seen: {t.get('answer_tokens_seen')}"
+             + (f", {t['tokens_per_second']:.0f} answer tokens/s (the last run)" if "tokens_per_second" in t else ""), "",
              ("## Held-out top-1 agreement with the target's argmax, per draft step (step u drafts from the head's "
-              "own u-1 newest features)" if cfg.kind == "eagle" else
+              "own u-1 newest features)" if cfg.kind in RECURRENT_KINDS else
               "## Held-out top-1 agreement with the target's argmax, per head"), "",
-             " | ".join(f"{'step' if cfg.kind == 'eagle' else 'head'} {i + (cfg.kind == 'eagle')}: {a:.3f}"
+             " | ".join(f"{'step' if cfg.kind in RECURRENT_KINDS else 'head'} {i + (cfg.kind in RECURRENT_KINDS)}: {a:.3f}"
                         for i, a in enumerate(metrics["top1_agreement"])) +
              f" ({metrics['tokens']} tokens)", "",
              "Use: `build_drafter(\"" + cfg.kind + "\", heads=\"THIS_FOLDER\")`."]

@@ -84,8 +84,8 @@ def add_train_parser(sub) -> None:
     k.add_argument("--adaspec-keep", type=float, default=0.4, help="AdaSPEC: fraction of tokens kept")
     k.set_defaults(func=cmd_distill)
 
-    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala) on the frozen target")
-    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala")
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3) on the frozen target")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3")
     h.add_argument("--target", default=DEFAULT_MODEL)
     h.add_argument("--data", required=True,
                    help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "
@@ -103,15 +103,21 @@ def add_train_parser(sub) -> None:
                    help="KOALA's adversarial term: weight of the generator loss against a discriminator (0 = off)")
     h.add_argument("--batch-tokens", type=int, default=2048)
     h.add_argument("--lr", type=float, default=1e-3)
-    h.add_argument("--loss", default="kl", help="kl (the target's soft labels) | ce (the sampled tokens)")
+    h.add_argument("--loss", default="kl",
+                   help="kl (the target's soft labels) | ce (the sampled tokens) | tv (total variation 1 - Σ min(p, q)) | "
+                        "accept (-log Σ min(p, q), the log acceptance probability)")
     h.add_argument("--max-len", type=int, default=512)
-    h.add_argument("--unroll", type=int, default=1,
-                   help="eagle: draft steps trained per position (1 = EAGLE-1; 2-3 = EAGLE-3's training-time test)")
+    h.add_argument("--unroll", type=int, default=None,
+                   help="eagle, eagle3: draft steps trained per position (EAGLE-3's training-time test; default eagle 1 "
+                        "= EAGLE-1, eagle3 3)")
+    h.add_argument("--noise", type=float, default=None,
+                   help="eagle, eagle3: uniform noise U(-x, x) on the target's features (default eagle 0.1, eagle3 0)")
     h.add_argument("--unroll-weight", type=float, default=1.0, help="eagle: loss weight of draft steps after the first")
     h.add_argument("--cls-weight", type=float, default=0.1,
                    help="eagle: weight of the token loss beside the feature regression (EAGLE: 0.1)")
     h.add_argument("--train-vocab", type=int, default=8192,
-                   help="train over the N most frequent answer tokens, the heads' draft vocabulary (0 = all)")
+                   help="train over the N most frequent answer tokens, the heads' draft vocabulary (0 = all; eagle3: "
+                        "its draft_vocab_size, stored in the head)")
     h.add_argument("--seed", type=int, default=0)
     _device(h)
     h.add_argument("--save-every", type=int, default=100)
@@ -187,7 +193,7 @@ def cmd_heads(args) -> int:
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
                            adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
                            features=args.features or "", unroll=args.unroll, unroll_weight=args.unroll_weight,
-                           cls_weight=args.cls_weight)
+                           cls_weight=args.cls_weight, noise=args.noise)
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")

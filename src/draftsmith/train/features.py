@@ -1,9 +1,13 @@
 """The target's features: its last hidden states over training sequences (a prompt + an answer),
 which `train heads` trains on and `train distill --features` takes p from (through the target's LM
-head, with no target forward per step). Made on the fly in right-padded batches
-(`extract_features`), or made once and kept in a file that later epochs and later runs read back
-(`cached_features`: the same file serves both commands when they are given the same data, limit
-and max length).
+head, with no target forward per step), and for EAGLE-3 heads also the inputs of some of its
+layers (`aux_layers`: hidden_states[i] concatenated, [L, 3H]) from the same forward. Made on the
+fly in right-padded batches (`extract_features`), or made once and kept in a file that later
+epochs and later runs read back (`cached_features`: the same file serves both commands when they
+are given the same data, limit and max length; a file with other aux layers is made again). The
+file is made slice by slice (each slice kept in `FILE.parts/` until the whole file is written), so
+an interrupted run resumes at its last slice, and it is read back memory-mapped: epochs stream
+the features from disk instead of holding them all in memory.
 """
 
 from __future__ import annotations
@@ -39,15 +43,19 @@ class Item(NamedTuple):
     feats: torch.Tensor  # [L, H] the target's last hidden states
     start: int           # first answer token
     top: torch.Tensor | None = None  # [L] the target's argmax over the whole vocabulary after each position
+    aux: torch.Tensor | None = None  # [L, len(aux_layers) * H] the inputs of the aux layers (EAGLE-3), in order
 
 
 @torch.inference_mode()
 def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int, *,
-                     top: bool = False, progress: bool = False, batch_tokens: int = 8192) -> list[Item]:
+                     top: bool = False, progress: bool = False, batch_tokens: int = 8192,
+                     aux_layers: tuple[int, ...] | list[int] | None = None) -> list[Item]:
     """(ids, answer start) per sequence -> Items, in order (`top`: with the target's argmax over
-    the whole vocabulary, one more LM-head pass). Sequences with fewer than 3 answer tokens after
-    truncation to `max_len` are dropped. The target runs on right-padded batches of at most
-    `batch_tokens` (padded) tokens, of sequences of similar lengths."""
+    the whole vocabulary, one more LM-head pass; `aux_layers`: with the inputs of those target
+    layers, hidden_states[i] concatenated in order, from the same forward). Sequences with fewer
+    than 3 answer tokens after truncation to `max_len` are dropped. The target runs on
+    right-padded batches of at most `batch_tokens` (padded) tokens, of sequences of similar
+    lengths."""
     from tqdm import tqdm
 
     kept = usable(sequences, max_len)
@@ -65,12 +73,16 @@ def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], m
         ids = torch.zeros((len(chunk), longest), dtype=torch.long)  # [B, T], right-padded with token 0
         for row, k in enumerate(chunk):
             ids[row, : len(kept[k][0])] = torch.tensor(kept[k][0])
-        hidden = target.model(input_ids=ids.to(target.device), output_hidden_states=True,
-                              logits_to_keep=1).hidden_states[-1]  # [B, T, H]
+        states = target.model(input_ids=ids.to(target.device), output_hidden_states=True,
+                              logits_to_keep=1).hidden_states
+        hidden = states[-1]  # [B, T, H]
+        aux = torch.cat([states[i] for i in aux_layers], dim=-1) if aux_layers else None  # [B, T, 3H]
         for row, k in enumerate(chunk):
-            h = hidden[row, : len(kept[k][0])]  # [L, H]
-            out[k] = Item(ids[row, : len(h)].clone(), h.to("cpu"), kept[k][1],
-                          lm_head(h).argmax(-1).to("cpu") if top else None)
+            n = len(kept[k][0])
+            h = hidden[row, :n]  # [L, H]
+            out[k] = Item(ids[row, :n].clone(), h.to("cpu"), kept[k][1],
+                          lm_head(h).argmax(-1).to("cpu") if top else None,
+                          None if aux is None else aux[row, :n].to("cpu").clone())
         bar.update(len(chunk))
         i = j
     bar.close()
@@ -78,30 +90,68 @@ def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], m
 
 
 def cached_features(target: CausalLM, sequences: list[tuple[list[int], int]], max_len: int, path: str,
-                    progress: bool = True) -> list[Item]:
+                    progress: bool = True, aux_layers: tuple[int, ...] | list[int] | None = None) -> list[Item]:
     """The target's features of `sequences` (each with at least 3 answer tokens), made once and
-    kept in `path` (bf16 or the target's dtype: H x 2 bytes a token) for later epochs and later
-    runs: another head kind, other settings. A file made from other sequences, another target
-    or another `max_len` is made again."""
+    kept in `path` (bf16 or the target's dtype: H x 2 bytes a token, and 3H x 2 more with three
+    `aux_layers`) for later epochs and later runs: another head kind, other settings. A file made
+    from other sequences, another target, another `max_len` or other aux layers (none for a file
+    of last hidden states only) is made again, never read as this one. Slices of 256 sequences
+    are kept in `path.parts/` as they are made, so an interrupted run resumes after its last
+    slice; the file is read back memory-mapped (the OS pages the features in as epochs read them)."""
+    import shutil
     import zlib
 
     digest = zlib.crc32(json.dumps([[ids[:max_len], start] for ids, start in sequences]).encode())
     meta = {"target": target.name, "max_len": max_len, "sequences": len(sequences), "crc32": digest}
+    if aux_layers:  # absent for last-hidden-state files, so that the files made before aux layers still match
+        meta["aux_layers"] = [int(i) for i in aux_layers]
     file = Path(path)
     if file.is_file():
-        saved = torch.load(file, weights_only=True)
+        saved = _load(file)
         if saved.get("meta") == meta:
-            return [Item(i, f, int(s)) for i, f, s in zip(saved["ids"], saved["feats"], saved["start"].tolist())]
-    items = []
-    for b in range(0, len(sequences), 256):  # in slices, so that the bar moves
-        items += extract_features(target, sequences[b:b + 256], max_len)
+            return _items(saved)
+    parts = file.with_name(file.name + ".parts")
+    items: list[Item] = []
+    for b in range(0, len(sequences), 256):  # in slices, so that the bar moves and a rerun resumes
+        part = parts / f"{b:08d}.pt"
+        if part.is_file():
+            saved = _load(part)
+            if saved.get("meta") == meta:
+                items += _items(saved)
+                continue
+        made = extract_features(target, sequences[b:b + 256], max_len, aux_layers=aux_layers)
+        if len(made) == len(sequences[b:b + 256]):
+            parts.mkdir(parents=True, exist_ok=True)
+            _save(part, meta, made)
+        items += made
         if progress:
             print(f"target features: {len(items)}/{len(sequences)} sequences", flush=True)
     if len(items) != len(sequences):
         raise DraftsmithError("cached_features: every sequence needs at least 3 answer tokens after truncation")
+    _save(file, meta, items)
+    shutil.rmtree(parts, ignore_errors=True)
+    return _items(_load(file))
+
+
+def _save(file: Path, meta: dict, items: list[Item]) -> None:
+    """Write items to `file` whole (written, then renamed: a reader never sees half a file)."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    part = file.with_name(file.name + ".part")  # written whole, then renamed: a reader never sees half a file
-    torch.save({"meta": meta, "ids": [it.ids for it in items], "feats": [it.feats for it in items],
-                "start": torch.tensor([it.start for it in items])}, part)
+    part = file.with_name(file.name + ".tmp")
+    saved = {"meta": meta, "ids": [it.ids for it in items], "feats": [it.feats for it in items],
+             "start": torch.tensor([it.start for it in items])}
+    if "aux_layers" in meta:
+        saved["aux"] = [it.aux for it in items]
+    torch.save(saved, part)
     part.replace(file)
-    return items
+
+
+def _load(file: Path) -> dict:
+    try:
+        return torch.load(file, weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError):  # a file cut short (a killed run): made again
+        return {}
+
+
+def _items(saved: dict) -> list[Item]:
+    aux = saved.get("aux") or [None] * len(saved["ids"])
+    return [Item(i, f, int(s), None, a) for i, f, s, a in zip(saved["ids"], saved["feats"], saved["start"].tolist(), aux)]

@@ -23,6 +23,18 @@
      + w_cls * KL/CE(lm_head(f̂_{j+1}) vs token j+2), as in EAGLE (noise U(-0.1, 0.1)). With
      `unroll` U > 1 the same loss is added at draft steps 2..U (EAGLE-3's training-time test,
      `eagle_passes`): the head then also learns from its own predicted features, as it drafts.
+   - eagle3 (EAGLE-3): step 1 reads g_j = fc([a_j; b_j; c_j]) (the inputs of the target's
+     `aux_layers` at j, from the same forward as the last hidden state) with e_{j+1}; steps
+     2..U read the previous step's output (`eagle_passes` with g as the features; default U = 3).
+     No feature regression: the token loss only, at every trained step, over the head's own
+     draft vocabulary (its LM head, initialised from the target's rows of the `train_vocab`
+     most frequent answer tokens, its norm from the target's final norm, its fc as the identity
+     on the newest aux layer: `_init_eagle3`). No feature noise by default (EAGLE-3 trains
+     without it).
+   Token losses (`loss`), p the target's softmax over the training vocabulary (renormalised):
+   `kl` KL(p || q), `ce` the data's token, and two aimed at acceptance: `tv` the total variation
+   1 - Σ min(p, q) = ½ Σ |p - q| (one sampled draft token is accepted with probability Σ min(p, q);
+   losses.tvd), and `accept` -log Σ min(p, q) (the log of that probability; 1e-6 added inside the log).
    - adversarial (KOALA's, any kind; `adversarial` > 0): a small discriminator D learns to tell
      the target's next-token distribution p from a head's q, both given the context feature the
      head read (h_t; EAGLE: f_j). D sees a distribution r [V] through the target's frozen LM head,
@@ -51,6 +63,7 @@ from ..drafters.heads.modules import KINDS, HeadsConfig, MedusaHeads, build_head
 from ..drafters.heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
 from .card import write_heads_card
+from .losses import tvd
 from .features import HOLDOUT, Item, cached_features, extract_features, usable
 from .trainer import lr_at
 
@@ -70,10 +83,11 @@ class HeadsTrainConfig:
     batch_tokens: int = 2048  # answer tokens per step (whole sequences, packed greedily)
     lr: float = 1e-3
     warmup: float = 0.05
-    loss: str = "kl"  # kl (soft labels from the target) | ce (the sampled token)
+    loss: str = "kl"  # kl (soft labels from the target) | ce (the sampled token) | tv | accept (TOKEN_LOSSES)
     cls_weight: float = 0.1  # eagle: weight of the token loss beside the feature regression
-    noise: float = 0.1  # eagle: uniform feature noise
-    unroll: int = 1  # eagle: draft steps trained per position (1 = EAGLE-1; > 1 = EAGLE-3's training-time test)
+    noise: float | None = None  # eagle, eagle3: uniform feature noise (None: eagle 0.1, eagle3 0)
+    unroll: int | None = None  # eagle, eagle3: draft steps trained per position (None: eagle 1, eagle3 3);
+    # eagle 1 = EAGLE-1, > 1 = EAGLE-3's training-time test
     unroll_weight: float = 1.0  # eagle: weight of the loss of draft steps after the first
     adversarial: float = 0.0  # KOALA's generator-loss weight (0 = no discriminator)
     max_len: int = 512
@@ -88,20 +102,41 @@ class HeadsTrainConfig:
     def check(self) -> None:
         if self.kind not in KINDS:
             raise DraftsmithError(f"unknown head kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.loss not in ("kl", "ce"):
-            raise DraftsmithError(f"--loss must be kl or ce, got {self.loss!r}")
+        if self.loss not in TOKEN_LOSSES:
+            raise DraftsmithError(f"--loss must be one of {', '.join(TOKEN_LOSSES)}, got {self.loss!r}")
+        if self.noise is None:
+            self.noise = DEFAULT_NOISE.get(self.kind, 0.0)
+        if self.unroll is None:
+            self.unroll = DEFAULT_UNROLL.get(self.kind, 1)
         if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8:
             raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8")
-        if self.unroll < 1 or self.unroll_weight < 0 or (self.kind == "eagle" and self.unroll > self.num_heads):
+        if self.noise < 0:
+            raise DraftsmithError(f"--noise must be >= 0, got {self.noise}")
+        if self.unroll < 1 or self.unroll_weight < 0 or (self.kind in RECURRENT and self.unroll > self.num_heads):
             raise DraftsmithError("--unroll must be between 1 and --num-heads (eagle's draft length), "
                                   "--unroll-weight >= 0")
         if self.num_layers < 0 or self.adversarial < 0 or self.train_vocab < 0:
             raise DraftsmithError("--num-layers, --adversarial and --train-vocab must be >= 0")
 
 
+TOKEN_LOSSES = ("kl", "ce", "tv", "accept")
+RECURRENT = ("eagle", "eagle3")  # kinds that draft step by step from their own output (eagle_passes)
+DEFAULT_UNROLL = {"eagle3": 3}  # draft steps trained (the training-time test); other kinds 1
+DEFAULT_NOISE = {"eagle": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
+ACCEPT_EPS = 1e-6  # `accept`: -log(Σ min(p, q) + eps): finite where p and q barely overlap, and its gradient
+# in q's logits stays below 2 (that of Σ min(p, q) is at most 2 Σ min(p, q))
+
+
 def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per position: KL(p || q) with p from the target's logits, or CE on the token (its index in
-    the training vocabulary; -1, outside it, costs nothing). [N, V] -> [N]."""
+    """Per position, [N, V] -> [N]: `kl` KL(p || q) with p from the target's logits; `ce` on the
+    token (its index in the training vocabulary; -1, outside it, costs nothing); `tv` the total
+    variation 1 - Σ min(p, q) (= ½ Σ |p - q|, losses.tvd); `accept` -log Σ min(p, q), the
+    negative log of the probability that speculative sampling accepts a token drawn from q."""
+    if kind == "tv":
+        return tvd(p_logits, logits)  # [N]
+    if kind == "accept":  # Σ min(p, q) directly: 1 - tvd cancels to rounding noise (or below 0) when p, q barely overlap
+        overlap = torch.minimum(F.softmax(p_logits.float(), -1), F.softmax(logits.float(), -1)).sum(-1)  # [N]
+        return -torch.log(overlap + ACCEPT_EPS)
     logq = F.log_softmax(logits.float(), dim=-1)
     if kind == "ce":
         inside = tokens >= 0
@@ -113,7 +148,8 @@ def _token_loss(logits: torch.Tensor, p_logits: torch.Tensor, tokens: torch.Tens
 def eagle_passes(head, features: torch.Tensor, embeds: torch.Tensor, passes: int) -> list[torch.Tensor]:
     """An EAGLE head's predictions at draft steps 1..`passes` for every index of a sequence at
     once (training-time test, as in EAGLE-3). features [1, n, H] (f_i), embeds [1, n, H] (e_{i+1})
-    -> `passes` tensors [1, n, H], each f̂_{i+1} at index i.
+    -> `passes` tensors [1, n, H], each f̂_{i+1} at index i. An EAGLE-3 head (modules.Eagle3Head)
+    runs the same way with features g_i = combine(aux_i) and its outputs u_{i+1} in place of f̂.
 
     Step 1 is EAGLE-1: index i reads (f_i, e_{i+1}) and attends causally to the pairs before it.
     Step u > 1 predicts the same f_{i+1} from what the drafter holds at its u-th draft token: the
@@ -224,10 +260,36 @@ class HeadsLoss:
                 adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
         return total, count, stats, adv
 
+    def _eagle3(self, ids, aux, feats, start, top, p_logits, lo, generator):
+        """EAGLE-3's loss: the token loss over the head's draft vocabulary at draft steps
+        1..`unroll` of `eagle_passes` (step 1 from g = fc(aux), later steps from the head's own
+        output), no feature regression; steps past `unroll` are only counted (evaluation)."""
+        L = len(ids)
+        noise = ((torch.rand(aux.shape, generator=generator) * 2 - 1) * self.cfg.noise).to(aux.device)
+        g = self.m.combine((aux[:-1] + noise[:-1])[None])  # [1, L-1, H]: g_i, i = 0..L-2
+        outs = eagle_passes(self.m, g, self.embed(ids[1:])[None].float(), self.passes)  # u_{i+1} at index i
+        j_all = torch.arange(max(start - 2, 0), L - 2, device=ids.device)  # u_{j+1} predicts token j+2, an answer token
+        stats = torch.zeros(self.m.cfg.num_heads, 2)  # row u-1: draft step u
+        total, count, adv = 0.0, 0, Adversarial()
+        for u, out in enumerate(outs, start=1):
+            j = j_all[j_all >= u - 1]
+            if len(j) == 0:
+                break
+            logits = self.m.logits(out[0, j])  # [m, Vd], in the draft vocabulary's order (= vocab_ids)
+            stats[u - 1] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
+            if u > self.cfg.unroll:
+                continue
+            tok = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
+            total = total + tok.sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
+            if u == 1:
+                count = len(j)
+                adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
+        return total, count, stats, adv
+
     def __call__(self, item: Item, generator: torch.Generator):
         """One sequence -> (loss sum, tokens, per-head [agree, count], Adversarial (zero without
         a discriminator))."""
-        ids, feats, start, top = item
+        ids, feats, start, top = item.ids, item.feats, item.start, item.top
         device = self.lm_head.weight.device  # items come on the CPU (features.py); the heads train here
         ids, feats, top = ids.to(device), feats.to(device), None if top is None else top.to(device)
         kind, K, L = self.cfg.kind, self.m.cfg.num_heads, len(ids)
@@ -237,6 +299,11 @@ class HeadsLoss:
             p_logits = self.lm_head(feats[lo:])  # [L-lo, V]: row m-1-lo is the target's view of token m
         if kind == "eagle":
             return self._eagle(ids, feats, start, top, p_logits, lo, generator)
+        if kind == "eagle3":
+            if item.aux is None:
+                raise DraftsmithError("eagle3 heads train on the inputs of the target's aux layers; these features "
+                                      "have none (a feature file made for another head kind?)")
+            return self._eagle3(ids, item.aux.to(device).float(), feats, start, top, p_logits, lo, generator)
         stats = torch.zeros(K, 2)
         total, n_tok, adv = 0.0, 0, Adversarial()
         t = torch.arange(max(start - 2, 0), L - 2, device=device)  # head 0 at t predicts token t+2
@@ -287,10 +354,19 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     lm_head_f32 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     lm_head_f32.weight = torch.nn.Parameter(weight, requires_grad=False)
     embed_f32 = torch.nn.Embedding.from_pretrained(embed.weight.detach().float(), freeze=True)
+    extra = {"draft_vocab_size": 0 if vocab_ids is None else len(vocab_ids)} if cfg.kind == "eagle3" else {}
     hcfg = HeadsConfig.for_target(cfg.kind, target.config, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                                  target=target.name)
+                                  target=target.name, **extra)
     torch.manual_seed(cfg.seed)
     module = build_heads(hcfg).float().to(device).train()
+    aux_layers = tuple(hcfg.aux_layers) if cfg.kind == "eagle3" else None
+    if cfg.kind == "eagle3":  # its own LM head over the draft vocabulary, which it keeps in ascending order
+        if vocab_ids is not None:
+            module.set_vocab(vocab_ids)
+        vocab_ids = module.token_ids() if vocab_ids is not None else None
+        if vocab_ids is not None:
+            lm_head_f32.weight = torch.nn.Parameter(lm_head.weight.detach().float()[vocab_ids], requires_grad=False)
+        _init_eagle3(module, target, lm_head_f32.weight)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
     disc = Discriminator(hcfg.hidden_size).float().to(device).train() if cfg.adversarial > 0 else None
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.0) if disc is not None else None
@@ -309,7 +385,8 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     else:
         cursor, seen = 0, 0
     loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc, vocab_ids)
-    stored = cached_features(target, train, cfg.max_len, cfg.features, progress) if cfg.features else None
+    stored = (cached_features(target, train, cfg.max_len, cfg.features, progress, aux_layers=aux_layers)
+              if cfg.features else None)
     writer = SummaryWriter(str(out / "runs"))
     orders: dict[int, list[int]] = {}
 
@@ -322,6 +399,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         return orders[epoch][c % len(train)]
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)
+    run_start, run_tokens = time.perf_counter(), 0  # this run's throughput (a resumed run counts its own steps)
     window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
     while step < cfg.steps:
         for g in opt.param_groups:
@@ -334,7 +412,8 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
             answer_tokens += len(train[k][0]) - train[k][1]
         seen += answer_tokens
         total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
-        items = [stored[k] for k in picked] if stored else extract_features(target, [train[k] for k in picked], cfg.max_len)
+        items = ([stored[k] for k in picked] if stored else
+                 extract_features(target, [train[k] for k in picked], cfg.max_len, aux_layers=aux_layers))
         for item in items:
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss, n, s, a = loss_fn(item, generator)
@@ -355,6 +434,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         window["adv"] += torch.stack([gen_loss, disc_loss]).detach().float().cpu() * tokens
         window["tokens"] += tokens
         window["stats"] += stats
+        run_tokens += tokens
         if step % cfg.log_every == 0 or step == cfg.steps:
             acc = (window["stats"][:, 0] / window["stats"][:, 1].clamp(min=1)).tolist()
             seconds = time.perf_counter() - window["t"]
@@ -370,6 +450,11 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
             bar.set_postfix(loss=f"{window['loss'] / max(window['tokens'], 1):.3f}",
                             top1=" ".join(f"{a:.2f}" for a in acc if a > 0),
                             tok_s=f"{window['tokens'] / max(seconds, 1e-9):.0f}")
+            if progress:  # one plain line per log (the bar alone is hard to read in a log file)
+                print(f"step {step}/{cfg.steps} loss {window['loss'] / max(window['tokens'], 1):.4f} top1 "
+                      + " ".join(f"{a:.3f}" for a in acc if a > 0)
+                      + f" tok/s {window['tokens'] / max(seconds, 1e-9):.0f} lr {opt.param_groups[0]['lr']:.2e}",
+                      flush=True)
             window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
         if step % cfg.save_every == 0 or step == cfg.steps:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -378,13 +463,39 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
                         "step": step, "cursor": cursor, "seen": seen, **extra}, ckpt)
     bar.close()
     writer.close()
+    seconds = time.perf_counter() - run_start
     module.eval()
-    metrics = evaluate_heads(loss_fn, extract_features(target, held, cfg.max_len, top=True))
-    module.cfg.training = {**asdict(cfg), "sequences": len(train), "answer_tokens_seen": seen, "held_out": metrics}
+    metrics = evaluate_heads(loss_fn, extract_features(target, held, cfg.max_len, top=True, aux_layers=aux_layers))
+    module.cfg.training = {**asdict(cfg), "sequences": len(train),
+                           "sequence_answer_tokens": sum(len(ids) - start for ids, start in train),
+                           "answer_tokens_seen": seen, "held_out": metrics}
+    if run_tokens:
+        module.cfg.training["tokens_per_second"] = round(run_tokens / max(seconds, 1e-9), 1)  # the last run's
     save_heads(module, out)
     save_vocab(out, vocab)
     write_heads_card(out, module.cfg, metrics)
     return out
+
+
+@torch.no_grad()
+def _init_eagle3(module, target: CausalLM, lm_weight: torch.Tensor) -> None:
+    """An EAGLE-3 head starts reading the target's residual stream as the target reads it: its
+    LM head is the target's rows of its draft vocabulary (`lm_weight` [Vd, H], in draft-id
+    order), its final norm the target's final norm (when the target has one named `norm`), and
+    its fc passes the newest aux layer's input through (identity on that block, zero on the
+    others; at equal widths), so that at init u carries the target's features of that layer
+    plus the decoder layer's update. Measured on SmolLM2-135M features: top-1 agreement at init
+    0.046 at draft step 1, against 0.001 with a random fc."""
+    if module.lm_head.weight.shape == lm_weight.shape:
+        module.lm_head.weight.copy_(lm_weight.to(module.lm_head.weight))
+    norm = getattr(target.model.base_model, "norm", None)
+    weight = getattr(norm, "weight", None)
+    if weight is not None and weight.shape == module.norm.weight.shape:
+        module.norm.weight.copy_(weight.detach().float())
+    H, Ht = module.cfg.hidden_size, module.cfg.target_hidden_size
+    if H == Ht:
+        module.fc.weight.zero_()
+        module.fc.weight[:, -Ht:] = torch.eye(H)
 
 
 @torch.inference_mode()
