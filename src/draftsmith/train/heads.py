@@ -234,13 +234,21 @@ class HeadsLoss:
         return Adversarial(-F.logsigmoid(self.disc(h, q @ w)).sum(),
                            F.softplus(-self.disc(h, p @ w)).sum() + F.softplus(self.disc(h, q.detach() @ w)).sum())
 
-    def _eagle(self, ids, feats, start, top, p_logits, lo, generator):
-        """EAGLE's loss at draft steps 1..`passes` (eagle_passes); steps past `unroll` are only
-        counted (evaluation)."""
+    def _eagle(self, ids, feats, start, top, p_logits, lo, generator, aux=None):
+        """EAGLE's loss (`aux` None) or EAGLE-3's at draft steps 1..`passes` of `eagle_passes`;
+        steps past `unroll` are only counted (evaluation). EAGLE: step 1 reads the target's
+        features f (+ noise), the loss is the feature regression + cls_weight x the token loss
+        through the target's LM head. EAGLE-3: step 1 reads g = fc(aux) (the aux layers' inputs,
+        + noise), the loss is the token loss alone, over the head's own draft vocabulary (its
+        logits are in the vocabulary's order, = vocab_ids)."""
         L = len(ids)
-        noise = ((torch.rand(feats.shape, generator=generator) * 2 - 1) * self.cfg.noise).to(feats.device)
-        outs = eagle_passes(self.m, (feats[:-1] + noise[:-1])[None], self.embed(ids[1:])[None].float(), self.passes)
-        j_all = torch.arange(max(start - 2, 0), L - 2, device=ids.device)  # f̂_{i+1} predicts token i+2, an answer token
+        src = feats if aux is None else aux
+        noise = ((torch.rand(src.shape, generator=generator) * 2 - 1) * self.cfg.noise).to(src.device)
+        first = (src[:-1] + noise[:-1])[None]  # [1, L-1, H or 3H]
+        if aux is not None:
+            first = self.m.combine(first)  # g_i, i = 0..L-2
+        outs = eagle_passes(self.m, first, self.embed(ids[1:])[None].float(), self.passes)  # f̂_{i+1} at index i
+        j_all = torch.arange(max(start - 2, 0), L - 2, device=ids.device)  # f̂_{j+1} predicts token j+2, an answer token
         stats = torch.zeros(self.m.cfg.num_heads, 2)  # row u-1: draft step u
         total, count, adv = 0.0, 0, Adversarial()
         for u, out in enumerate(outs, start=1):
@@ -248,39 +256,14 @@ class HeadsLoss:
             if len(j) == 0:
                 break
             f_hat = out[0, j]  # [m, H]
-            logits = self.lm_head(f_hat)  # [m, N]
+            logits = self.lm_head(f_hat) if aux is None else self.m.logits(f_hat)  # [m, N]
             stats[u - 1] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
             if u > self.cfg.unroll:
                 continue
-            reg = F.smooth_l1_loss(f_hat, feats[j + 1], reduction="none").mean(-1)
-            tok = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
-            total = total + (reg + self.cfg.cls_weight * tok).sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
-            if u == 1:
-                count = len(j)
-                adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
-        return total, count, stats, adv
-
-    def _eagle3(self, ids, aux, feats, start, top, p_logits, lo, generator):
-        """EAGLE-3's loss: the token loss over the head's draft vocabulary at draft steps
-        1..`unroll` of `eagle_passes` (step 1 from g = fc(aux), later steps from the head's own
-        output), no feature regression; steps past `unroll` are only counted (evaluation)."""
-        L = len(ids)
-        noise = ((torch.rand(aux.shape, generator=generator) * 2 - 1) * self.cfg.noise).to(aux.device)
-        g = self.m.combine((aux[:-1] + noise[:-1])[None])  # [1, L-1, H]: g_i, i = 0..L-2
-        outs = eagle_passes(self.m, g, self.embed(ids[1:])[None].float(), self.passes)  # u_{i+1} at index i
-        j_all = torch.arange(max(start - 2, 0), L - 2, device=ids.device)  # u_{j+1} predicts token j+2, an answer token
-        stats = torch.zeros(self.m.cfg.num_heads, 2)  # row u-1: draft step u
-        total, count, adv = 0.0, 0, Adversarial()
-        for u, out in enumerate(outs, start=1):
-            j = j_all[j_all >= u - 1]
-            if len(j) == 0:
-                break
-            logits = self.m.logits(out[0, j])  # [m, Vd], in the draft vocabulary's order (= vocab_ids)
-            stats[u - 1] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
-            if u > self.cfg.unroll:
-                continue
-            tok = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
-            total = total + tok.sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
+            loss = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
+            if aux is None:
+                loss = F.smooth_l1_loss(f_hat, feats[j + 1], reduction="none").mean(-1) + self.cfg.cls_weight * loss
+            total = total + loss.sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
             if u == 1:
                 count = len(j)
                 adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
@@ -303,7 +286,7 @@ class HeadsLoss:
             if item.aux is None:
                 raise DraftsmithError("eagle3 heads train on the inputs of the target's aux layers; these features "
                                       "have none (a feature file made for another head kind?)")
-            return self._eagle3(ids, item.aux.to(device).float(), feats, start, top, p_logits, lo, generator)
+            return self._eagle(ids, feats, start, top, p_logits, lo, generator, aux=item.aux.to(device).float())
         stats = torch.zeros(K, 2)
         total, n_tok, adv = 0.0, 0, Adversarial()
         t = torch.arange(max(start - 2, 0), L - 2, device=device)  # head 0 at t predicts token t+2
