@@ -132,3 +132,38 @@ def test_eagle3_inside_rasd_equals_autoregressive(tmp_path):
         rasd = build_drafter("rasd", model=[f"eagle3:heads={heads},tree_nodes=6,topk=2"], retrieval="ngram:k=3",
                              max_nodes=10)
         assert SpeculativeDecoder(target, rasd).generate(p, params).token_ids == ref
+
+
+class BareLayers:
+    """A user's drafter (no DrafterBase) that reads two target layers' inputs: proposes nothing,
+    records the width of what it is handed."""
+
+    name = "bare-layers"
+    needs_hidden_states = True
+    trees = False
+
+    def __init__(self, layers):
+        self.feature_layers, self.widths = layers, []
+
+    def prefill(self, prompt_ids, features=None):
+        self.widths.append(features.shape[-1])
+
+    def propose(self, ctx):
+        from draftsmith import Draft
+
+        return Draft.empty()
+
+    def observe(self, result):
+        self.widths.append(result.hidden.shape[-1])
+
+
+def test_a_user_drafter_gets_the_layers_it_asks_for_or_a_clear_error():
+    """A bare object's feature_layers are honoured (the loop reads them through the adapter), and
+    an index the target does not have is refused when the decoder is built, not an IndexError in
+    the middle of a batched step (which would fail every row)."""
+    target = tiny_model("llama", layers=4)
+    user = BareLayers([1, 4])  # 4 = the last entry, after the final norm
+    SpeculativeDecoder(target, user).generate([5, 6, 7], SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert set(user.widths) == {2 * target.config.hidden_size}
+    with pytest.raises(IncompatibleDrafterError, match="feature_layers"):
+        SpeculativeDecoder(target, BareLayers([0, 9]))

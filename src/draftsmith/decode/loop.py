@@ -113,7 +113,7 @@ class Loop:
         """Prefill the row's prompt up to token `upto` (all but its last token: it joins the batch)."""
         target, p, dev = self.target, row.prefill, self.target.device
         need = row.drafter.needs_hidden_states
-        layers = getattr(row.drafter, "feature_layers", None)
+        layers = row.drafter.feature_layers
         t0 = time.perf_counter()
         if upto > p.done:
             slots = torch.arange(p.done, upto, device=dev)
@@ -246,12 +246,8 @@ class Loop:
         forward = time.perf_counter() - t_forward
         for r in rows:  # every row of the batch waited for the whole forward
             r.stats.target_time += forward
-        hidden: dict = {}  # feature_layers -> [B, q, H'] (drafter_features), made once per kind
-        if need_hidden:
-            for r in rows:
-                layers = getattr(r.drafter, "feature_layers", None)
-                if r.drafter.needs_hidden_states and layers not in hidden:
-                    hidden[layers] = drafter_features(out.hidden_states, layers)
+        hidden = {layers: drafter_features(out.hidden_states, layers)  # feature_layers -> [B, q, H'], once per kind
+                  for layers in {r.drafter.feature_layers for r in rows if r.drafter.needs_hidden_states}}
 
         committed, kept = [], []
         for b, (r, d, k_row) in enumerate(zip(rows, drafts, offered)):
@@ -259,7 +255,7 @@ class Loop:
             if r.error is None:
                 try:
                     path, new = self._verify_commit(r, d, logits[b:b + 1, :d.size + 1],
-                                                    hidden[getattr(r.drafter, "feature_layers", None)][b:b + 1]
+                                                    hidden[r.drafter.feature_layers][b:b + 1]
                                                     if r.drafter.needs_hidden_states else None)
                 except Exception as exc:  # this row fails alone; the others go on
                     r.fail(_message(exc))

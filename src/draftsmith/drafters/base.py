@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..errors import DraftsmithError
+from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..types import Draft, SamplingParams, VerifyResult
 
 if TYPE_CHECKING:
@@ -142,7 +142,13 @@ class ProtocolDrafter(DrafterBase):
         if callable(getattr(self.inner, "bind", None)):
             self.inner.bind(target)
         layers = getattr(self.inner, "feature_layers", None)
-        self.feature_layers = None if layers is None else tuple(int(i) for i in layers)
+        if layers is not None:  # hidden_states has L + 1 entries: the inputs of layers 0..L-1, then the last
+            L = target.config.num_hidden_layers
+            if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= L for i in layers):
+                raise IncompatibleDrafterError(f"drafter {self.name!r}: feature_layers must be target layer indices in "
+                                               f"[0, {L}], got {layers!r}")
+            layers = tuple(layers)
+        self.feature_layers = layers
 
     def fork(self):
         if self.forked:
