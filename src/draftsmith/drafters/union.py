@@ -48,7 +48,7 @@ whether or not its nodes win (an EAGLE tree is a fifth of a CPU step). With the 
 member sits a step out when what it adds does not pay for it: per member, the decayed mean of
 its marginal tokens g (accepted tokens of the step that no other member's nodes covered: the
 accepted path's length minus its longest prefix inside the other members' drafts) and of its
-drafting time c (propose + observe), against the step's time T (between two proposals of the
+drafting time c (its proposals: observing is paid either way), against the step's time T (between two proposals of the
 row) and tokens per step τ. Dropping it turns T/τ into (T - c)/(τ - g), so it is kept while
 g >= τ c / T. A member sitting out still observes every step (so heads keep their features), and
 it is asked again every `probe` steps to refresh g. The first `warmup` steps ask everyone, and the
