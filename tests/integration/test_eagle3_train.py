@@ -11,6 +11,7 @@ import torch
 
 from draftsmith import SamplingParams, SpeculativeDecoder, build_drafter
 from draftsmith.drafters.base import DraftContext
+from draftsmith.errors import DraftsmithError
 from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads, save_heads
 from draftsmith.train.features import cached_features, extract_features
 from draftsmith.train.heads import HeadsTrainConfig, _token_loss, eagle_passes, train_heads
@@ -73,6 +74,27 @@ def test_eagle3_training_loss_falls_and_the_head_keeps_its_vocabulary(tmp_path):
     counts = Counter(t for s, start in seqs[4:] for t in s[start:])  # the training answers (not the held-out ones)
     counts.update(t for s, start in seqs[:4] for t in s[start:])
     assert set(ids) - set(target.eos_token_ids) <= set(counts)
+
+    # --init: more steps on other data start from the trained head (its loss, not a fresh head's)
+    # and keep its draft vocabulary, though the new answers' most frequent tokens differ
+    other = [(torch.randint(20, 64, (40,), generator=gen).tolist(), 4) for _ in range(12)]
+    more = HeadsTrainConfig(kind="eagle3", out=str(tmp_path / "more"), steps=4, batch_tokens=128, lr=1e-4, holdout=4,
+                            log_every=4, train_vocab=40, init=str(tmp_path / "e3"))
+    train_heads(target, seqs[:4] + other, more, progress=False)
+    assert load_heads(tmp_path / "more").token_ids().tolist() == ids
+    fresh = HeadsTrainConfig(kind="eagle3", out=str(tmp_path / "fresh"), steps=4, batch_tokens=128, lr=1e-4, holdout=4,
+                             log_every=4, train_vocab=40)
+    train_heads(target, seqs[:4] + other, fresh, progress=False)
+    assert _scalars(tmp_path / "more" / "runs", "train/loss")[0] < 0.8 * _scalars(tmp_path / "fresh" / "runs", "train/loss")[0]
+    with pytest.raises(DraftsmithError, match="draft_vocab_size"):  # heads of another shape
+        train_heads(target, seqs, HeadsTrainConfig(kind="eagle3", out=str(tmp_path / "x"), steps=1, holdout=4,
+                                                   train_vocab=32, init=str(tmp_path / "e3")), progress=False)
+    (tmp_path / "fresh" / "checkpoint").rename(tmp_path / "e3" / "checkpoint2")  # a checkpoint over another vocabulary
+    (tmp_path / "e3" / "checkpoint").rename(tmp_path / "e3" / "old")
+    (tmp_path / "e3" / "checkpoint2").rename(tmp_path / "e3" / "checkpoint")
+    with pytest.raises(DraftsmithError, match="another draft vocabulary"):
+        train_heads(target, seqs, HeadsTrainConfig(kind="eagle3", out=str(tmp_path / "e3"), steps=30, batch_tokens=128,
+                                                   holdout=4, train_vocab=40), progress=False)
 
 
 def test_feature_file_of_other_layers_is_made_again(tmp_path, monkeypatch):
@@ -231,3 +253,50 @@ def test_acceptance_losses_are_their_formulas():
             loss.backward()
             assert torch.isfinite(loss) and torch.isfinite(x.grad).all(), (kind, p_l, loss, x.grad)
             assert loss > (0.99 if kind == "tv" else 10)  # no overlap: TV 1, -log of (almost) 0 large
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_a_padded_batch_of_sequences_has_the_loss_of_each_alone(kind):
+    """EAGLE heads train on several sequences in one right-padded batch (`HeadsLoss.batch`):
+    the loss, its gradient, the token count and the agreement counts must be the sums of each
+    sequence alone, feature noise included (a padding position that leaked into attention, or
+    noise drawn in another order, would change them)."""
+    from draftsmith.train.heads import HeadsLoss, micro_batches
+
+    target = tiny_model("llama", vocab=64, seed=4, layers=4)
+    gen = torch.Generator().manual_seed(5)
+    seqs = [(torch.randint(64, (n,), generator=gen).tolist(), s) for n, s in [(30, 5), (12, 3), (25, 10), (18, 2)]]
+    cfg_kw = {"draft_vocab_size": 0} if kind == "eagle3" else {}
+    hcfg = HeadsConfig.for_target(kind, target.config, num_heads=4, **cfg_kw)
+    aux = tuple(hcfg.aux_layers) if kind == "eagle3" else None
+    items = extract_features(target, seqs, max_len=64, top=True, aux_layers=aux)
+    torch.manual_seed(0)
+    head = build_heads(hcfg).float()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    lm = target.model.get_output_embeddings()
+    lm_head = torch.nn.Linear(lm.weight.shape[1], lm.weight.shape[0], bias=False)
+    lm_head.weight = torch.nn.Parameter(lm.weight.detach().float(), requires_grad=False)
+    embed = torch.nn.Embedding.from_pretrained(target.model.get_input_embeddings().weight.detach().float())
+    cfg = HeadsTrainConfig(kind=kind, out="unused", noise=0.1, unroll=3, num_heads=4)
+    cfg.check()
+    fn = HeadsLoss(head, lm_head, embed, cfg)
+
+    def run(groups):
+        head.zero_grad()
+        g = torch.Generator().manual_seed(0)
+        total, n, stats = 0.0, 0, torch.zeros(4, 2)
+        for group in groups:
+            loss, c, s, _ = fn.batch(group, g)
+            total, n, stats = total + loss, n + c, stats + s
+        total.backward()
+        return total.detach(), n, stats, [p.grad.clone() for p in head.parameters() if p.grad is not None]
+
+    alone, batched = run([[it] for it in items]), run([items])
+    torch.testing.assert_close(batched[0], alone[0], rtol=1e-5, atol=1e-5)
+    assert batched[1] == alone[1] and torch.equal(batched[2], alone[2])
+    for a, b in zip(alone[3], batched[3]):  # sums of thousands of fp32 terms: within 5e-4 of the largest
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=5e-4 * float(a.abs().max()))
+    groups = micro_batches(items, 50)  # lengths 30, 12, 25, 18: [12, 18], [25], [30]
+    assert [[len(it.ids) for it in g] for g in groups] == [[12, 18], [25], [30]]

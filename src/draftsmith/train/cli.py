@@ -102,6 +102,12 @@ def add_train_parser(sub) -> None:
     h.add_argument("--adversarial", type=float, default=0.0,
                    help="KOALA's adversarial term: weight of the generator loss against a discriminator (0 = off)")
     h.add_argument("--batch-tokens", type=int, default=2048)
+    h.add_argument("--init", default="",
+                   help="start from these trained heads (a folder `train heads` wrote, or a shipped pack's; same kind "
+                        "and shape): more data or steps on a head; an eagle3 head keeps its draft vocabulary")
+    h.add_argument("--micro-tokens", type=int, default=4096,
+                   help="padded tokens per forward: a step's sequences run in batches of similar lengths "
+                        "(eagle, eagle3; memory against speed)")
     h.add_argument("--lr", type=float, default=1e-3)
     h.add_argument("--loss", default="kl",
                    help="kl (the target's soft labels) | ce (the sampled tokens) | tv (total variation 1 - Σ min(p, q)) | "
@@ -189,7 +195,7 @@ def cmd_heads(args) -> int:
     from .heads import HeadsTrainConfig, train_heads
 
     cfg = HeadsTrainConfig(kind=args.kind, out=args.out, steps=args.steps, num_heads=args.num_heads,
-                           num_layers=args.num_layers, batch_tokens=args.batch_tokens, lr=args.lr, loss=args.loss,
+                           num_layers=args.num_layers, batch_tokens=args.batch_tokens, micro_tokens=args.micro_tokens, init=args.init, lr=args.lr, loss=args.loss,
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
                            adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
                            features=args.features or "", unroll=args.unroll, unroll_weight=args.unroll_weight,

@@ -81,6 +81,7 @@ class HeadsTrainConfig:
     num_heads: int = 4
     num_layers: int = 0  # blocks per head; 0 = the kind's default (koala 2, others 1)
     batch_tokens: int = 2048  # answer tokens per step (whole sequences, packed greedily)
+    micro_tokens: int = 4096  # padded tokens per forward: a step's sequences run in batches of similar lengths
     lr: float = 1e-3
     warmup: float = 0.05
     loss: str = "kl"  # kl (soft labels from the target) | ce (the sampled token) | tv | accept (TOKEN_LOSSES)
@@ -98,6 +99,8 @@ class HeadsTrainConfig:
     data: str = ""  # where the sequences came from (for the model card)
     features: str = ""  # keep the target's features of the training sequences in this file (epochs reuse them)
     train_vocab: int = 8192  # train over the N most frequent answer tokens (the draft vocabulary); 0 = all
+    init: str = ""  # start from these trained heads (a folder `train heads` wrote; same kind and shape): more
+    # data or steps on a shipped head. An eagle3 head keeps its draft vocabulary.
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -108,8 +111,8 @@ class HeadsTrainConfig:
             self.noise = DEFAULT_NOISE.get(self.kind, 0.0)
         if self.unroll is None:
             self.unroll = DEFAULT_UNROLL.get(self.kind, 1)
-        if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8:
-            raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8")
+        if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8 or self.micro_tokens < 1:
+            raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8, --micro-tokens >= 1")
         if self.noise < 0:
             raise DraftsmithError(f"--noise must be >= 0, got {self.noise}")
         if self.unroll < 1 or self.unroll_weight < 0 or (self.kind in RECURRENT and self.unroll > self.num_heads):
@@ -217,8 +220,9 @@ class HeadsLoss:
     def _agree(self, logits: torch.Tensor, p_logits: torch.Tensor, top: torch.Tensor | None) -> torch.Tensor:
         """[agreements, count] of the head's argmax with the target's: over the whole vocabulary
         when `top` is known, else within the training vocabulary."""
+        logits = logits.detach().float()  # (argmax over bf16 logits is about 10x slower on a CPU)
         if top is None:
-            return torch.tensor([int((logits.argmax(-1) == p_logits.argmax(-1)).sum()), len(logits)])
+            return torch.tensor([int((logits.argmax(-1) == p_logits.float().argmax(-1)).sum()), len(logits)])
         best = logits.argmax(-1)
         if self.vocab_ids is not None:
             best = self.vocab_ids[best]
@@ -234,44 +238,85 @@ class HeadsLoss:
         return Adversarial(-F.logsigmoid(self.disc(h, q @ w)).sum(),
                            F.softplus(-self.disc(h, p @ w)).sum() + F.softplus(self.disc(h, q.detach() @ w)).sum())
 
-    def _eagle(self, ids, feats, start, top, p_logits, lo, generator, aux=None):
-        """EAGLE's loss (`aux` None) or EAGLE-3's at draft steps 1..`passes` of `eagle_passes`;
-        steps past `unroll` are only counted (evaluation). EAGLE: step 1 reads the target's
-        features f (+ noise), the loss is the feature regression + cls_weight x the token loss
-        through the target's LM head. EAGLE-3: step 1 reads g = fc(aux) (the aux layers' inputs,
-        + noise), the loss is the token loss alone, over the head's own draft vocabulary (its
-        logits are in the vocabulary's order, = vocab_ids)."""
-        L = len(ids)
-        src = feats if aux is None else aux
-        noise = ((torch.rand(src.shape, generator=generator) * 2 - 1) * self.cfg.noise).to(src.device)
-        first = (src[:-1] + noise[:-1])[None]  # [1, L-1, H or 3H]
-        if aux is not None:
-            first = self.m.combine(first)  # g_i, i = 0..L-2
-        outs = eagle_passes(self.m, first, self.embed(ids[1:])[None].float(), self.passes)  # f̂_{i+1} at index i
-        j_all = torch.arange(max(start - 2, 0), L - 2, device=ids.device)  # f̂_{j+1} predicts token j+2, an answer token
+    def _eagle(self, items: list[Item], generator: torch.Generator):
+        """EAGLE's loss (`eagle`) or EAGLE-3's (`eagle3`) at draft steps 1..`passes` of
+        `eagle_passes`, over several sequences in one right-padded batch [B, T] (every attention
+        in `eagle_passes` looks only backwards, so the padding after a sequence changes none of
+        its positions); steps past `unroll` are only counted (evaluation). EAGLE: step 1 reads
+        the target's features f (+ noise), the loss is the feature regression + cls_weight x the
+        token loss through the target's LM head. EAGLE-3: step 1 reads g = fc(aux) (the aux
+        layers' inputs, + noise), the loss is the token loss alone, over the head's own draft
+        vocabulary (its logits are in the vocabulary's order, = vocab_ids)."""
+        device = self.lm_head.weight.device
+        eagle3 = self.cfg.kind == "eagle3"
+        if eagle3 and any(it.aux is None for it in items):
+            raise DraftsmithError("eagle3 heads train on the inputs of the target's aux layers; these features "
+                                  "have none (a feature file made for another head kind?)")
+        B, T = len(items), max(len(it.ids) for it in items)
+        H = items[0].feats.shape[-1]
+        width = items[0].aux.shape[-1] if eagle3 else H
+        ids = torch.zeros(B, T, dtype=torch.long)  # [B, T] right-padded
+        feats = torch.zeros(B, T, H)  # [B, T, H] the target's last hidden states
+        src = torch.zeros(B, T, width)  # [B, T, H or 3H] what step 1 reads (+ noise)
+        top = torch.full((B, T), -1, dtype=torch.long)  # [B, T] the target's argmax over the whole vocabulary
+        rows, js = [], []  # every (sequence, j): f̂_{j+1} predicts token j+2, an answer token
+        for b, it in enumerate(items):
+            L = len(it.ids)
+            ids[b, :L], feats[b, :L] = it.ids, it.feats.float()
+            x = (it.aux if eagle3 else it.feats).float()
+            src[b, :L] = x + (torch.rand(x.shape, generator=generator) * 2 - 1) * self.cfg.noise
+            if it.top is not None:
+                top[b, :L] = it.top
+            j = torch.arange(max(it.start - 2, 0), L - 2)
+            rows.append(torch.full_like(j, b))
+            js.append(j)
+        ids, feats, src, top = ids.to(device), feats.to(device), src.to(device), top.to(device)
+        row, j = torch.cat(rows).to(device), torch.cat(js).to(device)  # [M], [M]
+        known = bool((top[row, j + 1] >= 0).all()) if len(j) else False
+        with torch.no_grad():
+            p_logits = self.lm_head(feats[row, j + 1])  # [M, N]: the target's view of token j+2
+        labels = self._labels(ids[row, j + 2])  # [M]
+        first = src[:, :-1]  # [B, T-1, .] index i reads position i
+        if eagle3:
+            first = self.m.combine(first)  # g_i
+        outs = eagle_passes(self.m, first, self.embed(ids[:, 1:]).float(), self.passes)  # f̂_{i+1} at index i
         stats = torch.zeros(self.m.cfg.num_heads, 2)  # row u-1: draft step u
         total, count, adv = 0.0, 0, Adversarial()
         for u, out in enumerate(outs, start=1):
-            j = j_all[j_all >= u - 1]
-            if len(j) == 0:
+            sel = j >= u - 1  # index i < u - 1 has no draft history at step u
+            if not sel.any():
                 break
-            f_hat = out[0, j]  # [m, H]
-            logits = self.lm_head(f_hat) if aux is None else self.m.logits(f_hat)  # [m, N]
-            stats[u - 1] += self._agree(logits, p_logits[j + 1 - lo], None if top is None else top[j + 1])
+            r, jj = row[sel], j[sel]
+            f_hat = out[r, jj]  # [m, H]
+            logits = self.lm_head(f_hat) if not eagle3 else self.m.logits(f_hat)  # [m, N]
+            stats[u - 1] += self._agree(logits, p_logits[sel], top[r, jj + 1] if known else None)
             if u > self.cfg.unroll:
                 continue
-            loss = _token_loss(logits, p_logits[j + 1 - lo], self._labels(ids[j + 2]), self.cfg.loss)
-            if aux is None:
-                loss = F.smooth_l1_loss(f_hat, feats[j + 1], reduction="none").mean(-1) + self.cfg.cls_weight * loss
+            loss = _token_loss(logits, p_logits[sel], labels[sel], self.cfg.loss)
+            if not eagle3:
+                loss = F.smooth_l1_loss(f_hat, feats[r, jj + 1], reduction="none").mean(-1) + self.cfg.cls_weight * loss
             total = total + loss.sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
             if u == 1:
-                count = len(j)
-                adv = self._adversarial(feats[j], logits, p_logits[j + 1 - lo])
+                count = int(sel.sum())
+                adv = self._adversarial(feats[r, jj], logits, p_logits[sel])
         return total, count, stats, adv
+
+    def batch(self, items: list[Item], generator: torch.Generator):
+        """Several sequences -> the sums of `__call__`'s (loss, tokens, per-head stats,
+        Adversarial). EAGLE kinds run them as one padded batch; the other kinds one at a time."""
+        if self.cfg.kind in RECURRENT:
+            return self._eagle(items, generator)
+        total, tokens, stats, adv = 0.0, 0, torch.zeros(self.m.cfg.num_heads, 2), Adversarial()
+        for item in items:
+            loss, n, s, a = self(item, generator)
+            total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
+        return total, tokens, stats, adv
 
     def __call__(self, item: Item, generator: torch.Generator):
         """One sequence -> (loss sum, tokens, per-head [agree, count], Adversarial (zero without
         a discriminator))."""
+        if self.cfg.kind in RECURRENT:
+            return self._eagle([item], generator)
         ids, feats, start, top = item.ids, item.feats, item.start, item.top
         device = self.lm_head.weight.device  # items come on the CPU (features.py); the heads train here
         ids, feats, top = ids.to(device), feats.to(device), None if top is None else top.to(device)
@@ -280,13 +325,6 @@ class HeadsLoss:
         lo = max(start - 1, 0)  # the losses read the target's view of answer tokens only
         with torch.no_grad():
             p_logits = self.lm_head(feats[lo:])  # [L-lo, V]: row m-1-lo is the target's view of token m
-        if kind == "eagle":
-            return self._eagle(ids, feats, start, top, p_logits, lo, generator)
-        if kind == "eagle3":
-            if item.aux is None:
-                raise DraftsmithError("eagle3 heads train on the inputs of the target's aux layers; these features "
-                                      "have none (a feature file made for another head kind?)")
-            return self._eagle(ids, feats, start, top, p_logits, lo, generator, aux=item.aux.to(device).float())
         stats = torch.zeros(K, 2)
         total, n_tok, adv = 0.0, 0, Adversarial()
         t = torch.arange(max(start - 2, 0), L - 2, device=device)  # head 0 at t predicts token t+2
@@ -307,6 +345,19 @@ class HeadsLoss:
             n_tok += int(ok.sum())
             stats[i] += self._agree(logits, p_logits[target_pos - lo], None if top is None else top[target_pos])
         return total, n_tok, stats, adv
+
+
+def micro_batches(items: list[Item], padded_tokens: int) -> list[list[Item]]:
+    """A step's sequences in groups of similar lengths, each at most `padded_tokens` once padded
+    to its longest (a longer sequence alone), so each group runs as one batch."""
+    order = sorted(items, key=lambda it: len(it.ids))
+    groups, group = [], []
+    for it in order:  # lengths ascend: the newest is the group's longest
+        if group and len(it.ids) * (len(group) + 1) > padded_tokens:
+            groups.append(group)
+            group = []
+        group.append(it)
+    return groups + [group] if group else groups
 
 
 def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: HeadsTrainConfig, *,
@@ -343,13 +394,16 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     torch.manual_seed(cfg.seed)
     module = build_heads(hcfg).float().to(device).train()
     aux_layers = tuple(hcfg.aux_layers) if cfg.kind == "eagle3" else None
-    if cfg.kind == "eagle3":  # its own LM head over the draft vocabulary, which it keeps in ascending order
-        if vocab_ids is not None:
-            module.set_vocab(vocab_ids)
+    if cfg.kind == "eagle3" and vocab_ids is not None:  # its own LM head over the draft vocabulary (ascending)
+        module.set_vocab(vocab_ids)
+    if cfg.init:
+        _start_from(module, cfg.init)
+    if cfg.kind == "eagle3":
         vocab_ids = module.token_ids() if vocab_ids is not None else None
         if vocab_ids is not None:
             lm_head_f32.weight = torch.nn.Parameter(lm_head.weight.detach().float()[vocab_ids], requires_grad=False)
-        _init_eagle3(module, target, lm_head_f32.weight)
+        if not cfg.init:
+            _init_eagle3(module, target, lm_head_f32.weight)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
     disc = Discriminator(hcfg.hidden_size).float().to(device).train() if cfg.adversarial > 0 else None
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.0) if disc is not None else None
@@ -358,6 +412,10 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     ckpt = out / "checkpoint" / "state.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False, map_location="cpu")
+        saved_d2t = state["module"].get("d2t")
+        if saved_d2t is not None and not torch.equal(saved_d2t.cpu(), module.d2t.cpu()):
+            raise DraftsmithError(f"{ckpt}: this checkpoint drafts over another draft vocabulary (it was made from other "
+                                  "data or another --init); resume with the data it was made from, or use another --out")
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["opt"])
         if disc is not None and "disc" in state:
@@ -397,9 +455,9 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         total, tokens, stats, adv = 0.0, 0, torch.zeros(cfg.num_heads, 2), Adversarial()
         items = ([stored[k] for k in picked] if stored else
                  extract_features(target, [train[k] for k in picked], cfg.max_len, aux_layers=aux_layers))
-        for item in items:
+        for group in micro_batches(items, cfg.micro_tokens):
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss, n, s, a = loss_fn(item, generator)
+                loss, n, s, a = loss_fn.batch(group, generator)
             total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
         loss = total / max(tokens, 1)
         gen_loss, disc_loss = adv.generator / max(tokens, 1), adv.discriminator / max(tokens, 1)
@@ -461,6 +519,19 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
 
 
 @torch.no_grad()
+def _start_from(module: torch.nn.Module, folder: str) -> None:
+    """`init`: the weights (and an eagle3 head's draft vocabulary) of trained heads of the same
+    kind and shape."""
+    trained = load_heads(folder)
+    mine, theirs = asdict(module.cfg), asdict(trained.cfg)
+    shape = [k for k in mine if k not in ("training", "target") and mine[k] != theirs.get(k)]
+    if shape:
+        raise DraftsmithError(f"--init {folder}: those heads differ from the ones asked for in "
+                              + ", ".join(f"{k} ({theirs.get(k)!r} there, {mine[k]!r} here)" for k in shape))
+    module.load_state_dict(trained.state_dict())
+
+
+@torch.no_grad()
 def _init_eagle3(module, target: CausalLM, lm_weight: torch.Tensor) -> None:
     """An EAGLE-3 head starts reading the target's residual stream as the target reads it: its
     LM head is the target's rows of its draft vocabulary (`lm_weight` [Vd, H], in draft-id
@@ -488,8 +559,8 @@ def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
     g = torch.Generator().manual_seed(0)
     saved, loss_fn.cfg.noise, disc, loss_fn.disc, passes = loss_fn.cfg.noise, 0.0, loss_fn.disc, None, loss_fn.passes
     loss_fn.passes = max(passes, min(3, loss_fn.m.cfg.num_heads))  # eagle: agreement at draft steps 1-3 at least
-    for item in held:
-        stats += loss_fn(item, g)[2]
+    for group in micro_batches(held, loss_fn.cfg.micro_tokens):
+        stats += loss_fn.batch(group, g)[2]
     loss_fn.cfg.noise, loss_fn.disc, loss_fn.passes = saved, disc, passes
     return {"top1_agreement": [round(a, 4) for a in (stats[:, 0] / stats[:, 1].clamp(min=1)).tolist() if a > 0],
             "tokens": int(stats[0, 1])}
