@@ -86,6 +86,9 @@ def test_eagle3_training_loss_falls_and_the_head_keeps_its_vocabulary(tmp_path):
                              log_every=4, train_vocab=40)
     train_heads(target, seqs[:4] + other, fresh, progress=False)
     assert _scalars(tmp_path / "more" / "runs", "train/loss")[0] < 0.8 * _scalars(tmp_path / "fresh" / "runs", "train/loss")[0]
+    with pytest.raises(DraftsmithError, match="no eagle3 heads ship"):  # --init shipped where none ship
+        train_heads(target, seqs, HeadsTrainConfig(kind="eagle3", out=str(tmp_path / "x"), steps=1, holdout=4,
+                                                   train_vocab=40, init="shipped"), progress=False)
     with pytest.raises(DraftsmithError, match="draft_vocab_size"):  # heads of another shape
         train_heads(target, seqs, HeadsTrainConfig(kind="eagle3", out=str(tmp_path / "x"), steps=1, holdout=4,
                                                    train_vocab=32, init=str(tmp_path / "e3")), progress=False)

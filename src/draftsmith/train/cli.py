@@ -103,7 +103,8 @@ def add_train_parser(sub) -> None:
                    help="KOALA's adversarial term: weight of the generator loss against a discriminator (0 = off)")
     h.add_argument("--batch-tokens", type=int, default=2048)
     h.add_argument("--init", default="",
-                   help="start from these trained heads (a folder `train heads` wrote, or a shipped pack's; same kind "
+                   help="start from these trained heads (a folder `train heads` wrote, or `shipped`: the heads of this kind "
+                        "shipped for the target; same kind "
                         "and shape): more data or steps on a head; an eagle3 head keeps its draft vocabulary")
     h.add_argument("--micro-tokens", type=int, default=4096,
                    help="padded tokens per forward: a step's sequences run in batches of similar lengths "

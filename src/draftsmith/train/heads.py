@@ -99,7 +99,7 @@ class HeadsTrainConfig:
     data: str = ""  # where the sequences came from (for the model card)
     features: str = ""  # keep the target's features of the training sequences in this file (epochs reuse them)
     train_vocab: int = 8192  # train over the N most frequent answer tokens (the draft vocabulary); 0 = all
-    init: str = ""  # start from these trained heads (a folder `train heads` wrote; same kind and shape): more
+    init: str = ""  # start from these trained heads (a folder `train heads` wrote, or `shipped`; same kind and shape): more
     # data or steps on a shipped head. An eagle3 head keeps its draft vocabulary.
 
     def check(self) -> None:
@@ -397,7 +397,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     if cfg.kind == "eagle3" and vocab_ids is not None:  # its own LM head over the draft vocabulary (ascending)
         module.set_vocab(vocab_ids)
     if cfg.init:
-        _start_from(module, cfg.init)
+        _start_from(module, _init_folder(target, cfg))
     if cfg.kind == "eagle3":
         vocab_ids = module.token_ids() if vocab_ids is not None else None
         if vocab_ids is not None:
@@ -516,6 +516,18 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     save_vocab(out, vocab)
     write_heads_card(out, module.cfg, metrics)
     return out
+
+
+def _init_folder(target: CausalLM, cfg: HeadsTrainConfig) -> str:
+    """`init`: a folder, or `shipped` for the heads of this kind shipped for the target."""
+    if cfg.init != "shipped":
+        return cfg.init
+    from ..drafters.heads.drafters import shipped_heads_dir
+
+    folder = shipped_heads_dir(target, cfg.kind)
+    if folder is None:
+        raise DraftsmithError(f"--init shipped: no {cfg.kind} heads ship for {target.name!r}; pass a folder")
+    return str(folder)
 
 
 @torch.no_grad()
