@@ -264,7 +264,7 @@ class HeadsLoss:
             L = len(it.ids)
             ids[b, :L], feats[b, :L] = it.ids, it.feats.float()
             x = (it.aux if eagle3 else it.feats).float()
-            src[b, :L] = x + (torch.rand(x.shape, generator=generator) * 2 - 1) * self.cfg.noise
+            src[b, :L] = x + (torch.rand(x.shape, generator=generator) * 2 - 1) * self.cfg.noise if self.cfg.noise else x
             if it.top is not None:
                 top[b, :L] = it.top
             j = torch.arange(max(it.start - 2, 0), L - 2)
