@@ -46,12 +46,16 @@ def add_train_parser(sub) -> None:
     d.add_argument("--sharegpt", help="ShareGPT JSON file (default: the packaged one)")
     d.add_argument("--skip", type=int, default=0, help="skip the first N instructions")
     d.add_argument("--limit", type=int, default=2000, help="instructions to answer")
-    d.add_argument("--batch-size", type=int, default=48)
+    d.add_argument("--batch-size", type=int, default=48,
+                   help="rows decoding at once; a finished row's place goes to the next prompt at once")
     d.add_argument("--max-new-tokens", type=int, default=192)
     d.add_argument("--max-prompt-tokens", type=int, default=256)
     d.add_argument("--temperature", type=float, default=0.8)
     d.add_argument("--top-p", type=float, default=1.0)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--drafter", default="none",
+                   help="drafter spec for the generation (e.g. ngram): speculative and lossless, so the answers are "
+                        "still the target's samples (default none: plain decoding)")
     _device(d)
     d.set_defaults(func=cmd_data)
 
@@ -164,7 +168,7 @@ def cmd_data(args) -> int:
     instructions = list(sharegpt_instructions(sharegpt_path(args.sharegpt), skip=args.skip, limit=args.limit))
     summary = generate_rollouts(target, instructions, args.out, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
-                                batch_size=args.batch_size, seed=args.seed)
+                                batch_size=args.batch_size, seed=args.seed, drafter=args.drafter)
     print(json.dumps(summary))
     return 0
 

@@ -3,20 +3,25 @@ chat template; the drafter is distilled on those answers), or ShareGPT's own ans
 readers are in draftsmith.data.sharegpt.
 
 Rollouts are stored as token ids, one JSON line per prompt (`id`, `prompt_ids`,
-`response_ids`, `finish`); the target's logits are not stored (the loss recomputes them). A
-rollout file is resumable: prompts already in it are skipped.
+`response_ids`, `finish`: "stop" at the target's EOS, "length" at the token budget); the target's
+logits are not stored (the loss recomputes them). They are generated on the batched engine
+(BatchDecoder, continuous refill, optionally speculative), one seeded generator per prompt. A
+rollout file is resumable: prompts already in it are skipped. `sample_batch` (a plain sampling
+loop over one fixed batch) serves DistillSpec's on-policy batches (train/pipeline.py).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
 from ..data.sharegpt import is_sharegpt, read_sharegpt, sharegpt_path, turns
+from ..decode.rows import Row
 from ..errors import DraftsmithError
 from ..sampling import probs, sample
 from ..target import CausalLM
@@ -74,53 +79,89 @@ def sample_batch(target: CausalLM, prompts: list[list[int]], params: SamplingPar
     return list(zip(out, finish))
 
 
+def rollout_generator(seed: int, pid: str) -> torch.Generator:
+    """The random numbers of one prompt's answer: seeded from the run's seed and the prompt id
+    alone, so a record does not depend on which prompts shared its batch, nor on their order."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + hash_ids([pid]))
+
+
 def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str]], out: str | Path, *,
                       temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
                       max_prompt_tokens: int = 256, batch_size: int = 16, seed: int = 0,
-                      progress: bool = True) -> dict:
+                      drafter: str = "none", progress: bool = True) -> dict:
     """The target answers each instruction (chat template); appends to `out`, skipping ids it
-    already holds. Prompts longer than `max_prompt_tokens` are skipped."""
+    already holds. Prompts longer than `max_prompt_tokens` are skipped.
+
+    Runs on the batched engine (BatchDecoder) with continuous refill: up to `batch_size` rows
+    decode together, and the next prompt joins as soon as a row finishes, so no row idles until
+    the slowest one of a batch ends. Each record is written (and flushed) when its row finishes.
+    Each prompt samples with a generator of its own (`rollout_generator`), so its answer is the
+    same whatever else shares the batch. `drafter` (a drafter spec, e.g. `ngram`) makes the
+    generation speculative; lossless verification keeps the answers samples of the target."""
+    from ..decode.api import BatchDecoder
+
+    if batch_size < 1:
+        raise DraftsmithError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     have = done_ids(out)
-    todo = []
+    todo: list[tuple[str, list[int]]] = []
+    seen, too_long = set(have), 0
     for pid, text in instructions:
-        if pid in have:
+        if pid in seen:  # in the file already (or a duplicate id: answered once)
             continue
+        seen.add(pid)
         ids = target.encode([{"role": "user", "content": text}])
-        if len(ids) <= max_prompt_tokens:
+        if len(ids) <= max_prompt_tokens and len(ids) < target.max_length:
             todo.append((pid, ids))
-    # similar lengths share a batch (less padding), sorted within windows so that a run stopped
-    # early still holds prompts of every length
-    window = batch_size * 8
-    todo = [item for w in range(0, len(todo), window) for item in sorted(todo[w:w + window], key=lambda it: len(it[1]))]
-    pad_id = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
+        else:
+            too_long += 1
+    decoder = BatchDecoder(target, drafter)
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc="rollouts", unit="prompt", disable=not progress)
-    tokens, start = 0, time.perf_counter()
+    tokens, steps, drafted, accepted, start = 0, 0, 0, 0, time.perf_counter()
     if out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
         with out.open("a") as f:  # a run killed mid-line: end the torn line so new records stay whole
             f.write("\n")
+    queue = iter(todo)
+    flight: dict[int, tuple[Row, str, list[int]]] = {}  # id(row) -> (row, prompt id, prompt ids)
     with out.open("a") as f:
-        for b in range(0, len(todo), batch_size):
-            batch = todo[b:b + batch_size]
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + hash_ids([pid for pid, _ in batch]))
-            answers = sample_batch(target, [ids for _, ids in batch], params, generator, pad_id)
-            for (pid, ids), (response, finish) in zip(batch, answers):
-                f.write(json.dumps({"id": pid, "prompt_ids": ids, "response_ids": response, "finish": finish}) + "\n")
-                tokens += len(response)
-            f.flush()
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        while True:
+            while len(flight) < batch_size and (item := next(queue, None)) is not None:  # refill
+                pid, ids = item
+                room = replace(params, max_new_tokens=min(max_new_tokens, target.max_length - len(ids)))
+                row = decoder.add(ids, room, rollout_generator(seed, pid))
+                flight[id(row)] = (row, pid, ids)
+            if not flight:
+                break
+            finished = 0
+            for row, _ in decoder.step():
+                if not row.done:
+                    continue
+                row, pid, ids = flight.pop(id(row))
+                if row.error is not None:
+                    raise DraftsmithError(f"rollout of prompt {pid!r} failed: {row.error}")
+                response = row.new_ids
+                f.write(json.dumps({"id": pid, "prompt_ids": ids, "response_ids": response,
+                                    "finish": row.stats.finish_reason}) + "\n")
+                tokens, steps, finished = tokens + len(response), steps + row.stats.steps, finished + 1
+                drafted, accepted = drafted + row.stats.drafted, accepted + row.stats.accepted
+            if finished:
+                f.flush()
+                bar.update(finished)
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
-    return {"prompts": len(todo), "skipped_done": len(have), "tokens": tokens,
-            "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"prompts": len(todo), "skipped_done": len(have), "skipped_long": too_long, "tokens": tokens, "seconds": seconds,
+            "tok_s": tokens / seconds if seconds > 0 else 0.0, "drafter": drafter,
+            "tau": tokens / steps if steps else 0.0,  # tokens per row step, bonus included
+            "drafted": drafted, "accepted": accepted}
 
 
 def hash_ids(ids: list[str]) -> int:
-    """A stable (not salted, unlike hash()) 31-bit seed from a batch's prompt ids."""
+    """A stable (not salted, unlike hash()) 31-bit seed from prompt ids."""
     import zlib
 
     return zlib.crc32("\0".join(ids).encode()) & 0x7FFFFFFF
