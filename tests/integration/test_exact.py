@@ -86,12 +86,20 @@ def target(request) -> CausalLM:
 
 @pytest.fixture(scope="module")
 def plain(target) -> list[list[int]]:
+    """The reference: plain decoding in exact mode (each query in its own batch entry of a padded
+    attention call, exact.py), one row at a time."""
+    return run(target, "none", exact=True)
+
+
+@pytest.fixture(scope="module")
+def plain_fast(target) -> list[list[int]]:
     return run(target, "none", exact=False)
 
 
-def test_exact_plain_decoding_is_plain_decoding(target, plain):
-    """Exact mode changes nothing for one-token steps: its plain decoding is the reference."""
-    assert run(target, "none", exact=True) == plain
+def test_exact_plain_decoding_does_not_depend_on_the_batch(target, plain):
+    """Exact mode's plain decoding, the reference, gives each prompt the same ids alone and among
+    11 others (without exact mode, batched bf16 rows round differently from one row)."""
+    assert run(target, "none", exact=True, batch=True) == plain
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["one-row", "batched"])
@@ -104,10 +112,11 @@ def test_exact_speculation_equals_plain_decoding_in_bf16(target, plain, kind, ba
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the control was measured on the CPU's bf16 kernels")
-def test_control_without_exact_mode_bf16_outputs_differ(target, plain):
+def test_control_without_exact_mode_bf16_outputs_differ(target, plain_fast):
     """The control that gives the tests above their teeth: without exact mode, the same wide
-    forwards change some outputs (11/12 and 10/12 equal here when written)."""
-    assert run(target, WrongDrafter(target, k=6), exact=False) != plain
+    forwards change some outputs against plain decoding (11/12 and 10/12 equal here when
+    written)."""
+    assert run(target, WrongDrafter(target, k=6), exact=False) != plain_fast
 
 
 def test_exact_is_refused_where_it_cannot_hold():
@@ -157,3 +166,21 @@ def test_exact_seeded_sampling_does_not_depend_on_the_batch(target):
     alone = [decoder().generate([p], params, [g])[0].token_ids for p, g in zip(ps, gens())]
     together = [r.token_ids for r in decoder().generate(ps, params, gens())]
     assert together == alone
+
+
+def test_bench_compares_exact_methods_with_exact_plain_decoding(target, monkeypatch):
+    """`bench` with a method in exact mode (`ngram:exact=true`) adds `none` in exact mode as that
+    method's reference and reports "= none" against it (the bug it guards: exact methods compared
+    with plain decoding outside exact mode, whose bf16 rounding differs, reading as mismatches)."""
+    from draftsmith.bench.runner import MethodSpec, run_bench
+    from draftsmith.data.questions import Question
+
+    monkeypatch.setattr(target, "encode", lambda x, **_: [ord(c) % 96 for c in x][:24] if isinstance(x, str) else list(x))
+    qs = [Question(str(i), "writing", (p,)) for i, p in enumerate(["the cat sat on the mat " * 3, "abcabcabc abc"])]
+    specs = [MethodSpec.parse("none"), MethodSpec.parse("ngram:exact=true")]
+    records = run_bench(target, qs, specs, SamplingParams(max_new_tokens=16, ignore_eos=True), warmup=0)
+    methods = [r["method"] for r in records]
+    assert methods[:3] == ["none", "none:exact=true", "ngram:exact=true"]
+    exact = [r for r in records if r["method"] == "ngram:exact=true"]
+    assert exact and all(r["reference"] == "none:exact=true" and r["matches_baseline"] for r in exact)
+    assert all(r["reference"] == "none" for r in records if r["method"] == "none")

@@ -82,6 +82,7 @@ class Method:
 
     def __init__(self, spec: MethodSpec, target: CausalLM, verifier=None, exact: bool = False):
         self.spec, self.target = spec, target
+        self.exact = spec.name not in HF_METHODS and (exact if spec.exact is None else spec.exact)
         self.verifier = spec.verifier if spec.verifier is not None else verifier
         if spec.name == "hf_assisted":
             model = spec.options.get("model")
@@ -180,11 +181,16 @@ def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpe
     instance): the acceptance rule of every method whose spec names none, except the `none`
     baseline (plain decoding of the target, the default rule). `exact`: every method, `none`
     included, in exact mode (exact.py). Where an output differs from `none`'s, the record has the
-    target's top-2 logit margin at the first differing position (`divergence_margin`)."""
+    target's top-2 logit margin at the first differing position (`divergence_margin`). A method in
+    exact mode is compared with `none` in exact mode (its reference: exact.py), added to the run
+    after `none` when no method is that already."""
     if not specs or specs[0].name != "none":
         specs = [MethodSpec("none", "none"), *[s for s in specs if s.name != "none"]]
     build_verifier(verifier)  # a bad rule fails before any method is built
     methods = [Method(s, target, None if i == 0 else verifier, exact=exact) for i, s in enumerate(specs)]
+    if any(m.exact for m in methods) and not any(m.exact and m.spec.name == "none" for m in methods):
+        ref = MethodSpec("none:exact=true", "none", {}, None, True)
+        methods.insert(1, Method(ref, target, exact=exact))
     turns_total = sum(len(q.turns) for q in questions) * repeats * len(methods)
 
     warm = SamplingParams(max_new_tokens=min(16, params.max_new_tokens), temperature=params.temperature)
@@ -201,17 +207,21 @@ def run_bench(target: CausalLM, questions: list[Question], specs: list[MethodSpe
                 history.append({"role": "user", "content": text})
                 prompt_ids = target.encode(history) if target.has_chat_template else target.encode(
                     "\n\n".join(h["content"] for h in history))
-                baseline = None
+                baseline = None  # the first method's output: the next turn's history
+                refs: dict[bool, tuple[str, list[int]]] = {}  # exact or not -> that `none`'s (label, output)
                 seed = zlib.crc32(f"{q.question_id}/{turn}/{rep}".encode())  # same seed for every method
                 for m in methods:  # interleaved: drift hits every method alike
                     r = m.run(prompt_ids, params, seed)
                     if baseline is None:
                         baseline = r["output_ids"]
-                    div = first_divergence(r["output_ids"], baseline)
-                    margin = top2_margin(target, prompt_ids, baseline, div) if div is not None else None
+                    if m.spec.name == "none":
+                        refs.setdefault(m.exact, (m.spec.label, r["output_ids"]))
+                    ref_label, ref = refs.get(m.exact, refs[methods[0].exact])
+                    div = first_divergence(r["output_ids"], ref)
+                    margin = top2_margin(target, prompt_ids, ref, div) if div is not None else None
                     records.append({"method": m.spec.label, "verifier": m.verifier_name, "question_id": q.question_id, "category": q.category,
                                     "turn": turn, "repeat": rep, "prompt_tokens": len(prompt_ids), **r,
-                                    "matches_baseline": div is None, "first_divergence": div,
+                                    "matches_baseline": div is None, "reference": ref_label, "first_divergence": div,
                                     "divergence_margin": margin})
                     if progress:
                         progress(1, turns_total)
