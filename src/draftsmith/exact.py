@@ -11,21 +11,13 @@ top-2 logits are within rounding can flip, and everything after it differs. Meas
     attention over q queries with a mask                  differs from a one-query call for q >= 2
                                                           (kernel blocking over queries and keys)
 
-So exact mode changes two things, inside every forward of the loop (plain decoding's one-token
-steps too: plain decoding in exact mode is the reference the speculative output equals):
+So exact mode changes two things, only inside the verification forward (`Exact.active()`):
 
-    attention     every query, plain decoding's and each draft token's, is its own batch entry
-                  of one sdpa call per padded size (`_padded_attention`): its keys gathered in
-                  cache order (the committed prefix, then its path), padded with keys it cannot
-                  see to a multiple of BUCKET, and masked. On a deterministic kernel an entry's
-                  bits depend only on its own query and keys, not on how many entries share the
-                  call (checked at start-up on this device and dtype:
-                  `padded_attention_is_batch_invariant`), so a draft token gets the bits plain
-                  decoding gets at its position, whatever the draft's width and the batch.
-                  Targets with sliding-window layers, a device where that check fails, or
-                  attention arguments beyond the usual keep the older route: each query by the
-                  one-query, unmasked call plain decoding makes without exact mode (one call per
-                  query and layer), whose reference is then plain decoding itself.
+    attention     each query is computed by the very call plain decoding makes for it:
+                  transformers' sdpa, one query, over exactly the keys it sees, in cache order,
+                  with no mask (`Exact.attention`). Plain decoding's call is its own; a draft
+                  node's call gets the same keys (the committed prefix, then its path), so the
+                  same inputs give the same bits on any deterministic kernel, CPU or GPU.
     linear        run in chunks of at most `chunk` rows, `chunk` the largest count for which
                   every row of a product equals its one-row product, measured at start-up on this
                   device for every weight shape of the model (`row_stable_chunk`).
@@ -35,10 +27,9 @@ fast path. A model whose attention does not go through draftsmith's attention fu
 device where the premise fails, is refused at start-up: `Exact` runs a chain forward against
 one-token forwards on the target itself and compares the logits bit for bit (`self_check`).
 
-What it costs (benchmarks/smollm2-135m-bf16-exact/): the gathers of each query's keys per layer,
-or on the older route one attention call per query and layer. Exact mode promises greedy
-equality with plain decoding in exact mode (which differs from plain decoding without it only
-where bf16 rounding decides a near tie); sampled outputs stay lossless (the same distribution).
+What it costs: a step runs one attention call per query and layer instead of one per layer
+(measured in benchmarks/smollm2-135m-bf16-exact/). Exact mode promises greedy equality; sampled
+outputs stay lossless (the same distribution), as without it.
 """
 
 from __future__ import annotations
@@ -159,90 +150,11 @@ def _plan(mask, q: int, K: int, B: int, device, valid: torch.Tensor | None = Non
     return plans
 
 
-BUCKET = 64  # a query's keys are padded to a multiple of this (with zero keys it cannot see)
-
-
-class _Group:
-    """The queries of one step that share a padded key count `Kp`, run as one sdpa call with one
-    batch entry per query: `b`, `j` [n] their row and query index, `rows`, `slots` [n, Kp] where
-    each query's keys are in the step's key tensor (padding repeats its first key, masked),
-    `keep` [n, Kp] its real keys, `out` [n] its place in the [B·q] output."""
-
-    __slots__ = ("b", "j", "rows", "slots", "keep", "out", "masks")
-
-    def __init__(self, entries: list[tuple[int, int, list[int]]], Kp: int, q: int, device):
-        n = len(entries)
-        slots = torch.zeros(n, Kp, dtype=torch.long)
-        keep = torch.zeros(n, Kp, dtype=torch.bool)
-        for i, (_, _, s) in enumerate(entries):  # padding repeats the query's first key (masked; never random)
-            slots[i] = s[0]
-            slots[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-            keep[i, :len(s)] = True
-        b = torch.tensor([e[0] for e in entries], dtype=torch.long)
-        self.b, self.j = b.to(device), torch.tensor([e[1] for e in entries], dtype=torch.long, device=device)
-        self.rows = b[:, None].expand(n, Kp).to(device)  # [n, Kp]
-        self.slots, self.keep = slots.to(device), keep.to(device)
-        self.out = self.b * q + self.j  # [n]
-        self.masks: dict = {}
-
-    def mask(self, dtype) -> torch.Tensor:
-        """[n, 1, 1, Kp] additive: 0 on a query's keys, the dtype's lowest value on its padding."""
-        if dtype not in self.masks:
-            m = torch.zeros(self.keep.shape, dtype=dtype, device=self.keep.device)
-            self.masks[dtype] = m.masked_fill(~self.keep, torch.finfo(dtype).min)[:, None, None, :]
-        return self.masks[dtype]
-
-
-def _groups(plans: list[_RowPlan], q: int, device) -> list[_Group]:
-    """Every (row, query) of a step with the slots of the keys it sees, in cache order (its
-    committed run, then its path or its causal run of the step's keys), grouped by padded count."""
-    by_size: dict[int, list] = {}
-    for p in plans:
-        index = p.index.tolist() if p.index is not None else None
-        for j, start, end, path in p.queries:
-            vis = list(range(start, end)) + (path.tolist() if path is not None else [])
-            slots = [index[v] for v in vis] if index is not None else vis
-            Kp = max(BUCKET, -(-len(slots) // BUCKET) * BUCKET)
-            by_size.setdefault(Kp, []).append((p.b, j, slots))
-    return [_Group(entries, Kp, q, device) for Kp, entries in sorted(by_size.items())]
-
-
-def _padded_attention(groups: list[_Group], query, key, value, scaling, gqa: bool):
-    """query [B, H, q, D], key/value [B, H_kv, K, D] -> [B, q, H, Dv]: each query in its own batch
-    entry over its own keys padded to its group's Kp (`_Group`)."""
-    B, H, q, _ = query.shape
-    out = query.new_empty(B * q, H, value.shape[-1])  # [B·q, H, Dv]
-    for g in groups:
-        qs = query[g.b, :, g.j].unsqueeze(2).contiguous()  # [n, H, 1, D]
-        k = key[g.rows, :, g.slots].transpose(1, 2).contiguous()  # [n, H_kv, Kp, D]
-        v = value[g.rows, :, g.slots].transpose(1, 2).contiguous()
-        o = F.scaled_dot_product_attention(qs, k, v, attn_mask=g.mask(query.dtype), dropout_p=0.0, scale=scaling,
-                                           enable_gqa=gqa)  # [n, H, 1, Dv]
-        out[g.out] = o[:, :, 0]
-    return out.view(B, q, H, value.shape[-1])
-
-
-def padded_attention_is_batch_invariant(device, dtype, heads: int = 4, kv_heads: int = 2, dim: int = 16,
-                                        seed: int = 0) -> bool:
-    """The premise of `_padded_attention` on this device and dtype: a query's output is the same
-    bits whether its batch entry is computed alone or beside others of the same padded size."""
-    gen = torch.Generator().manual_seed(seed)
-    for Kp in (BUCKET, 3 * BUCKET):
-        n = 7
-        q = torch.randn(n, heads, 1, dim, generator=gen).to(device=device, dtype=dtype)
-        k = torch.randn(n, kv_heads, Kp, dim, generator=gen).to(device=device, dtype=dtype)
-        v = torch.randn(n, kv_heads, Kp, dim, generator=gen).to(device=device, dtype=dtype)
-        lens = torch.randint(Kp - BUCKET + 1, Kp + 1, (n,), generator=gen)
-        keep = (torch.arange(Kp)[None] < lens[:, None]).to(device)
-        k[:, :, -1], v[:, :, -1] = k[:, :, 0], v[:, :, 0]  # padding holds a real key, as in _Group
-        m = torch.zeros(n, Kp, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)[:, None, None]
-        gqa = {"enable_gqa": True} if kv_heads != heads else {}
-        together = F.scaled_dot_product_attention(q, k, v, attn_mask=m, **gqa)
-        for i in range(n):
-            alone = F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], attn_mask=m[i:i + 1], **gqa)
-            if not torch.equal(alone, together[i:i + 1]):
-                return False
-    return True
+# attention kwargs that change nothing in the attention's arithmetic (what Llama/Qwen2-style layers
+# pass along; with them a call went through transformers' wrapper, 4 more ops per query and layer);
+# any other (a softcap, a bias) sends a call through transformers' own sdpa
+INERT_KWARGS = frozenset({"position_ids", "cache_position", "sliding_window", "output_hidden_states", "use_cache",
+                          "output_attentions", "return_dict"})
 
 
 class Exact:
@@ -259,13 +171,9 @@ class Exact:
                 "made bit-equal to plain decoding here; fp32 (`--dtype fp32`) makes near-tie differences rare.")
         self.target = target
         self.windowed = sliding_window(target.config) is not None
-        # padded: every query (plain decoding's too) in its own batch entry of one call per padded size;
-        # else (sliding windows, or a device where batch entries are not independent) one call per query
-        self.padded = not self.windowed and padded_attention_is_batch_invariant(target.device, target.dtype)
         self.chunk = row_stable_chunk(target.model, max_rows)
         _install_row_stable_linears(target.model)
         self._plans: dict = {}
-        self._groups: dict = {}
         self._valid = None
         self.self_check()
 
@@ -274,13 +182,13 @@ class Exact:
         """Exact mode for the forwards run inside (this thread only). `valid` [B, T]: the rows'
         committed slots (RowsCache.valid), needed where a sliding window hides some of them."""
         token = _ACTIVE.set(self)
-        self._plans, self._groups = {}, {}
+        self._plans = {}
         self._valid = valid.cpu() if valid is not None else None
         try:
             yield self
         finally:
             _ACTIVE.reset(token)
-            self._plans, self._groups = {}, {}
+            self._plans = {}
 
     def attention(self, module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
         """query [B, H, q, D], key/value [B, H_kv, K, D], attention_mask as the model gives it ->
@@ -294,7 +202,7 @@ class Exact:
         n_rep = getattr(module, "num_key_value_groups", 1)
         # plain decoding's one-query call: transformers' sdpa with no mask; on CPU and CUDA that is
         # this F.sdpa call (kwargs beyond the usual, e.g. a softcap, go through transformers itself)
-        direct = (not kwargs or set(kwargs) <= {"position_ids", "cache_position", "sliding_window"}) and (
+        direct = set(kwargs) <= INERT_KWARGS and (
             n_rep == 1 or use_gqa_in_sdpa(None, key, value))
         gqa = {"enable_gqa": True} if n_rep > 1 else {}
 
@@ -308,12 +216,6 @@ class Exact:
                 return F.scaled_dot_product_attention(qj, k, v, attn_mask=None, dropout_p=0.0, scale=scaling,
                                                       is_causal=False, **gqa).transpose(1, 2)
             return sdpa_attention_forward(module, qj, k, v, None, dropout=dropout, scaling=scaling, **kwargs)[0]
-
-        if self.padded and direct:
-            groups = self._groups.get(ident)
-            if groups is None:
-                groups = self._groups[ident] = _groups(plans, q, key.device)
-            return _padded_attention(groups, query, key, value, scaling, n_rep > 1), None
 
         outs = []  # [1, 1, H, Dv] per (row, query), rows first: the plans' order
         for p in plans:
@@ -372,7 +274,7 @@ class Exact:
         hint = ("" if target.dtype == torch.float32 else " In fp32 such differences are far rarer.") + (
             " Without exact mode greedy output can differ from plain decoding at near ties (bench reports the "
             "margin at the first difference).")
-        if not self.padded and not torch.equal(exact_steps, one_token_steps(False)):
+        if not torch.equal(exact_steps, one_token_steps(False)):
             raise DraftsmithError(f"exact mode is not available for {target.name} ({target.dtype}) on {dev}: its "
                                   "one-token forward does not give plain decoding's bits (its attention takes "
                                   "arguments exact mode does not reproduce)." + hint)

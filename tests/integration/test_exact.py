@@ -86,8 +86,7 @@ def target(request) -> CausalLM:
 
 @pytest.fixture(scope="module")
 def plain(target) -> list[list[int]]:
-    """The reference: plain decoding in exact mode (each query in its own batch entry of a padded
-    attention call, exact.py), one row at a time."""
+    """The reference: plain decoding in exact mode, one row at a time."""
     return run(target, "none", exact=True)
 
 
@@ -96,9 +95,11 @@ def plain_fast(target) -> list[list[int]]:
     return run(target, "none", exact=False)
 
 
-def test_exact_plain_decoding_does_not_depend_on_the_batch(target, plain):
-    """Exact mode's plain decoding, the reference, gives each prompt the same ids alone and among
-    11 others (without exact mode, batched bf16 rows round differently from one row)."""
+def test_exact_plain_decoding_is_plain_decoding_and_does_not_depend_on_the_batch(target, plain, plain_fast):
+    """Exact mode changes nothing for one-token steps of one row (its plain decoding is plain
+    decoding), and gives each prompt the same ids alone and among 11 others (without exact mode,
+    batched bf16 rows round differently from one row)."""
+    assert plain == plain_fast
     assert run(target, "none", exact=True, batch=True) == plain
 
 
