@@ -36,6 +36,19 @@ def load_sequences(target: CausalLM, data: str, *, limit: int | None = None) -> 
     return [(r["prompt_ids"] + r["response_ids"], len(r["prompt_ids"])) for r in training_rows(target, data, limit=limit)]
 
 
+def length_groups(lengths: list[int], padded_tokens: int) -> list[list[int]]:
+    """Indices of sequences of these lengths in groups of similar lengths (ascending), each at
+    most `padded_tokens` once padded to its longest (a longer sequence alone): the batches that
+    waste the least padding."""
+    groups, group = [], []
+    for k in sorted(range(len(lengths)), key=lambda k: lengths[k]):  # lengths ascend: the newest is the longest
+        if group and lengths[k] * (len(group) + 1) > padded_tokens:
+            groups.append(group)
+            group = []
+        group.append(k)
+    return groups + [group] if group else groups
+
+
 class Item(NamedTuple):
     """One training sequence with the target's view of it."""
 
@@ -59,16 +72,10 @@ def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], m
     from tqdm import tqdm
 
     kept = usable(sequences, max_len)
-    by_length = sorted(range(len(kept)), key=lambda k: len(kept[k][0]))
     lm_head = target.model.get_output_embeddings()
     out: dict[int, Item] = {}
     bar = tqdm(total=len(kept), desc="target features", disable=not progress)
-    i = 0
-    while i < len(by_length):
-        j = i + 1  # lengths ascend, so the last sequence taken is the longest
-        while j < len(by_length) and len(kept[by_length[j]][0]) * (j - i + 1) <= batch_tokens:
-            j += 1
-        chunk = by_length[i:j]
+    for chunk in length_groups([len(ids) for ids, _ in kept], batch_tokens):
         longest = len(kept[chunk[-1]][0])
         ids = torch.zeros((len(chunk), longest), dtype=torch.long)  # [B, T], right-padded with token 0
         for row, k in enumerate(chunk):
@@ -84,7 +91,6 @@ def extract_features(target: CausalLM, sequences: list[tuple[list[int], int]], m
                           lm_head(h).argmax(-1).to("cpu") if top else None,
                           None if aux is None else aux[row, :n].to("cpu").clone())
         bar.update(len(chunk))
-        i = j
     bar.close()
     return [out[k] for k in range(len(kept))]
 

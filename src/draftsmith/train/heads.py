@@ -64,7 +64,7 @@ from ..drafters.heads.vocab import count_tokens, save_vocab, vocab_order
 from ..target import CausalLM
 from .card import write_heads_card
 from .losses import tvd
-from .features import HOLDOUT, Item, cached_features, extract_features, usable
+from .features import HOLDOUT, Item, cached_features, extract_features, length_groups, usable
 from .trainer import lr_at
 
 
@@ -350,14 +350,7 @@ class HeadsLoss:
 def micro_batches(items: list[Item], padded_tokens: int) -> list[list[Item]]:
     """A step's sequences in groups of similar lengths, each at most `padded_tokens` once padded
     to its longest (a longer sequence alone), so each group runs as one batch."""
-    order = sorted(items, key=lambda it: len(it.ids))
-    groups, group = [], []
-    for it in order:  # lengths ascend: the newest is the group's longest
-        if group and len(it.ids) * (len(group) + 1) > padded_tokens:
-            groups.append(group)
-            group = []
-        group.append(it)
-    return groups + [group] if group else groups
+    return [[items[k] for k in group] for group in length_groups([len(it.ids) for it in items], padded_tokens)]
 
 
 def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: HeadsTrainConfig, *,
