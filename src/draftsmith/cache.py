@@ -30,12 +30,23 @@ After verification `commit` keeps, per row, the root and the accepted nodes:
 
 Cache kinds this cannot roll back (recurrent or linear-attention layers, cross-attention) are
 refused when the decoder is built (`check_supported`).
+
+Storage: every cache made here (`new_cache`, `SubsetCache`) keeps each layer's keys and values in
+a preallocated buffer (`BufferLayer`) [B, H_kv, capacity, D] with a length n; `layer.keys` is the
+view [B, H_kv, n, D]. A step writes its q new slots in place (transformers' `DynamicLayer` instead
+concatenates, copying the whole cache every step and every layer); rolling back (`crop`) only
+lowers n; a tree's accepted path is moved down in place (`keep_path`); the buffer grows by half
+when full. Rows joining or leaving (`add_row`, `keep_rows`, `compact`) assign new tensors, which
+become the buffer as they are.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from .errors import DraftsmithError
 from .tree import Tree
@@ -43,12 +54,124 @@ from .tree import Tree
 SUPPORTED_LAYERS = {"full_attention", "sliding_attention"}
 
 
+def _slots(t: torch.Tensor | None) -> int:
+    return 0 if t is None or t.dim() < 2 else t.shape[-2]
+
+
+class BufferLayer(DynamicLayer):
+    """One layer's keys and values in a preallocated buffer (module docstring): the same interface
+    as transformers' `DynamicLayer` (`keys`, `values`, `update`, `crop`, `get_seq_length`), with
+    `update` writing in place and `crop` only moving the length. Assigning `keys`/`values` makes
+    the given tensor the buffer (callers assign both, of the same length).
+
+    Under autograd (new states that require grad) `update` concatenates as `DynamicLayer` does:
+    an in-place write would change tensors saved for the backward pass. A buffer made in inference
+    mode and written outside it is reallocated first (inference tensors cannot be written there)."""
+
+    SLACK = 128  # free slots at least, when the buffer is (re)allocated
+
+    def __init__(self, **kwargs):
+        self._k = self._v = None  # [B, H_kv, capacity, D]
+        self._nk = self._nv = 0  # slots in use (equal between steps; assigned one after the other)
+        super().__init__(**kwargs)
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[..., :self._nk, :]  # [B, H_kv, n, D]
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._k, self._nk = value, _slots(value)
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[..., :self._nv, :]  # [B, H_kv, n, Dv]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._v, self._nv = value, _slots(value)
+
+    @property
+    def _n(self) -> int:
+        return self._nk
+
+    @_n.setter
+    def _n(self, n: int) -> None:
+        self._nk = self._nv = n
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self._k is None or self._k.dim() < 2 else min(self._k.shape[-2], self._v.shape[-2])
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def get_seq_length(self) -> int:
+        return self._n if self.is_initialized and self._k is not None else 0
+
+    def _fits(self, buf: torch.Tensor | None, new: torch.Tensor, q: int) -> bool:
+        return (buf is not None and buf.dim() == new.dim() and buf.shape[:-2] == new.shape[:-2]
+                and buf.shape[-1] == new.shape[-1] and buf.dtype == new.dtype and buf.device == new.device
+                and self._n + q <= buf.shape[-2]
+                and (torch.is_inference_mode_enabled() or not buf.is_inference()))
+
+    def _grown(self, buf: torch.Tensor | None, new: torch.Tensor, q: int) -> torch.Tensor:
+        n = self._n
+        cap = max(n + q + self.SLACK, (3 * max(self.capacity, 1)) // 2)
+        out = new.new_zeros(*new.shape[:-2], cap, new.shape[-1])  # [B, H_kv, cap, D]: zeros, never garbage behind a mask
+        if n:
+            out[..., :n, :].copy_(buf[..., :n, :])
+        return out
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append key_states/value_states [B, H_kv, q, D]; -> every key and value [B, H_kv, n + q, D]."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if torch.is_grad_enabled() and (key_states.requires_grad or value_states.requires_grad):
+            keys = key_states if self._n == 0 else torch.cat([self.keys, key_states], dim=-2)
+            values = value_states if self._n == 0 else torch.cat([self.values, value_states], dim=-2)
+            self.keys, self.values = keys, values
+            return keys, values
+        q, n = key_states.shape[-2], self._n
+        if not (self._fits(self._k, key_states, q) and self._fits(self._v, value_states, q)):
+            self._k, self._v = self._grown(self._k, key_states, q), self._grown(self._v, value_states, q)
+        self._k[..., n:n + q, :].copy_(key_states)
+        self._v[..., n:n + q, :].copy_(value_states)
+        self._n = n + q
+        return self.keys, self.values
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last `-tokens_to_remove` tokens (transformers 5's negative count)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes a negative count of tokens to remove, got {tokens_to_remove}")
+        if self.is_initialized and self._k is not None:
+            self._n = max(0, self._n + tokens_to_remove)
+
+    def keep_path(self, start: int, index: torch.Tensor) -> None:
+        """Keep the first `start` tokens, then the tokens at `index` [m] (each >= start), in place."""
+        m = index.numel()
+        with torch.inference_mode() if self._k.is_inference() else nullcontext():  # the loop commits outside it
+            self._k[..., start:start + m, :] = self._k.index_select(-2, index)
+            self._v[..., start:start + m, :] = self._v.index_select(-2, index)
+        self._n = start + m
+
+
+class BufferCache(DynamicCache):
+    """A DynamicCache whose layers are `BufferLayer`s (module docstring)."""
+
+    def __init__(self):
+        Cache.__init__(self, layer_class_to_replicate=BufferLayer)
+
+
 def new_cache() -> DynamicCache:
-    """An empty cache of full layers (see the module docstring for sliding windows)."""
-    return DynamicCache()
+    """An empty cache of full layers in preallocated buffers (see the module docstring for sliding
+    windows and storage)."""
+    return BufferCache()
 
 
-class SubsetCache(DynamicCache):
+class SubsetCache(BufferCache):
     """The cache of a forward over a subset of the decoder layers (target.PartialLM): each layer
     writes at its own `layer_idx`, as in the full model, so the layers it skips stay empty. Its
     length is read from its first kept layer (DynamicCache reads layer 0, which may be skipped);
@@ -83,6 +206,9 @@ def keep_path(cache: DynamicCache, start: int, rows: list[int]) -> None:
     (a tree's accepted path); drop the rest."""
     for layer in initialized(cache):
         index = torch.tensor([start + r for r in rows], dtype=torch.long, device=layer.keys.device)
+        if isinstance(layer, BufferLayer):
+            layer.keep_path(start, index)
+            continue
         layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, index)], dim=-2)
         layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, index)], dim=-2)
 
