@@ -162,6 +162,29 @@ def thread_binding(logfile: Path) -> list[str]:
             if "core ids=" in line or "reserved_cpus=" in line]
 
 
+def run_worker(engine: str, label: str, what: str, cmd: list[str], env: dict, out: Path, logfile: Path,
+               timeout: int) -> dict:
+    """One peer's worker process (stdout and stderr into `logfile`; it writes its result JSON to
+    `out`): -> that result with the process's seconds and the load averages, or, when the process
+    fails, {"error": the log's tail, "rc": its exit status, ...}."""
+    load = os.getloadavg()[0]
+    log(f"{engine} {label}: {what} (load average {load:.2f})")
+    t0 = time.perf_counter()
+    with open(logfile, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0 or not out.exists():
+        tail = logfile.read_text()[-4000:]
+        log(f"{engine} {label} FAILED (rc {rc}); log tail:\n{tail}")
+        return {"label": label, "error": tail, "rc": rc, "process_s": wall, "load_avg_before": load}
+    res = json.loads(out.read_text())
+    res.update(process_s=wall, load_avg_at_start=load)
+    res["load_avg_before"], res["load_avg_after"] = res.get("load_avg_timed", [load, os.getloadavg()[0]])
+    return res
+
+
 def run_vllm(label: str, spec: dict | None, model_dir: Path, prompts_file: Path, args, workdir: Path) -> dict:
     out = args.out / "logs" / f"vllm_{label}.json"  # kept: a later failure loses no vLLM run
     logfile = args.out / "logs" / f"vllm_{label}.log"
@@ -174,22 +197,11 @@ def run_vllm(label: str, spec: dict | None, model_dir: Path, prompts_file: Path,
     if args.vllm_reserved_cpus is not None:  # default (None): vLLM's, one core kept for its scheduler process
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(args.vllm_reserved_cpus)
     env["VLLM_TARGET_DEVICE"] = "cpu"
-    load = os.getloadavg()[0]
-    log(f"vLLM {label}: {json.dumps(spec) if spec else 'plain'} (load average {load:.2f})")
-    t0 = time.perf_counter()
-    with open(logfile, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=args.timeout).returncode
-    wall = time.perf_counter() - t0
-    if rc != 0 or not out.exists():
-        tail = logfile.read_text()[-4000:]
-        log(f"vLLM {label} FAILED (rc {rc}); log tail:\n{tail}")
-        return {"label": label, "spec": spec, "error": tail, "rc": rc, "process_s": wall, "load_avg_before": load}
-    res = json.loads(out.read_text())
+    res = run_worker("vLLM", label, json.dumps(spec) if spec else "plain", cmd, env, out, logfile, args.timeout)
+    if "error" in res:
+        res["spec"] = spec
+        return res
     res["binding"] = thread_binding(logfile)
-    res.update(process_s=wall, load_avg_at_start=load)
-    res["load_avg_before"], res["load_avg_after"] = res.get("load_avg_timed", [load, os.getloadavg()[0]])
     out.write_text(json.dumps(res))
     return res
 
@@ -321,19 +333,7 @@ def run_llamacpp(label: str, gguf: Path, lookup: int, prompts_file: Path, args) 
            "--prompts", str(prompts_file), "--max-tokens", str(args.max_tokens), "--lookup", str(lookup),
            "--threads", str(args.threads), "--label", label, "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    load = os.getloadavg()[0]
-    log(f"llama.cpp {label}: {gguf.name}, lookup {lookup} (load average {load:.2f})")
-    with open(logfile, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=args.timeout).returncode
-    if rc != 0 or not out.exists():
-        tail = logfile.read_text()[-4000:]
-        log(f"llama.cpp {label} FAILED (rc {rc}); log tail:\n{tail}")
-        return {"label": label, "error": tail, "rc": rc, "load_avg_before": load}
-    res = json.loads(out.read_text())
-    res["load_avg_before"], res["load_avg_after"] = res.get("load_avg_timed", [load, os.getloadavg()[0]])
-    return res
+    return run_worker("llama.cpp", label, f"{gguf.name}, lookup {lookup}", cmd, env, out, logfile, args.timeout)
 
 
 def write_report(args, prompts, vres, dres, vsum, dsum, meta, lres=None, lsum=None) -> None:
