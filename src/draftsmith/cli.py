@@ -285,10 +285,16 @@ def cmd_serve(args) -> int:
 
 def cmd_bench_serve(args) -> int:
     from .data.questions import load_questions
-    from .bench.serving import run_serving_bench, write_report
+    from .bench.serving import long_prompt_text, run_serving_bench, write_report
 
     if any(c < 1 for c in args.concurrency):
         raise DraftsmithError("--concurrency values must be >= 1")
+    if args.long_prompt_tokens is not None and args.long_prompt_tokens < 1:
+        raise DraftsmithError("--long-prompt-tokens must be >= 1")
+    if args.long_prompt_at and not set(args.long_prompt_at) <= set(args.concurrency):
+        raise DraftsmithError(f"--long-prompt-at {args.long_prompt_at}: each must be one of --concurrency {args.concurrency}")
+    if args.request_timeout <= 0:
+        raise DraftsmithError("--request-timeout must be > 0 seconds")
     if args.rounds < 1 or args.requests_per_client < 1:
         raise DraftsmithError("--rounds and --requests-per-client must be >= 1")
     questions = load_questions(args.questions, per_category=args.per_category)
@@ -298,9 +304,18 @@ def cmd_bench_serve(args) -> int:
     methods = args.method or ["none", "ngram"]
     if methods[0] != "none":
         methods = ["none", *[m for m in methods if m != "none"]]
+    long_prompt = None
+    if args.long_prompt_tokens:
+        from transformers import AutoTokenizer
+
+        from .models import resolve_model
+
+        long_prompt = long_prompt_text(prompts, args.long_prompt_tokens,
+                                       AutoTokenizer.from_pretrained(resolve_model(args.model, progress=False)))
     rows = run_serving_bench(args.model, methods, prompts, args.concurrency, max_tokens=args.max_new_tokens,
                              requests_per_client=args.requests_per_client, rounds=args.rounds, dtype=args.dtype, max_batch=args.max_batch,
-                             threads=args.threads)
+                             threads=args.threads, long_prompt=long_prompt, long_prompt_at=args.long_prompt_at or None,
+                             request_timeout=args.request_timeout)
     if args.out:
         command = "draftsmith " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("draftsmith") else "draftsmith bench-serve"
         write_report(rows, Path(args.out), command,
@@ -396,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--requests-per-client", type=int, default=2)
     s.add_argument("--rounds", type=int, default=1, help="repeat every level, methods interleaved")
     s.add_argument("--max-batch", type=int, default=16)
+    s.add_argument("--long-prompt-tokens", type=int, help="also run each level with one prompt of about this many "
+                   "tokens arriving mid-run, and report the other requests' TTFT p99 with it against without it")
+    s.add_argument("--long-prompt-at", type=int, nargs="+", help="the levels the long-prompt probe runs at (default: every one)")
+    s.add_argument("--request-timeout", type=float, default=600.0, help="seconds a request may take before it "
+                   "counts as hung (the server gets the same timeout)")
     s.add_argument("--out", help="folder for report.md, results.json, throughput.png")
     s.set_defaults(func=cmd_bench_serve)
 

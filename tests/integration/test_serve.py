@@ -198,19 +198,65 @@ def test_bounded_load(client):
 
 
 def test_serving_benchmark_runs_and_reports(tmp_path):
-    from draftsmith.bench.serving import run_serving_bench, write_report
+    from draftsmith.bench.serving import long_prompt_text, run_serving_bench, write_report
 
     folder = tmp_path / "target"
     tok = tiny_tokenizer()
     tiny_model("llama", vocab=len(tok), seed=5, eos=tok.eos_token_id).model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    long = long_prompt_text(["the quick brown fox", "hello world"], 200, tok)
     rows = run_serving_bench(str(folder), ["none", "ngram:k=4"], ["the quick brown fox", "hello world"], [1, 2],
-                             max_tokens=8, requests_per_client=1, rounds=2, dtype="fp32", threads=1, progress=lambda _: None)
+                             max_tokens=8, requests_per_client=1, rounds=2, dtype="fp32", threads=1,
+                             long_prompt=long, long_prompt_at=[2], progress=lambda _: None)
     assert [(r["method"], r["concurrency"]) for r in rows] == [("none", 1), ("none", 2), ("ngram:k=4", 1), ("ngram:k=4", 2)]
     assert all(r["tokens_per_s"] > 0 and r["ttft_p50"] <= r["ttft_p99"] for r in rows)
     assert [r["requests"] for r in rows] == [4, 4, 4, 4]  # 2 rounds of max(2, 1 × clients) requests
+    assert [r["answered"] for r in rows] == [4, 4, 4, 4] and not any(r["refused"] + r["failed"] + r["hung"] for r in rows)
+    probed = [r for r in rows if "long_ttft_ratio" in r]
+    assert [r["concurrency"] for r in probed] == [2, 2]  # only where asked
+    assert all(r["long_prompt_tokens"] >= 200 and r["long_answered"] == 6 for r in probed)  # 2 rounds x (2 + the long one)
     write_report(rows, tmp_path / "out", "cmd", "header")
-    assert "| ngram:k=4 | 2 |" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| ngram:k=4 | 2 | 4 | 4 | 0 / 0 / 0 |" in report and "arriving mid-run" in report
+
+
+def test_serving_benchmark_counts_refused_broken_and_hung_requests_instead_of_stopping(monkeypatch):
+    """Guards: one 429 or a dropped stream raised out of the benchmark and lost the whole run, and a
+    request that never answered hung it."""
+    import asyncio
+
+    import httpx
+
+    from draftsmith.bench.serving import _level, summarize
+
+    done = "data: [DONE]\n\n"
+    chunk = 'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n'
+    usage = 'data: {"choices": [], "usage": {"completion_tokens": 1, "prompt_tokens": 3}}\n\n'
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["messages"][0]["content"]
+        if prompt == "full":
+            return httpx.Response(429, json={"error": {"message": "queue full"}})
+        if prompt == "broken":
+            return httpx.Response(200, text=chunk)  # no [DONE]
+        if prompt == "slow":
+            await asyncio.sleep(30)
+        return httpx.Response(200, text=chunk + usage + done)
+
+    transport = httpx.MockTransport(handler)
+    real = httpx.AsyncClient
+
+    class Mocked(real):
+        def __init__(self, *a, **kw):
+            kw.pop("limits", None)
+            super().__init__(*a, transport=transport, **kw)
+
+    monkeypatch.setattr(httpx, "AsyncClient", Mocked)
+    level = asyncio.run(_level("http://x", ["ok", "full", "broken", "slow"], 2, 4, 4, timeout=1.0))
+
+    row = summarize(level)
+    assert (row["answered"], row["refused"], row["failed"], row["hung"]) == (1, 1, 1, 1)
+    assert row["requests"] == 4 and level["tokens"] == 1
 
 
 # ----- OpenAI compatibility, through the official client (issue 21) -------------------------------
