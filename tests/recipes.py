@@ -23,6 +23,7 @@ without a recipe fails CI there.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -131,6 +132,16 @@ def _dm(k: int, adaptive: bool = False, confidence: float = 0.0, self_draft: boo
     def make(target, arch, tmp_path, draft=None):
         lm = CausalLM(target.model) if self_draft else draft_lm(target, arch, draft)
         return build_drafter("draft_model", model=CausalLM(lm.model), k=k, adaptive=adaptive, confidence=confidence)
+    return make
+
+
+def _online(k: int = 3):
+    """An online drafter whose draft model trains hard while the matrix runs (lr 1e-2, 8 steps a
+    finished row): its weights change between rows and mid-row, and every output must not."""
+    def make(target, arch, tmp_path, draft=None):
+        lm = copy.deepcopy(draft_lm(target, arch, draft).model)  # it trains the weights it drafts with: a copy of its own
+        dm = build_drafter("draft_model", model=CausalLM(lm), k=k, adaptive=False, confidence=0.0)
+        return build_drafter("online", drafter=dm, lr=1e-2, batch=2, steps_per_row=8, seed=0)
     return make
 
 
@@ -245,6 +256,8 @@ RECIPES: dict[str, Recipe] = {
     "suffix-batch": Recipe(_named("suffix", max_depth=12, max_cached_requests=4, min_token_prob=0.05), "suffix",
                            trees=True, batch=True),
     "draft_model-k3": Recipe(_dm(3), "draft_model", sampled_q=True, batch=True, sampling=("t1", "t0.7-topk3", "topp0.8")),
+    # online speculative decoding: the draft model trained in a background thread on finished rows
+    "online": Recipe(_online(), "online", sampled_q=True, greedy=True, batch=True, sampling=("t1",)),
     "draft_model-vocab-third": Recipe(_dm_vocab(lambda v: list(range(0, v, 3))), "draft_model", sampled_q=True,
                                       batch=True),
     # --- sampling (exact distribution on a tiny vocabulary) ---

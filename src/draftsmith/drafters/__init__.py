@@ -28,6 +28,7 @@ from .union import UnionDrafter
 from .suffix import SuffixDrafter
 from .rasd import RasdDrafter
 from .early_exit import EarlyExitDrafter
+from .online import OnlineDrafter
 
 
 def _value(text: str):
@@ -123,6 +124,6 @@ def build_drafter(name: str | dict | Drafter = "none", **options) -> DrafterBase
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "LayerSkipDrafter", "CascadeDrafter", "UnionDrafter", "SuffixDrafter", "RasdDrafter", "EarlyExitDrafter", "HierarchyDrafter",
+__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "LayerSkipDrafter", "CascadeDrafter", "UnionDrafter", "SuffixDrafter", "RasdDrafter", "EarlyExitDrafter", "OnlineDrafter", "HierarchyDrafter",
            "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter", "Eagle3Drafter",
            "build_drafter", "parse_spec", "register", "REGISTRY"]
