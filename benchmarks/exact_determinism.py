@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--drafters", default="none,ngram", help="comma-separated drafter specs")
+    ap.add_argument("--exact", choices=("both", "yes", "no"), default="both", help="which modes to run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,14 +60,16 @@ def main() -> None:
     prompts = [target.encode(v[0]) for v in list(by_cat.values())[:8]]
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     lines = ["# Greedy answers against batch composition (bf16)", "",
-             f"`.venv/bin/python benchmarks/exact_determinism.py --out {args.out}`", "",
+             f"`.venv/bin/python benchmarks/exact_determinism.py --drafters {args.drafters} --exact {args.exact} "
+             f"--max-new-tokens {args.max_new_tokens} --out {args.out}`", "",
              f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch threads {args.threads}, "
              f"SmolLM2-135M-Instruct bf16, {args.max_new_tokens} new tokens, 8 Spec-Bench prompts (first of 8 "
              "categories), BatchDecoder as the server's engine drives it (k_max 8, no SmartSpec).", "",
              "| drafter | exact | with 7 others | joining late | 8 copies at once | seconds |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for drafter in ("none", "ngram"):
-        for exact in (False, True):
+    modes = {"both": (False, True), "yes": (True,), "no": (False,)}[args.exact]
+    for drafter in [d for d in args.drafters.split(",") if d]:
+        for exact in modes:
             t0 = time.perf_counter()
             dec = BatchDecoder(target, drafter, exact=exact, smartspec=False)
             alone = [answers(dec, [p], params)[0] for p in prompts]

@@ -488,3 +488,32 @@ def test_a_request_timing_out_in_the_queue_leaves_it(serve):
                "the queue to drop it", timeout=1)
         assert not running.done()  # it left the queue while the row was still busy
         assert running.result().status_code == 200
+
+
+# ----- online speculative decoding -------------------------------------------------------------
+def test_an_online_drafter_learns_from_served_requests_and_answers_stay_plain(target):
+    """Online SD in the server: every finished request is trained on in the background and the
+    new weights reach the rows (the metrics count both), while each greedy answer stays the
+    plain one. Guards a drafter whose `finish` the engine never calls (nothing learned) and a
+    weight swap that changes output."""
+    from draftsmith import build_drafter
+
+    lm = tiny_model("llama", vocab=target.vocab_size, seed=1, max_len=256)
+    dm = build_drafter("draft_model", model=CausalLM(lm.model), k=4, adaptive=False, confidence=0.0)
+    online = Served(Engine(target, build_drafter("online", drafter=dm, lr=1e-2, batch=2, steps_per_row=4),
+                           smartspec=False, max_batch=4))
+    plain = Served(Engine(target, "none", smartspec=False, max_batch=4))
+    try:
+        prompts = [PROMPT, "hello world", "a b c d", PROMPT]
+        want = [plain.complete(p).json()["choices"][0]["text"] for p in prompts]
+        with cf.ThreadPoolExecutor(2) as pool:  # two at a time: rows share steps
+            got = list(pool.map(lambda p: online.complete(p).json()["choices"][0]["text"], prompts))
+        assert got == want
+        online.wait(lambda: online.metric("draftsmith_drafter_rows_learned") == 4, "4 rows learned")
+        online.wait(lambda: online.metric("draftsmith_drafter_train_steps") >= 1, "a training step")
+        assert online.complete(PROMPT).json()["choices"][0]["text"] == want[0]  # drafted with published weights
+        assert online.metric("draftsmith_drafter_updates") >= 1
+        assert online.health().status_code == 200
+    finally:
+        online.close()
+        plain.close()

@@ -135,6 +135,21 @@ class Metrics:
         self.tau.set_function(lambda: self._ratio(self.tokens, self.steps))
         self.acceptance.set_function(lambda: self._ratio(self.accepted, self.drafted))
 
+    def watch_drafter(self, drafter) -> None:
+        """A drafter that learns while serving (`online`): its trainer's steps and the weight
+        versions published to the rows, beside the acceptance counters (acceptance over time is
+        their rate)."""
+        learner = getattr(drafter, "learner", None)
+        if learner is None:
+            return
+        r = self.registry
+        Gauge("draftsmith_drafter_train_steps", "Optimizer steps the online drafter's trainer took",
+              registry=r).set_function(lambda: learner.version)
+        Gauge("draftsmith_drafter_updates", "Trained weight versions published to the drafting rows",
+              registry=r).set_function(lambda: learner.published)
+        Gauge("draftsmith_drafter_rows_learned", "Finished requests the online drafter trained on",
+              registry=r).set_function(lambda: learner.rows_seen)
+
     @staticmethod
     def _ratio(a: Counter, b: Counter) -> float:
         den = b._value.get()
@@ -178,6 +193,7 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_restarts, self.restart_window, self.stall_timeout = max_restarts, restart_window, stall_timeout
         self.metrics = Metrics()
+        self.metrics.watch_drafter(self.decoder.drafter)
         self.jobs = JobQueue(max_queue)
         self.active: dict[int, tuple[Row, Job, float]] = {}  # id(row) -> (row, job, start time)
         self.restarts = 0
