@@ -61,7 +61,7 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     lines = ["# Greedy answers against batch composition (bf16)", "",
              f"`.venv/bin/python benchmarks/exact_determinism.py --drafters {args.drafters} --exact {args.exact} "
-             f"--max-new-tokens {args.max_new_tokens} --out {args.out}`", "",
+             f"--max-new-tokens {args.max_new_tokens} --threads {args.threads} --out {args.out}`", "",
              f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, torch threads {args.threads}, "
              f"SmolLM2-135M-Instruct bf16, {args.max_new_tokens} new tokens, 8 Spec-Bench prompts (first of 8 "
              "categories), BatchDecoder as the server's engine drives it (k_max 8, no SmartSpec).", "",
