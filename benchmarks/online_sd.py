@@ -77,7 +77,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--window", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-5)
+    ap.add_argument("--warmup", type=int, default=16)
     ap.add_argument("--steps-per-row", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/smollm2-135m-bf16-online-sd"))
@@ -89,7 +90,7 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=args.max_new_tokens)
     dm = f"draft_model:model={args.drafter}"
     variants = {"frozen": dm,
-                "online": f"online:drafter=[{dm}],lr={args.lr},steps_per_row={args.steps_per_row}"}
+                "online": f"online:drafter=[{dm}],lr={args.lr},steps_per_row={args.steps_per_row},warmup={args.warmup}"}
     runs = {}
     for name, spec in variants.items():
         dec = BatchDecoder(target, spec, smartspec=False)
@@ -122,7 +123,7 @@ def main() -> None:
     curves = {n: windows(r) for n, r in runs.items()}
     cmd = (f".venv/bin/python benchmarks/online_sd.py --topic {args.topic} --skip {args.skip} --requests {args.requests} "
            f"--concurrency {args.concurrency} --max-new-tokens {args.max_new_tokens} --lr {args.lr} "
-           f"--steps-per-row {args.steps_per_row} --threads {args.threads} --out {args.out}")
+           f"--steps-per-row {args.steps_per_row} --warmup {args.warmup} --threads {args.threads} --out {args.out}")
     lines = [f"# Online speculative decoding on a repeated-topic stream ({args.model}, bf16, greedy)", "",
              f"Made by `benchmarks/online_sd.py` (its docstring says how). Command:", "", f"    {cmd}", "",
              f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, {args.threads} threads. {len(prompts)} ShareGPT "
