@@ -136,12 +136,12 @@ def _dm(k: int, adaptive: bool = False, confidence: float = 0.0, self_draft: boo
 
 
 def _online(k: int = 3):
-    """An online drafter whose draft model trains hard while the matrix runs (lr 1e-2, 8 steps a
+    """An online drafter whose draft model trains hard while the matrix runs (lr 1e-2, 2 steps a
     finished row): its weights change between rows and mid-row, and every output must not."""
     def make(target, arch, tmp_path, draft=None):
         lm = copy.deepcopy(draft_lm(target, arch, draft).model)  # it trains the weights it drafts with: a copy of its own
         dm = build_drafter("draft_model", model=CausalLM(lm), k=k, adaptive=False, confidence=0.0)
-        return build_drafter("online", drafter=dm, lr=1e-2, batch=2, steps_per_row=8, seed=0)
+        return build_drafter("online", drafter=dm, lr=1e-2, batch=2, steps_per_row=2, warmup=0, seed=0)
     return make
 
 
