@@ -128,9 +128,9 @@ class OnlineLearner:
                     self.cond.wait()
                 if self.stopped:
                     return
+                self.busy = True  # before the budget falls: `idle` reads both without the lock
                 self.budget -= 1
                 rows = self._pick()
-                self.busy = True
             try:
                 self._step(rows)
                 self.busy = False
