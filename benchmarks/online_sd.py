@@ -26,6 +26,7 @@ import torch
 
 import draftsmith
 from draftsmith import BatchDecoder, SamplingParams
+from draftsmith.bench.serving import percentile
 from draftsmith.data.sharegpt import sharegpt_instructions, sharegpt_path
 
 
@@ -60,11 +61,6 @@ def serve(dec: BatchDecoder, prompts: list[list[int]], params: SamplingParams, c
                 del rows[i]
     wall = time.perf_counter() - t0
     return {"requests": [results[i] for i in range(len(prompts))], "steps": steps, "wall": wall}
-
-
-def pct(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
 def main() -> None:
@@ -140,8 +136,8 @@ def main() -> None:
         acc = sum(x["accepted"] for x in r["requests"]) / max(1, sum(x["drafted"] for x in r["requests"]))
         tps = sum(x["tokens"] for x in r["requests"]) / r["wall"]
         tr = r.get("trainer", {})
-        lines.append(f"| {n} | {acc:.3f} | {tps:.1f} | {pct(r['steps'], 0.5) * 1e3:.0f} ms | "
-                     f"{pct(r['steps'], 0.99) * 1e3:.0f} ms | {max(r['steps']) * 1e3:.0f} ms | {tr.get('steps', '-')} |")
+        lines.append(f"| {n} | {acc:.3f} | {tps:.1f} | {percentile(r['steps'], 0.5) * 1e3:.0f} ms | "
+                     f"{percentile(r['steps'], 0.99) * 1e3:.0f} ms | {max(r['steps']) * 1e3:.0f} ms | {tr.get('steps', '-')} |")
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib

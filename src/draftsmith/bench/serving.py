@@ -166,7 +166,8 @@ def long_prompt_text(prompts: list[str], tokens: int, tokenizer=None) -> str:
     return "".join(parts)
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The value at quantile q of `values` (nearest rank; NaN when empty)."""
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
 
@@ -176,8 +177,8 @@ def summarize(level: dict) -> dict:
     ok = [r for r in rs if r["outcome"] == "answered"]
     return {"concurrency": level["concurrency"], "requests": level["requests"],
             "tokens_per_s": level["tokens"] / level["wall"],
-            "ttft_p50": _pct([r["ttft"] for r in ok], 0.5), "ttft_p99": _pct([r["ttft"] for r in ok], 0.99),
-            "tpot_p50": _pct([r["tpot"] for r in ok], 0.5), "tpot_p99": _pct([r["tpot"] for r in ok], 0.99),
+            "ttft_p50": percentile([r["ttft"] for r in ok], 0.5), "ttft_p99": percentile([r["ttft"] for r in ok], 0.99),
+            "tpot_p50": percentile([r["tpot"] for r in ok], 0.5), "tpot_p99": percentile([r["tpot"] for r in ok], 0.99),
             **{o: sum(r["outcome"] == o for r in rs) for o in OUTCOMES},
             "problems": sorted({f"{r['outcome']}: {r['detail']}" for r in rs if r["outcome"] != "answered"})[:5]}
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DraftsmithError, IncompatibleDrafterError
+from ..train.batches import rollout_batch
 from ..types import Draft, VerifyResult
 from .base import DraftContext, DrafterBase, register
 from .draft_model import DraftModelDrafter
@@ -151,28 +152,19 @@ class OnlineLearner:
         return rows
 
     def _step(self, rows: list[tuple[list[int], list[int]]]) -> None:
-        seqs, masks = [], []
-        for prompt, answer in rows:
+        trimmed = []
+        for prompt, answer in rows:  # the last max_len tokens, so a long prompt keeps its answer
             seq = (prompt + answer)[-self.max_len:]
             n_answer = min(len(answer), len(seq) - 1)
-            mask = [0] * (len(seq) - 1 - n_answer) + [1] * n_answer  # position t predicts seq[t + 1]
-            seqs.append(seq)
-            masks.append(mask)
-        T = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)  # [B, T]
-        attention = torch.zeros((len(seqs), T), dtype=torch.long)        # [B, T]
-        loss_mask = torch.zeros((len(seqs), T - 1), dtype=torch.bool)    # [B, T-1]
-        for i, (s, m) in enumerate(zip(seqs, masks)):
-            ids[i, : len(s)] = torch.tensor(s)
-            attention[i, : len(s)] = 1
-            loss_mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-        device = next(self.model.parameters()).device
-        ids, attention, loss_mask = ids.to(device), attention.to(device), loss_mask.to(device)
+            trimmed.append({"prompt_ids": seq[: len(seq) - n_answer], "response_ids": seq[len(seq) - n_answer:]})
+        batch = rollout_batch(trimmed, self.pad_id, self.max_len).to(next(self.model.parameters()).device)
+        ids, attention = batch.ids, batch.attention    # [B, T]
+        loss_mask = batch.loss_mask[:, :-1].bool()     # [B, T-1] position t predicts ids[t + 1]
         labels = ids[:, 1:]  # [B, T-1]
         head = self.model.get_output_embeddings()
         hidden = self.model.base_model(input_ids=ids, attention_mask=attention).last_hidden_state[:, :-1]  # [B, T-1, H]
         if self.index is not None:
-            labels = self.index.to(device)[labels]  # [B, T-1] index in the subset, -1 outside it
+            labels = self.index.to(ids.device)[labels]  # [B, T-1] index in the subset, -1 outside it
             loss_mask &= labels >= 0
             logits = head.subset(hidden[loss_mask])  # [N, V_sub]
         else:
