@@ -95,3 +95,31 @@ def test_bad_options_are_one_clear_message(options, needle):
 def test_only_a_draft_model_can_be_trained_online():
     with pytest.raises(IncompatibleDrafterError, match="online trains a draft model"):
         build_drafter("online", drafter="ngram")
+
+
+def test_a_process_exiting_while_the_drafter_trains_exits_cleanly(tmp_path):
+    """Bug guard: the trainer is a daemon thread; a process that ended while it was inside torch
+    (training or waiting) aborted at exit ("terminate called without an active exception", rc 134)
+    after every answer had been given. The learner now stops at interpreter exit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "serve_and_exit.py"
+    script.write_text(
+        "import copy\n"
+        "from draftsmith import CausalLM, SamplingParams, SpeculativeDecoder, build_drafter\n"
+        "from tests.conftest import tiny_model\n"
+        "t = tiny_model('llama')\n"
+        "lm = tiny_model('llama', vocab=t.vocab_size, seed=1)\n"
+        "dm = build_drafter('draft_model', model=CausalLM(copy.deepcopy(lm.model)), k=3, adaptive=False, confidence=0.0)\n"
+        "dec = SpeculativeDecoder(t, build_drafter('online', drafter=dm, lr=1e-2, steps_per_row=50))\n"
+        "for p in ([1, 2, 3], [4, 5, 6]):\n"
+        "    dec.generate(p, SamplingParams(max_new_tokens=8))\n"
+        "print('answered')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert "answered" in done.stdout
+    assert done.returncode == 0, done.stderr[-500:]

@@ -28,6 +28,7 @@ training; drafting goes on with the last published weights.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import threading
@@ -88,6 +89,7 @@ class OnlineLearner:
             self.index[head.token_ids.cpu()] = torch.arange(head.token_ids.numel())
         self.thread = threading.Thread(target=self._run, name="draftsmith-online-sd", daemon=True)
         self.thread.start()
+        atexit.register(self.stop)  # a daemon thread still inside torch at interpreter exit aborts the process
 
     # ----- the serving side ---------------------------------------------------------------------
     def add(self, prompt: list[int], answer: list[int]) -> None:
@@ -116,10 +118,12 @@ class OnlineLearner:
         return self.stopped or (self.budget <= 0 and not self.busy)
 
     def stop(self) -> None:
+        """End training: the thread finishes the step it is in (if any) and returns."""
         with self.cond:
             self.stopped = True
             self.cond.notify()
         self.thread.join(timeout=30)
+        atexit.unregister(self.stop)
 
     # ----- the trainer thread -------------------------------------------------------------------
     def _run(self) -> None:
