@@ -145,6 +145,15 @@ def _online(k: int = 3):
     return make
 
 
+def _pard(k: int = 3):
+    """A PARD drafter: the tiny draft model with the last id as its mask token (never trained for
+    it, so its later positions are poor guesses; outputs must equal plain decoding all the same)."""
+    def make(target, arch, tmp_path, draft=None):
+        lm = draft_lm(target, arch, draft)
+        return build_drafter("pard", model=CausalLM(lm.model), k=k, mask_token=target.vocab_size - 1)
+    return make
+
+
 def _dm_vocab(ids: Callable[[int], list[int]], k: int = 3):
     def make(target, arch, tmp_path, draft=None):
         folder = Path(tmp_path) / f"draft-model-vocab-{arch}"
@@ -258,6 +267,8 @@ RECIPES: dict[str, Recipe] = {
     "draft_model-k3": Recipe(_dm(3), "draft_model", sampled_q=True, batch=True, sampling=("t1", "t0.7-topk3", "topp0.8")),
     # online speculative decoding: the draft model trained in a background thread on finished rows
     "online": Recipe(_online(), "online", sampled_q=True, greedy=True, batch=True, sampling=("t1",)),
+    # parallel drafting: k tokens from one draft forward (mask tokens)
+    "pard": Recipe(_pard(), "pard", sampled_q=True, greedy=True, batch=True, sampling=("t1",)),
     "draft_model-vocab-third": Recipe(_dm_vocab(lambda v: list(range(0, v, 3))), "draft_model", sampled_q=True,
                                       batch=True),
     # --- sampling (exact distribution on a tiny vocabulary) ---

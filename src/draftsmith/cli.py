@@ -193,10 +193,12 @@ def cmd_models(args) -> int:
 
 def cmd_export(args) -> int:
     from .drafters.heads.export import export_heads
-    from .catalog import SHIPPED_HEADS, packs_root
+    from .catalog import SHIPPED_DRAFTERS, SHIPPED_HEADS, packs_root, shipped_drafter_dir
 
     heads = args.heads
-    if not Path(heads).expanduser().exists():  # a target's shipped heads of --kind
+    if not Path(heads).expanduser().exists() and heads in SHIPPED_DRAFTERS:  # a shipped draft model
+        heads = str(shipped_drafter_dir(heads))
+    elif not Path(heads).expanduser().exists():  # a target's shipped heads of --kind
         if (heads, args.kind) not in SHIPPED_HEADS:
             shipped = sorted(k for t, k in SHIPPED_HEADS if t == heads and k in ("eagle", "eagle3"))
             raise DraftsmithError(f"{heads!r} is neither a heads folder nor a target with shipped {args.kind} heads"
@@ -419,9 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for report.md, results.json, throughput.png")
     s.set_defaults(func=cmd_bench_serve)
 
-    e = sub.add_parser("export", help="EAGLE or EAGLE-3 heads as a folder vLLM or SGLang loads as a draft model")
-    e.add_argument("heads", help="an EAGLE or EAGLE-3 heads folder (`train heads --kind eagle|eagle3`), or a target "
-                   "whose heads of --kind ship")
+    e = sub.add_parser("export", help="EAGLE or EAGLE-3 heads, or a draft model (draft_model, pard), as a folder vLLM "
+                       "or SGLang loads as a draft model")
+    e.add_argument("heads", help="an EAGLE or EAGLE-3 heads folder (`train heads --kind eagle|eagle3`), a target "
+                   "whose heads of --kind ship, or a draft model folder or shipped drafter name (`train pretrain|distill|pard`; "
+                   "the speculative_config to pass is written beside it)")
     e.add_argument("--kind", choices=["eagle", "eagle3"], default="eagle",
                    help="with a target name: which of its shipped heads (default: eagle)")
     e.add_argument("--engine", required=True, choices=["vllm", "sglang"])

@@ -29,6 +29,7 @@ from .suffix import SuffixDrafter
 from .rasd import RasdDrafter
 from .early_exit import EarlyExitDrafter
 from .online import OnlineDrafter
+from .pard import PardDrafter
 
 
 def _value(text: str):

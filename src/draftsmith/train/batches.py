@@ -1,5 +1,8 @@
 """Training batches. A batch is `ids` [B, T], `attention` [B, T] (1 = real token) and `loss_mask`
-[B, T] (1 where the token at t+1 is a training target for position t)."""
+[B, T] (1 where the token at t+1 is a training target for position t). A layout that is not one
+causal sequence (PARD's mask blocks, train/pard.py) gives `attention` as a [B, 1, T, T] boolean
+mask with `positions` [B, T] and `labels` [B, T] (the token each position predicts, -100 where
+none) instead of the next-token shift."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ class Batch:
     prompts: list[list[int]] | None = None  # for on-policy resampling of the responses
     target_hidden: torch.Tensor | None = None  # [N, H] the target's last hidden state at each loss position
                                                # (row-major order of loss_mask), when it comes from a feature file
+    positions: torch.Tensor | None = None  # [B, T] position ids (None: 0 .. T-1)
+    labels: torch.Tensor | None = None     # [B, T] the token each position predicts (None: ids[t + 1] where loss_mask)
 
     @property
     def tokens(self) -> int:
@@ -26,8 +31,9 @@ class Batch:
         """The batch with its tensors on `device` (itself when they are there already)."""
         if self.ids.device == torch.device(device):
             return self
-        return Batch(self.ids.to(device), self.attention.to(device), self.loss_mask.to(device), self.prompts,
-                     None if self.target_hidden is None else self.target_hidden.to(device))
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(move(self.ids), move(self.attention), move(self.loss_mask), self.prompts,
+                     move(self.target_hidden), move(self.positions), move(self.labels))
 
 
 def pack_texts(token_lists: Iterable[list[int]], seq_len: int, max_tokens: int) -> torch.Tensor:

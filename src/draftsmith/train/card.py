@@ -85,6 +85,11 @@ def write_card(out: Path, target, model, record: dict, results: str | None = Non
         h = extra["held_out"]
         lines.append(f"- held-out sequences ({h['tokens']} tokens): top-1 agreement {h['top1_agreement']}, "
                      f"TVD(p, q) {h['tvd']} (one sampled draft token is accepted with probability 1 - TVD)")
+    if "pard_held_out" in extra:
+        h = extra["pard_held_out"]
+        lines.append(f"- parallel drafting (PARD): mask token {extra.get('pard_token')} (`pard_token` in config.json), "
+                     f"k {extra.get('pard_k')}; held-out top-1 agreement with the data by draft position, given the "
+                     f"true prefix ({h['rows']} rows): " + ", ".join(f"{a:.3f}" for a in h["agreement_by_position"]))
     lines += ["", "Never trained on any evaluation set (Spec-Bench, MT-bench, HumanEval, GSM8K)."]
     if results:
         lines += ["", "## Measured", "", results]

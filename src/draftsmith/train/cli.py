@@ -88,6 +88,20 @@ def add_train_parser(sub) -> None:
     k.add_argument("--adaspec-keep", type=float, default=0.4, help="AdaSPEC: fraction of tokens kept")
     k.set_defaults(func=cmd_distill)
 
+    r = stages.add_parser("pard", help="PARD: adapt a draft model to draft k tokens in one forward (mask tokens)")
+    _common(r, steps=600, lr=3e-4, batch=8)
+    r.add_argument("--drafter", required=True, help="draft model folder or pack name to start from")
+    r.add_argument("--data", required=True,
+                   help="rollouts JSONL from `draftsmith train data` (the target's answers), or `sharegpt` / a ShareGPT .json")
+    r.add_argument("--k", type=int, default=4, help="tokens per draft it learns to predict (default 4)")
+    r.add_argument("--keep", type=float, default=0.8,
+                   help="COD: each deeper mask block keeps this fraction of the anchors of the one before (default 0.8)")
+    r.add_argument("--mask-token", type=int,
+                   help="the mask token id (default: the drafter's pard_token, else the largest id unused by the data)")
+    r.add_argument("--limit", type=int, help="use at most this many training rows")
+    r.add_argument("--max-len", type=int, default=512)
+    r.set_defaults(func=cmd_pard)
+
     h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3) on the frozen target")
     h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3")
     h.add_argument("--target", default=DEFAULT_MODEL)
@@ -191,6 +205,18 @@ def cmd_distill(args) -> int:
         raise DraftsmithError("--limit must be >= 1")
     out = distill(_target(args.target, args.device), args.drafter, args.data, cfg, max_len=args.max_len, features=args.features,
                   limit=args.limit)
+    print(out)
+    return 0
+
+
+def cmd_pard(args) -> int:
+    from .pard import train_pard
+
+    cfg = _config(args, "pard", "ce")
+    if args.k < 1 or not 0.0 < args.keep <= 1.0 or (args.limit is not None and args.limit < 1):
+        raise DraftsmithError("--k and --limit must be >= 1 and --keep in (0, 1]")
+    out = train_pard(_target(args.target, args.device), args.drafter, args.data, cfg, k=args.k, keep=args.keep,
+                     mask_token=args.mask_token, max_len=args.max_len, limit=args.limit)
     print(out)
     return 0
 

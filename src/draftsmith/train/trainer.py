@@ -9,6 +9,7 @@ may be made on the CPU.
 
 Stages (the loss per training token):
 - pretrain  next-token cross-entropy on packed text.
+- pard      cross-entropy over PARD's layout (train/pard.py): the sequence and its mask blocks.
 - distill   a distance between the target's p and the drafter's q (losses.py) on
             target-generated answers. Options: DistillSpec on-policy data (with probability
             `on_policy` a batch's answers are resampled from the drafter itself, and the
@@ -45,7 +46,7 @@ from .losses import LOSSES, fkl, per_token_loss
 
 @dataclass
 class TrainConfig:
-    stage: str                       # pretrain | distill
+    stage: str                       # pretrain | distill | pard
     out: str
     steps: int
     batch_size: int = 8
@@ -67,12 +68,14 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # recorded in the model card
 
     def check(self) -> None:
-        if self.stage not in ("pretrain", "distill"):
+        if self.stage not in ("pretrain", "distill", "pard"):
             raise DraftsmithError(f"unknown stage {self.stage!r}")
         if self.loss != "ce" and self.loss not in LOSSES:
             raise DraftsmithError(f"unknown loss {self.loss!r}; choose ce or one of {', '.join(LOSSES)}")
         if self.stage == "distill" and self.loss == "ce":
             raise DraftsmithError(f"distill needs a distillation loss: {', '.join(LOSSES)}")
+        if self.stage == "pard" and self.loss != "ce":
+            raise DraftsmithError("pard trains with cross-entropy on the data's tokens (loss ce)")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise DraftsmithError("steps and batch size must be >= 1 and lr > 0")
         if not 0.0 <= self.on_policy <= 1.0 or not 0.0 < self.adaspec_keep <= 1.0:
@@ -91,12 +94,13 @@ class SelectedLogits(nn.Module):
         self.lm = lm
         self.vocab_ids = vocab_ids
 
-    def forward(self, ids: torch.Tensor, attention: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, attention: torch.Tensor, select: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         lm = self.lm
         if hasattr(lm, "model") and hasattr(lm, "lm_head") and not getattr(lm.config, "final_logit_softcapping", None):
-            hidden = lm.model(input_ids=ids, attention_mask=attention).last_hidden_state  # [B, T, H]
+            hidden = lm.model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state  # [B, T, H]
             return subset_logits(lm.lm_head, hidden[select], self.vocab_ids)  # [N, V or N_vocab]
-        logits = lm(input_ids=ids, attention_mask=attention).logits[select]  # [N, V]
+        logits = lm(input_ids=ids, attention_mask=attention, position_ids=positions).logits[select]  # [N, V]
         return logits if self.vocab_ids is None else logits[:, self.vocab_ids]
 
 
@@ -190,12 +194,16 @@ def train(drafter: nn.Module, get_batch: Callable[[int], Batch], cfg: TrainConfi
             batch = resample(acc.unwrap_model(model).lm, batch, generator)
             model.train()
         batch = batch.to(device)
-        select = batch.loss_mask.bool()  # [B, T]
-        labels = batch.ids[:, 1:][select[:, :-1]]  # [N] token ids
+        if batch.labels is not None:  # a layout with its own labels (PARD's mask blocks)
+            select = batch.labels >= 0  # [B, T]
+            labels = batch.labels[select]  # [N] token ids
+        else:
+            select = batch.loss_mask.bool()  # [B, T]
+            labels = batch.ids[:, 1:][select[:, :-1]]  # [N] token ids
         if column is not None:  # as columns of the training vocabulary; -1 outside it
             labels = torch.where(labels < len(column), column[labels.clamp(max=len(column) - 1)], -1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            q_logits = model(batch.ids, batch.attention, select)  # [N, V or N_vocab]
+            q_logits = model(batch.ids, batch.attention, select, batch.positions)  # [N, V or N_vocab]
         q_logits = q_logits.float()
         p_logits = None
         valid = torch.ones(q_logits.shape[0], dtype=torch.bool, device=device)  # [N]

@@ -62,6 +62,15 @@ draft id + d2t[draft id]), the next draft step fed the layer's output before the
           hot_token_id), `t2d`. SGLang's EAGLE-3 layer always starts the residual at the fused
           feature before the hidden norm, so heads with `norm_before_residual` are refused.
           Use: --speculative-algorithm EAGLE3 --speculative-draft-model-path DIR.
+
+Draft models (`draft_model` and `pard` drafters, `draftsmith train`): a plain causal LM folder,
+written as it is minus the draft vocabulary (vLLM loads every `*.safetensors`; outside draftsmith
+the tied LM head drafts over the whole vocabulary). vLLM: speculative_config={"method":
+"draft_model", "model": DIR, "num_speculative_tokens": k}; a PARD drafter adds "parallel_drafting":
+true, and vLLM reads the mask id from `pard_token` in config.json (`v1/spec_decode/
+llm_base_proposer.py`, `_init_parallel_drafting_params`), so the export refuses a PARD drafter
+without one. SGLang: --speculative-algorithm STANDALONE --speculative-draft-model-path DIR (not
+run here: SGLang has no CPU wheel on PyPI).
 """
 
 from __future__ import annotations
@@ -96,12 +105,14 @@ def export_heads(heads: str | Path, engine: str, out: str | Path, verifier: str 
     cfg_file = heads / "config.json"
     config = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
     kind = config.get("draftsmith_heads", {}).get("kind")
-    if kind not in KINDS:
+    if kind not in KINDS and not (kind is None and any(str(a).endswith("ForCausalLM") for a in config.get("architectures", []))):
         raise DraftsmithError(f"{heads}: export takes EAGLE heads, EAGLE(-1) or EAGLE-3, written by `draftsmith train "
-                              "heads --kind eagle` or `--kind eagle3`"
+                              "heads --kind eagle` or `--kind eagle3`, or a draft model folder"
                               + (f"; these are {kind} heads, which vLLM and SGLang have no loader for" if kind else ""))
     if out.resolve() == heads.resolve():
         raise DraftsmithError("export: --out must be another folder than the heads'")
+    if kind is None:  # a draft model folder
+        return export_draft_model(heads, engine, out)
     weights = load_file(str(heads / "model.safetensors"))
     if kind == "eagle":
         files = _eagle(heads, engine, config, weights)
@@ -120,6 +131,37 @@ def export_heads(heads: str | Path, engine: str, out: str | Path, verifier: str 
         torch.save(value, out / name)
     if (heads / "README.md").is_file():
         shutil.copyfile(heads / "README.md", out / "README.md")
+    return out
+
+
+DRAFT_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "README.md")
+
+
+def export_draft_model(model: str | Path, engine: str, out: str | Path) -> Path:
+    """The draft model folder `model` as `engine` loads it (see the module docstring): its files
+    but the draft vocabulary. The speculative_config to pass is written beside it
+    (`speculative_config.json`)."""
+    model, out = Path(model).expanduser(), Path(out).expanduser()
+    config = json.loads((model / "config.json").read_text())
+    if not (model / "model.safetensors").is_file():
+        raise DraftsmithError(f"{model}: no model.safetensors (a draft model folder written by `draftsmith train`)")
+    foreign = [f.name for f in out.glob("*.safetensors") if f.name != "model.safetensors"]
+    if foreign:
+        raise DraftsmithError(f"export: {out} holds other weights ({', '.join(sorted(foreign))}), which the engines would "
+                              "load with the draft model; choose an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in DRAFT_MODEL_FILES:
+        if (model / name).is_file():
+            shutil.copyfile(model / name, out / name)
+    k = int(config.get("pard_k") or 5)
+    spec = {"method": "draft_model", "model": str(out.resolve()), "num_speculative_tokens": k}
+    if config.get("pard_token") is not None:
+        spec["parallel_drafting"] = True
+    if engine == "sglang":
+        spec = {"speculative_algorithm": "STANDALONE", "speculative_draft_model_path": str(out.resolve()),
+                "speculative_num_draft_tokens": k + 1}
+    (out / "speculative_config.json").write_text(json.dumps(spec, indent=1) + "\n")
     return out
 
 
