@@ -9,6 +9,11 @@ prompts. Run with the project's environment:
         --categories writing,coding,math_reasoning,summarization,translation,qa \
         --max-tokens 64 --k 3 --configs plain,ngram,eagle --out benchmarks/smollm2-135m-vllm-peer
 
+    # draft models: the autoregressive one and its PARD version (parallel drafting), both engines:
+    .venv/bin/python benchmarks/vllm_peer.py ... --configs plain,draft_model,pard \
+        --draft-model smollm2-135m-instruct-drafter --pard smollm2-135m-instruct-pard \
+        --draftsmith-methods "" --draftsmith-method "pard=pard:model=smollm2-135m-instruct-pard,k=4,vocab=0"
+
     # once an EAGLE-3 head exists (folder as vLLM loads it; the draftsmith method is optional):
     .venv/bin/python benchmarks/vllm_peer.py ... --configs plain,ngram,eagle,eagle3 \
         --eagle3 DIR --draftsmith-eagle3 "eagle3:k=3,heads=DIR"
@@ -143,7 +148,16 @@ def export_head(heads: str, where: Path) -> Path:
     return export_heads(heads, "vllm", where)
 
 
-def vllm_configs(args, head_dir: Path | None) -> dict[str, dict | None]:
+def export_model(model: str, where: Path) -> Path:
+    """A draft model folder or shipped drafter name exported as vLLM loads it (no draft vocabulary)."""
+    from draftsmith.catalog import SHIPPED_DRAFTERS, shipped_drafter_dir
+    from draftsmith.drafters.heads.export import export_draft_model
+
+    folder = shipped_drafter_dir(model) if model in SHIPPED_DRAFTERS else Path(model).expanduser()
+    return export_draft_model(folder, "vllm", where)
+
+
+def vllm_configs(args, head_dir: Path | None, tmp: Path | None = None) -> dict[str, dict | None]:
     k = args.k
     table: dict[str, dict | None] = {"plain": None,
                                      "ngram": {"method": "ngram", "num_speculative_tokens": k,
@@ -153,6 +167,12 @@ def vllm_configs(args, head_dir: Path | None) -> dict[str, dict | None]:
     if args.eagle3:
         table["eagle3"] = {"method": "eagle3", "model": str(Path(args.eagle3).expanduser().resolve()),
                            "num_speculative_tokens": k}
+    if args.draft_model and tmp is not None:  # autoregressive draft model
+        table["draft_model"] = {"method": "draft_model", "model": str(export_model(args.draft_model, tmp / "draft-model")),
+                                "num_speculative_tokens": k}
+    if args.pard and tmp is not None:  # PARD: k tokens from one draft forward
+        table["pard"] = {"method": "draft_model", "model": str(export_model(args.pard, tmp / "pard")),
+                         "num_speculative_tokens": k, "parallel_drafting": True}
     return table
 
 
@@ -420,6 +440,8 @@ def main() -> None:
     ap.add_argument("--heads", default="smollm2-135m-instruct",
                     help="EAGLE heads folder, or a target whose EAGLE heads ship (exported for vLLM)")
     ap.add_argument("--eagle3", help="an EAGLE-3 head folder as vLLM loads it (for the eagle3 config)")
+    ap.add_argument("--draft-model", help="a draft model folder or shipped drafter name (the draft_model config)")
+    ap.add_argument("--pard", help="a PARD draft model folder or shipped name (the pard config: parallel drafting)")
     ap.add_argument("--draftsmith-eagle3", help="draftsmith method spec for the EAGLE-3 row, e.g. eagle3:k=3,heads=DIR")
     ap.add_argument("--questions", default=str(ROOT.parent / "shared/data/spec_bench/question.jsonl"))
     ap.add_argument("--categories", default="writing,coding,math_reasoning,summarization,translation,qa")
@@ -454,6 +476,9 @@ def main() -> None:
     configs = [c for c in args.configs.split(",") if c]
     if "eagle3" in configs and not args.eagle3:
         sys.exit("--configs eagle3 needs --eagle3 DIR (an EAGLE-3 head folder vLLM loads)")
+    for config, option in (("draft_model", args.draft_model), ("pard", args.pard)):
+        if config in configs and not option:
+            sys.exit(f"--configs {config} needs --{config.replace('_', '-')} MODEL")
 
     sys.path.insert(0, str(ROOT / "src"))
     import torch
@@ -484,10 +509,11 @@ def main() -> None:
             head_dir = export_head(args.heads, tmp / "eagle-head") if "eagle" in configs else None
             prompts_file = tmp / "prompts.json"
             prompts_file.write_text(json.dumps([p["ids"] for p in prompts]))
-            table = vllm_configs(args, head_dir)
+            table = vllm_configs(args, head_dir, tmp)
             for label in configs:
                 if label not in table:
-                    sys.exit(f"unknown vLLM configuration {label!r}; known: plain, ngram, eagle, eagle3")
+                    sys.exit(f"unknown vLLM configuration {label!r}; known: plain, ngram, eagle, eagle3, draft_model "
+                             "(with --draft-model), pard (with --pard)")
                 saved = args.out / "logs" / f"vllm_{label}.json"
                 if args.reuse_vllm and saved.is_file():  # an earlier run's, same prompts checked
                     res = json.loads(saved.read_text())

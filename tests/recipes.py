@@ -145,12 +145,12 @@ def _online(k: int = 3):
     return make
 
 
-def _pard(k: int = 3):
+def _pard(k: int = 3, **options):
     """A PARD drafter: the tiny draft model with the last id as its mask token (never trained for
     it, so its later positions are poor guesses; outputs must equal plain decoding all the same)."""
     def make(target, arch, tmp_path, draft=None):
         lm = draft_lm(target, arch, draft)
-        return build_drafter("pard", model=CausalLM(lm.model), k=k, mask_token=target.vocab_size - 1)
+        return build_drafter("pard", model=CausalLM(lm.model), k=k, mask_token=target.vocab_size - 1, **options)
     return make
 
 
@@ -269,6 +269,7 @@ RECIPES: dict[str, Recipe] = {
     "online": Recipe(_online(), "online", sampled_q=True, greedy=True, batch=True, sampling=("t1",)),
     # parallel drafting: k tokens from one draft forward (mask tokens)
     "pard": Recipe(_pard(), "pard", sampled_q=True, greedy=True, batch=True, sampling=("t1",)),
+    "pard-tree": Recipe(_pard(4, tree_nodes=7, topk=2), "pard", trees=True, greedy=True, sampling=("t0.7-topk3",)),
     "draft_model-vocab-third": Recipe(_dm_vocab(lambda v: list(range(0, v, 3))), "draft_model", sampled_q=True,
                                       batch=True),
     # --- sampling (exact distribution on a tiny vocabulary) ---

@@ -8,7 +8,10 @@ The model is a `draft_model` folder trained by `draftsmith train pard` (train/pa
 config.json carries `pard_token` (the mask id, where vLLM's `parallel_drafting` reads it) and
 `pard_k` (the k it was trained for, the default here). Each position's q depends on the context
 only, not on the tokens drafted before it, which is still a proposal distribution: sampled drafts
-stay lossless under rejection sampling.
+stay lossless under rejection sampling. With `tree_nodes` > 0 the same forward gives a tree
+instead of a chain: each position's `topk` tokens combined by beam search, as Medusa's heads
+(trie.position_tree; deterministic nodes, lossless at any temperature through recursive
+rejection with one-hot q).
 """
 
 from __future__ import annotations
@@ -23,18 +26,22 @@ from ..target import CausalLM
 from ..types import Draft
 from .base import DraftContext, register
 from .draft_model import DraftModelDrafter
+from .trie import position_tree
 
 
 @register
 class PardDrafter(DraftModelDrafter):
     name: ClassVar[str] = "pard"
+    trees: bool = False  # set per drafter: True with tree_nodes
 
     def __init__(self, model: str | CausalLM | None = None, k: int | None = None, mask_token: int | None = None,
-                 confidence: float = 0.0, dtype: str | torch.dtype | None = None, vocab: int | None = None):
+                 confidence: float = 0.0, tree_nodes: int = 0, topk: int = 3, dtype: str | torch.dtype | None = None,
+                 vocab: int | None = None):
         """model: a PARD draft model (folder, pack name or CausalLM). k: tokens per draft (default:
         the `pard_k` it was trained for, else 4). mask_token: the mask id (default: its config's
         `pard_token`). confidence: cut the draft after the first position whose top probability is
-        below this (0 = off). vocab: as for draft_model (its stored draft vocabulary)."""
+        below this (0 = off). tree_nodes: 0 = a chain; N > 0 = a tree of at most N nodes from each
+        position's `topk` tokens. vocab: as for draft_model (its stored draft vocabulary)."""
         if model is None:
             raise DraftsmithError("pard needs a model: build_drafter('pard', model=NAME_OR_PATH), one trained by "
                                   "`draftsmith train pard`")
@@ -42,6 +49,11 @@ class PardDrafter(DraftModelDrafter):
             raise DraftsmithError(f"pard: k (draft length) must be an integer >= 1, got {k!r}")
         if mask_token is not None and not (isinstance(mask_token, int) and not isinstance(mask_token, bool) and mask_token >= 0):
             raise DraftsmithError(f"pard: mask_token must be a token id >= 0, got {mask_token!r}")
+        for name, value, low in (("tree_nodes", tree_nodes, 0), ("topk", topk, 1)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise DraftsmithError(f"pard: {name} must be an integer >= {low}, got {value!r}")
+        self.tree_nodes, self.topk = tree_nodes, topk
+        self.trees = tree_nodes > 0
         super().__init__(model=model, k=k or 4, adaptive=False, confidence=confidence, dtype=dtype, vocab=vocab)
         self.k_given, self.mask_token = k, mask_token
 
@@ -72,6 +84,8 @@ class PardDrafter(DraftModelDrafter):
         logits = self.draft.forward(feed).logits[:, -k:]  # [1, k, V_draft]: the last committed token, then the masks
         self.draft.crop(len(ctx.ids))  # drop the masks' keys and values: the next step sees committed tokens only
         self.confirmed, self.tail = len(ctx.ids), []
+        if self.tree_nodes:
+            return position_tree(logits[0, :, : self.vocab].float().log_softmax(-1), self.topk, self.tree_nodes)
         tokens, qs = [], []
         for j in range(k):
             if ctx.params.greedy:  # over the target's ids only (a draft model's head may be wider)

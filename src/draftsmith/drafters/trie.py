@@ -35,3 +35,21 @@ def merge_paths(paths: Iterable[Sequence[int]], max_nodes: int, max_depth: int) 
     if all(p == i - 1 for i, p in enumerate(parents)):
         return Draft(ids)  # a chain
     return Draft(ids, parents=torch.tensor(parents, dtype=torch.long))
+
+
+def position_tree(logq, topk: int, max_nodes: int) -> Draft:
+    """logq [k, V], one distribution per draft position, each drawn without looking at the
+    positions before it (Medusa's heads, PARD's masks) -> a tree of the best paths through each
+    position's `topk` tokens: beam search on the summed log-probabilities, the best `max_nodes`
+    nodes merged into one tree (deterministic nodes: q None)."""
+    top = logq.topk(topk, dim=-1)  # [k, topk]
+    beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    ranked: list[tuple[float, tuple[int, ...]]] = []
+    for i in range(logq.shape[0]):
+        grown = [(s + v, path + (t,)) for s, path in beams
+                 for v, t in zip(top.values[i].tolist(), top.indices[i].tolist())]
+        beams = sorted(grown, reverse=True)[:max_nodes]
+        ranked += beams
+    ranked.sort(key=lambda sp: -sp[0])  # a prefix always scores at least as high as its extensions
+    return merge_paths((p for _, p in ranked), max_nodes, logq.shape[0])
+

@@ -24,7 +24,7 @@ from ...target import CausalLM
 from ...types import Draft, VerifyResult
 from ...cache import remove_last
 from ..base import DraftContext, DrafterBase, register
-from ..trie import merge_paths
+from ..trie import position_tree
 
 
 def shipped_heads_dir(target: CausalLM, kind: str) -> Path | None:
@@ -148,16 +148,7 @@ class MedusaDrafter(HeadsDrafter):
 
     def _tree(self, logq: torch.Tensor) -> Draft:
         """logq [k, V] -> a tree of the best paths through each head's top tokens."""
-        top = logq.topk(self.topk, dim=-1)  # [k, topk]
-        beams: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
-        ranked: list[tuple[float, tuple[int, ...]]] = []
-        for i in range(logq.shape[0]):
-            grown = [(s + v, path + (t,)) for s, path in beams
-                     for v, t in zip(top.values[i].tolist(), top.indices[i].tolist())]
-            beams = sorted(grown, reverse=True)[: self.tree_nodes]
-            ranked += beams
-        ranked.sort(key=lambda sp: -sp[0])  # a prefix always scores at least as high as its extensions
-        return merge_paths((p for _, p in ranked), self.tree_nodes, logq.shape[0])
+        return position_tree(logq, self.topk, self.tree_nodes)
 
 
 @register
