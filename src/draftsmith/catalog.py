@@ -90,6 +90,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # (folder under draftsmith/packs, the target it was trained for).
 SHIPPED_DRAFTERS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct-drafter": ("smollm2-135m-instruct-drafter", "smollm2-135m-instruct"),
+    # the drafter above adapted for parallel drafting (`pard`, benchmarks/train_pard.sh)
+    "smollm2-135m-instruct-pard": ("smollm2-135m-instruct-pard", "smollm2-135m-instruct"),
 }
 
 

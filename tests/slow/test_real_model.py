@@ -47,6 +47,9 @@ DM = "draft_model:model=smollm2-135m-instruct-drafter,dtype=float32"
 
 @pytest.mark.parametrize("name,options", [("recycling", {}), ("lookahead", {}), ("hierarchy", {"corpus_docs": 500}),
                                           ("draft_model", {"model": "smollm2-135m-instruct-drafter", "dtype": "float32"}),
+                                          ("pard", {"model": "smollm2-135m-instruct-pard", "dtype": "float32"}),
+                                          ("pard", {"model": "smollm2-135m-instruct-pard", "dtype": "float32",
+                                                    "tree_nodes": 16}),
                                           ("medusa", {}), ("medusa", {"tree_nodes": 16}), ("hydra", {}), ("eagle", {}),
                                           ("eagle", {"tree_nodes": 16}), ("amphista", {}),
                                           ("amphista", {"tree_nodes": 16}), ("koala", {}),
