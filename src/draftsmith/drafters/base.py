@@ -48,6 +48,14 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, type] = {}
 
 
+def int_option(who: str, name: str, value, low: int, kind: str = "an integer"):
+    """`value` when it is an int (not a bool) >= `low`; else a DraftsmithError naming the drafter
+    (`who`) and the option, e.g. "pard: topk must be an integer >= 1, got 0"."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise DraftsmithError(f"{who}: {name} must be {kind} >= {low}, got {value!r}")
+    return value
+
+
 def register(cls: type) -> type:
     """Make a drafter class buildable by its `name` (a class decorator: `@register`)."""
     if not getattr(cls, "name", None) or not callable(getattr(cls, "propose", None)):

@@ -51,7 +51,7 @@ import torch
 from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..sampling import greedy, sample, uniform
 from ..types import Draft
-from .base import DraftContext, DrafterBase, register
+from .base import DraftContext, DrafterBase, int_option, register
 from .draft_model import DraftModelDrafter
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ class CascadeDrafter(DrafterBase):
         if not isinstance(levels, (list, tuple)) or len(levels) < 2:
             raise DraftsmithError("cascade needs levels=[...] of at least two drafters, the most expensive first, "
                                   "e.g. cascade:levels=[draft_model:model=NAME,ngram]")
-        if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-            raise DraftsmithError(f"cascade: k (draft length) must be an integer >= 1, got {k!r}")
+        if k is not None:
+            int_option("cascade", "k (draft length)", k, 1)
         if split is not None and not (isinstance(split, int) and not isinstance(split, bool) and split >= 1):
             raise DraftsmithError(f"cascade: split must be an integer >= 1 (or unset), got {split!r}")
         built = [build_drafter(spec) for spec in levels]

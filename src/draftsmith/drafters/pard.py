@@ -24,7 +24,7 @@ from ..errors import DraftsmithError, IncompatibleDrafterError
 from ..sampling import greedy, sample
 from ..target import CausalLM
 from ..types import Draft
-from .base import DraftContext, register
+from .base import DraftContext, int_option, register
 from .draft_model import DraftModelDrafter
 from .trie import position_tree
 
@@ -45,13 +45,12 @@ class PardDrafter(DraftModelDrafter):
         if model is None:
             raise DraftsmithError("pard needs a model: build_drafter('pard', model=NAME_OR_PATH), one trained by "
                                   "`draftsmith train pard`")
-        if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-            raise DraftsmithError(f"pard: k (draft length) must be an integer >= 1, got {k!r}")
-        if mask_token is not None and not (isinstance(mask_token, int) and not isinstance(mask_token, bool) and mask_token >= 0):
-            raise DraftsmithError(f"pard: mask_token must be a token id >= 0, got {mask_token!r}")
-        for name, value, low in (("tree_nodes", tree_nodes, 0), ("topk", topk, 1)):
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-                raise DraftsmithError(f"pard: {name} must be an integer >= {low}, got {value!r}")
+        if k is not None:
+            int_option("pard", "k (draft length)", k, 1)
+        if mask_token is not None:
+            int_option("pard", "mask_token", mask_token, 0, kind="a token id")
+        int_option("pard", "tree_nodes", tree_nodes, 0)
+        int_option("pard", "topk", topk, 1)
         self.tree_nodes, self.topk = tree_nodes, topk
         self.trees = tree_nodes > 0
         super().__init__(model=model, k=k or 4, adaptive=False, confidence=confidence, dtype=dtype, vocab=vocab)

@@ -61,7 +61,7 @@ import torch
 
 from ..errors import DraftsmithError
 from ..types import Draft, VerifyResult
-from .base import DraftContext, DrafterBase, register
+from .base import DraftContext, DrafterBase, int_option, register
 
 
 class _Node:
@@ -296,9 +296,7 @@ class SuffixCache:
 
 
 def _int(name: str, value, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise DraftsmithError(f"suffix: {name} must be an integer >= {low}, got {value!r}")
-    return value
+    return int_option("suffix", name, value, low)
 
 
 def _real(name: str, value, low: float | None = None, high: float | None = None) -> float:
