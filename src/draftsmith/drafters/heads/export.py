@@ -68,8 +68,8 @@ written as it is minus the draft vocabulary (vLLM loads every `*.safetensors`; o
 the tied LM head drafts over the whole vocabulary). vLLM: speculative_config={"method":
 "draft_model", "model": DIR, "num_speculative_tokens": k}; a PARD drafter adds "parallel_drafting":
 true, and vLLM reads the mask id from `pard_token` in config.json (`v1/spec_decode/
-llm_base_proposer.py`, `_init_parallel_drafting_params`), so the export refuses a PARD drafter
-without one. SGLang: --speculative-algorithm STANDALONE --speculative-draft-model-path DIR (not
+llm_base_proposer.py`, `_init_parallel_drafting_params`): the export writes parallel drafting into
+the config it suggests exactly when the folder has one. SGLang: --speculative-algorithm STANDALONE --speculative-draft-model-path DIR (not
 run here: SGLang has no CPU wheel on PyPI).
 """
 
@@ -118,10 +118,7 @@ def export_heads(heads: str | Path, engine: str, out: str | Path, verifier: str 
         files = _eagle(heads, engine, config, weights)
     else:
         files = _eagle3(HeadsConfig(**config["draftsmith_heads"]), engine, weights, verifier)
-    foreign = [f.name for f in out.glob("*.safetensors") if f.name not in ("model.safetensors", VOCAB_FILE)]
-    if foreign:
-        raise DraftsmithError(f"export: {out} holds other weights ({', '.join(sorted(foreign))}), which the engines would "
-                              "load with the draft model; choose an empty folder")
+    _refuse_foreign_weights(out, ("model.safetensors", VOCAB_FILE))
     out.mkdir(parents=True, exist_ok=True)
     (out / VOCAB_FILE).unlink(missing_ok=True)  # written there by earlier exports; vLLM rejects its `token_ids`
     tensors, config_out, extra = files
@@ -132,6 +129,14 @@ def export_heads(heads: str | Path, engine: str, out: str | Path, verifier: str 
     if (heads / "README.md").is_file():
         shutil.copyfile(heads / "README.md", out / "README.md")
     return out
+
+
+def _refuse_foreign_weights(out: Path, ours: tuple[str, ...]) -> None:
+    """The engines load every *.safetensors of the folder: refuse an `out` holding others than `ours`."""
+    foreign = [f.name for f in out.glob("*.safetensors") if f.name not in ours]
+    if foreign:
+        raise DraftsmithError(f"export: {out} holds other weights ({', '.join(sorted(foreign))}), which the engines would "
+                              "load with the draft model; choose an empty folder")
 
 
 DRAFT_MODEL_FILES = ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
@@ -146,10 +151,7 @@ def export_draft_model(model: str | Path, engine: str, out: str | Path) -> Path:
     config = json.loads((model / "config.json").read_text())
     if not (model / "model.safetensors").is_file():
         raise DraftsmithError(f"{model}: no model.safetensors (a draft model folder written by `draftsmith train`)")
-    foreign = [f.name for f in out.glob("*.safetensors") if f.name != "model.safetensors"]
-    if foreign:
-        raise DraftsmithError(f"export: {out} holds other weights ({', '.join(sorted(foreign))}), which the engines would "
-                              "load with the draft model; choose an empty folder")
+    _refuse_foreign_weights(out, ("model.safetensors",))
     out.mkdir(parents=True, exist_ok=True)
     for name in DRAFT_MODEL_FILES:
         if (model / name).is_file():
