@@ -233,7 +233,8 @@ class Loop:
             offered = [o if mine else min(o, batch_k) for o, mine in zip(offered, own)]
         self.last_k = batch_k if batch_k is not None else max(offered)
 
-        need_hidden = any(r.drafter.needs_hidden_states for r in rows)
+        judged = [bool(getattr(r.verifier, "needs_hidden_states", False)) for r in rows]  # rules that read states
+        need_hidden = any(r.drafter.needs_hidden_states for r in rows) or any(judged)
         trees = [d.tree for d in drafts]
         ids, pos, cache_position, mask = self.cache.step_inputs(
             [r.ids[-1] for r in rows], [d.token_ids[0] for d in drafts], trees, [len(r.ids) for r in rows])
@@ -248,6 +249,7 @@ class Loop:
             r.stats.target_time += forward
         hidden = {layers: drafter_features(out.hidden_states, layers)  # feature_layers -> [B, q, H'], once per kind
                   for layers in {r.drafter.feature_layers for r in rows if r.drafter.needs_hidden_states}}
+        last = out.hidden_states[-1] if any(judged) else None  # [B, q, H] what a verifier reads
 
         committed, kept = [], []
         for b, (r, d, k_row) in enumerate(zip(rows, drafts, offered)):
@@ -256,7 +258,8 @@ class Loop:
                 try:
                     path, new = self._verify_commit(r, d, logits[b:b + 1, :d.size + 1],
                                                     hidden[r.drafter.feature_layers][b:b + 1]
-                                                    if r.drafter.needs_hidden_states else None)
+                                                    if r.drafter.needs_hidden_states else None,
+                                                    last[b:b + 1, :d.size + 1] if judged[b] else None)
                 except Exception as exc:  # this row fails alone; the others go on
                     r.fail(_message(exc))
                     path, new = [], []
@@ -271,9 +274,14 @@ class Loop:
         self._drop_finished()
         return committed + [(r, []) for r in failed]
 
-    def _verify_commit(self, r: Row, d: Draft, logits: torch.Tensor, hidden: torch.Tensor | None):
-        """Verify one row's draft ([1, n+1, V] logits), commit, observe. Returns (path, new tokens)."""
-        results = r.verifier.verify(d, logits, r.params, r.generator)
+    def _verify_commit(self, r: Row, d: Draft, logits: torch.Tensor, hidden: torch.Tensor | None,
+                       states: torch.Tensor | None = None):
+        """Verify one row's draft ([1, n+1, V] logits; `states` [1, n+1, H] the target's last hidden
+        states for a rule with needs_hidden_states), commit, observe. Returns (path, new tokens)."""
+        if states is None:
+            results = r.verifier.verify(d, logits, r.params, r.generator)
+        else:
+            results = r.verifier.verify(d, logits, r.params, r.generator, hidden=states)
         result: VerifyResult = results[0] if isinstance(results, (list, tuple)) else results
         path = check_result(result, d, self.vocab, r.verifier.name or type(r.verifier).__name__)
         if hidden is not None:  # [1, q, H]

@@ -152,6 +152,10 @@ def add_train_parser(sub) -> None:
 
     add_early_exit_parser(stages, DEFAULT_MODEL, _device)
 
+    from .judge import add_parser as add_judge_parser  # `train judge` (train/judge.py)
+
+    add_judge_parser(stages, DEFAULT_MODEL, _device)
+
 
 def _config(args, stage: str, loss: str):
     from .trainer import TrainConfig

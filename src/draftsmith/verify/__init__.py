@@ -12,6 +12,7 @@ from .recursive import RecursiveVerifier
 from .typical import TypicalVerifier
 from .relaxed import RelaxedVerifier
 from .bild import BildVerifier
+from .judge import JudgeVerifier
 
-__all__ = ["AUTO", "VERIFIERS", "bind_verifier", "BildVerifier", "GreedyVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
+__all__ = ["AUTO", "VERIFIERS", "bind_verifier", "BildVerifier", "GreedyVerifier", "JudgeVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
            "TypicalVerifier", "Verifier", "VerifierBase", "build_verifier", "default_verifier", "register_verifier"]

@@ -17,6 +17,9 @@ output that used it is labelled lossy.
 
     bind(target)   optional: called once by the decoder before any step, for a rule that reads the
                    target itself (e.g. `relaxed`: its output embeddings)
+    needs_hidden_states   optional, default False: the loop then also passes
+        hidden           [B, N+1, H]  the target's last hidden states of the same forward (row i+1 at
+                                      node i), as `verify(..., hidden=...)` (e.g. `judge`)
 
 Rows of one call share `params` and `generator`; the loop calls a verifier once per row today
 (each request has its own sampling parameters and generator), and a vectorised rule may take
@@ -53,6 +56,7 @@ class VerifierBase:
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = True
     trees: ClassVar[bool] = True
+    needs_hidden_states: ClassVar[bool] = False  # verify() then also gets hidden= [B, N+1, H]
 
     def lossless_for(self, params: SamplingParams) -> bool:
         """Whether this rule keeps the target's distribution under these sampling parameters."""
@@ -63,11 +67,15 @@ class VerifierBase:
         return self
 
     def verify(self, draft: Draft, target_logits: torch.Tensor, params: SamplingParams,
-               generator: torch.Generator | None = None) -> list[VerifyResult]:
+               generator: torch.Generator | None = None, hidden: torch.Tensor | None = None) -> list[VerifyResult]:
         B = draft.token_ids.shape[0]
+
+        def extra(b):  # only a rule that reads hidden states is given them
+            return {} if hidden is None else {"hidden": hidden[b:b + 1]}
+
         if B == 1:
-            return [self.verify_row(draft, target_logits, params, generator)]
-        return [self.verify_row(draft.row(b), target_logits[b:b + 1], params, generator) for b in range(B)]
+            return [self.verify_row(draft, target_logits, params, generator, **extra(0))]
+        return [self.verify_row(draft.row(b), target_logits[b:b + 1], params, generator, **extra(b)) for b in range(B)]
 
     def verify_row(self, draft: Draft, target_logits: torch.Tensor, params: SamplingParams,
                    generator: torch.Generator | None) -> VerifyResult:  # [1, N], [1, N+1, V]

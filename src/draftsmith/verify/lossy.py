@@ -86,7 +86,9 @@ class LossyVerifier(VerifierBase):
 
     # ----- the shared walk --------------------------------------------------------------------
     def verify_row(self, draft: Draft, target_logits: torch.Tensor, params: SamplingParams,
-                   generator: torch.Generator | None = None) -> VerifyResult:
+                   generator: torch.Generator | None = None, hidden: torch.Tensor | None = None) -> VerifyResult:
+        """One row: [1, N] draft, [1, N+1, V] logits; hidden [1, N+1, H] for a rule that reads the
+        target's states (`needs_hidden_states`), handed to `accept` as the nodes' [N, H]."""
         n_draft = draft.size
         logits = target_logits[0]  # [N+1, V]
         p_all = criterion_probs(logits, params)  # [N+1, V]
@@ -100,7 +102,8 @@ class LossyVerifier(VerifierBase):
         rows = torch.tensor(parents, device=logits.device) + 1  # [N] the logits row before each node
         p_before = p_all[rows]  # [N, V]
         q = None if draft.q is None else draft.q[0].float()  # [N, V]
-        ok = self.accept(tokens, p_before, q, params, generator).tolist()  # [N] bool
+        states = {} if hidden is None else {"hidden": hidden[0, 1:n_draft + 1]}  # [N, H] the nodes' own
+        ok = self.accept(tokens, p_before, q, params, generator, **states).tolist()  # [N] bool
         if tree is None:
             n = next((i for i, a in enumerate(ok) if not a), n_draft)
             end = n - 1  # the last accepted node (-1: the root)
