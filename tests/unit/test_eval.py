@@ -168,3 +168,35 @@ def test_report_of_a_run_stopped_early(tmp_path):
     assert report.main([str(tmp_path), "--title", "partial"]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert [r["cases"] for r in data["summary"]] == [1, 1]
+
+
+def test_a_resumed_eval_keeps_complete_cases_reruns_the_rest_and_refuses_other_settings(tmp_path):
+    """A long eval (264 cases x methods, hours on this CPU) is stopped by a session's end; a rerun
+    with --resume must keep every case all methods finished, run again a case only some did (its
+    partial records dropped, so no case mixes two runs), and refuse a run with other settings,
+    whose records would not compare."""
+    from types import SimpleNamespace
+
+    from draftsmith.bench.runner import MethodSpec
+    from draftsmith.errors import DraftsmithError
+    from draftsmith.eval.cli import _resume, _settings
+    from draftsmith.eval.tasks import Case
+    from draftsmith.types import SamplingParams
+
+    args = SimpleNamespace(model="m", dtype="bfloat16", task=["gsm8k"], verifier="auto", limit=None)
+    specs = [MethodSpec.parse("ngram")]
+    params = SamplingParams(max_new_tokens=64)
+    settings = _settings(args, specs, params)
+    cases = [Case("gsm8k", c, "q", {"answer": "1"}) for c in ("c", "d", "e")]
+    assert _resume(tmp_path, settings, cases) == ([], cases)  # nothing yet: everything runs
+    records = [_rec("gsm8k", "none", True), _rec("gsm8k", "ngram", True),
+               {**_rec("gsm8k", "none", False), "case_id": "d"}]  # case d: ngram never ran
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{\"torn")
+    with pytest.raises(DraftsmithError, match="no run.json"):
+        _resume(tmp_path, settings, cases)
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    prior, todo = _resume(tmp_path, settings, cases)
+    assert prior == records[:2] and [c.case_id for c in todo] == ["d", "e"]
+    other = _settings(args, specs, SamplingParams(max_new_tokens=128))
+    with pytest.raises(DraftsmithError, match="max_new_tokens was 64, now 128"):
+        _resume(tmp_path, other, cases)

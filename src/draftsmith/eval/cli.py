@@ -34,6 +34,9 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--memory-mb", type=int, default=1024, help="HumanEval: address-space limit of the sandbox (1024)")
     e.add_argument("--warmup", type=int, default=1)
     e.add_argument("--out", help="folder for records.jsonl (streamed), results.json and report.md")
+    e.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: the cases every method finished are kept, the others run (the "
+                        "same model, tasks, methods, tokens and sampling, else refused)")
     _add_target_args(e, "The rule of every method whose spec names none; lossy rules are marked in the report.")
     e.set_defaults(func=cmd_eval, max_new_tokens=256)
 
@@ -66,10 +69,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(n)
 
+    prior: list[dict] = []
+    if args.resume:
+        if not args.out:
+            raise DraftsmithError("--resume continues the run in --out: give --out")
+        prior, cases = _resume(Path(args.out), _settings(args, specs, params), cases)
+        print(f"resume: {len({(r['task'], r['case_id']) for r in prior})} complete cases kept, {len(cases)} to run",
+              file=sys.stderr)
     stream = None
     if args.out:  # every record as it is made: a long run stopped early keeps what it measured
         Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "run.json").write_text(json.dumps(_settings(args, specs, params), indent=2) + "\n")
         stream = open(Path(args.out) / "records.jsonl", "w")
+        for record in prior:
+            stream.write(json.dumps(record) + "\n")
 
     def on_record(record):
         if stream:
@@ -77,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             stream.flush()
 
     try:
-        records = run_eval(target, cases, specs, params, verifier=_verifier(args), warmup=args.warmup,
+        records = prior + run_eval(target, cases, specs, params, verifier=_verifier(args), warmup=args.warmup,
                            timeout_s=args.timeout, memory_mb=args.memory_mb, progress=progress, on_record=on_record)
     finally:
         if stream:
@@ -102,3 +115,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         paths = report.write(Path(args.out), records, rows, header)
         print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _settings(args, specs, params) -> dict:
+    """What a resumed run must share with the run it continues."""
+    return {"model": args.model, "dtype": args.dtype, "tasks": list(dict.fromkeys(args.task or ["gsm8k", "humaneval"])),
+            "methods": [s.label for s in specs], "verifier": args.verifier, "max_new_tokens": params.max_new_tokens,
+            "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p, "limit": args.limit}
+
+
+def _resume(out: Path, settings: dict, cases: list) -> tuple[list[dict], list]:
+    """(the records of the cases the run in `out` completed, the cases still to run)."""
+    from ..errors import DraftsmithError
+    from .report import complete_cases
+
+    records_file, run_file = out / "records.jsonl", out / "run.json"
+    if not records_file.is_file():
+        return [], cases
+    if not run_file.is_file():
+        raise DraftsmithError(f"--resume: {out} has records but no run.json, so its settings cannot be checked")
+    saved = json.loads(run_file.read_text())
+    diff = {k: (saved.get(k), v) for k, v in settings.items() if k != "limit" and saved.get(k) != v}
+    if diff:
+        raise DraftsmithError("--resume: the run in " + str(out) + " differs: " + "; ".join(
+            f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+    records = []
+    for line in records_file.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a stop
+            continue
+    prior = complete_cases(records)
+    done = {(r["task"], r["case_id"]) for r in prior}
+    return prior, [c for c in cases if (c.task, c.case_id) not in done]
