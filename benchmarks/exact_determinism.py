@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--drafters", default="none,ngram", help="comma-separated drafter specs")
+    ap.add_argument("--drafters", default="none,ngram",
+                    help="drafter specs separated by commas, or by semicolons when a spec has options")
     ap.add_argument("--exact", choices=("both", "yes", "no"), default="both", help="which modes to run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -68,7 +69,7 @@ def main() -> None:
              "| drafter | exact | with 7 others | joining late | 8 copies at once | seconds |",
              "| --- | --- | --- | --- | --- | --- |"]
     modes = {"both": (False, True), "yes": (True,), "no": (False,)}[args.exact]
-    for drafter in [d for d in args.drafters.split(",") if d]:
+    for drafter in [d for d in args.drafters.split(";" if ";" in args.drafters else ",") if d]:
         for exact in modes:
             t0 = time.perf_counter()
             dec = BatchDecoder(target, drafter, exact=exact, smartspec=False)

@@ -182,6 +182,14 @@ def _rasd(k: int = 2, retrieval: str = "ngram:k=4,max_ngram=2", eagle: bool = Fa
     return make
 
 
+def _gsd(k: int = 3, **options):
+    """GSD: the tiny draft model's dynamic tree with nodes of equal recent tokens merged (a DAG, unrolled)."""
+    def make(target, arch, tmp_path, draft=None):
+        model = build_drafter("draft_model", model=CausalLM(draft_lm(target, arch, draft).model), k=k)
+        return build_drafter("gsd", model=model, **options)
+    return make
+
+
 def _cascade(k: int = 4, **options):
     """Cascade: the tiny draft model (the top level) checking an n-gram level's proposals."""
     def make(target, arch, tmp_path, draft=None):
@@ -318,6 +326,9 @@ RECIPES: dict[str, Recipe] = {
     # (deterministic tree, q None at every temperature: recursive rejection with one-hot q)
     "rasd": Recipe(_rasd(max_nodes=8, model_nodes=4, topk=2, beam=2, min_prob=0.05, confidence=0.0), "rasd", trees=True,
                    greedy=True, batch=True, sampling=("t1", "t0.7-topk3")),
+    # GSD: merge=1 merges every node whose last token recurs (many merges on a 96-token vocabulary); a deterministic tree
+    "gsd": Recipe(_gsd(merge=1, max_nodes=8, topk=2, beam=2, confidence=0.0), "gsd", trees=True, greedy=True, batch=True,
+                  sampling=("t1", "t0.7-topk3")),
     "rasd-eagle": Recipe(_rasd(eagle=True, retrieval="hierarchy:corpus=none,k=4", max_nodes=10, min_prob=0.05), "rasd",
                          trees=True, heads=True, greedy=True),
     # cascade: the draft model's chain made with an n-gram level's help (vertical; q = the draft model's law) and,

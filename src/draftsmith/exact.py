@@ -7,7 +7,8 @@ top-2 logits are within rounding can flip, and everything after it differs. Meas
 2-core CPU (torch 2.13, SmolLM2 bf16), op by op, feeding a token alone or among others:
 
     embedding, RMSNorm, rotary, SiLU, residual adds       the same bits
-    linear layers over M <= 32 rows                       the same bits (oneDNN changes kernels above)
+    linear layers over M <= 32 rows                       the same bits (oneDNN changes kernels above);
+                                                          on an AMD EPYC one shape differs from M = 2
     attention over q queries with a mask                  differs from a one-query call for q >= 2
                                                           (kernel blocking over queries and keys)
 
@@ -18,9 +19,9 @@ So exact mode changes two things, only inside the verification forward (`Exact.a
                   with no mask (`Exact.attention`). Plain decoding's call is its own; a draft
                   node's call gets the same keys (the committed prefix, then its path), so the
                   same inputs give the same bits on any deterministic kernel, CPU or GPU.
-    linear        run in chunks of at most `chunk` rows, `chunk` the largest count for which
-                  every row of a product equals its one-row product, measured at start-up on this
-                  device for every weight shape of the model (`row_stable_chunk`).
+    linear        run in chunks of rows, per weight shape the largest count for which every row
+                  of a product equals its one-row product, measured at start-up on this device
+                  (`row_stable_chunks`; a shape whose kernel changes at 2 rows runs row by row).
 
 Prefill is the same forward in plain and speculative decoding (the same prompt), so it keeps the
 fast path. A model whose attention does not go through draftsmith's attention function, or a
@@ -55,13 +56,14 @@ def current() -> "Exact | None":
 
 # ----- linear layers ------------------------------------------------------------------------
 def _row_stable_linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear.forward, in chunks of `chunk` rows while exact mode is active."""
+    """nn.Linear.forward, in chunks of its weight shape's row-stable count while exact mode is active."""
     state = _ACTIVE.get()
     rows = x.numel() // max(1, x.shape[-1])
-    if state is None or rows <= state.chunk:
+    chunk = state.chunks.get(_shape_key(module), 1) if state is not None else rows
+    if rows <= chunk:
         return F.linear(x, module.weight, module.bias)
     flat = x.reshape(1, rows, x.shape[-1])  # [1, M, in]
-    out = torch.cat([F.linear(c, module.weight, module.bias) for c in flat.split(state.chunk, dim=1)], dim=1)
+    out = torch.cat([F.linear(c, module.weight, module.bias) for c in flat.split(chunk, dim=1)], dim=1)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -76,27 +78,56 @@ def _install_row_stable_linears(model) -> int:
     return n
 
 
+def _shape_key(mod: torch.nn.Linear) -> tuple:
+    w = mod.weight
+    return (tuple(w.shape), w.dtype, w.device, mod.bias is not None)
+
+
+def _probe_input(gen: torch.Generator, rows: int, width: int, wide: bool) -> torch.Tensor:
+    """[1, rows, width] float32: normal values, or (`wide`) signed powers of two over 2^-14..2^14,
+    whose products make summation order show in the last bits of a low-precision result."""
+    if not wide:
+        return torch.randn(1, rows, width, generator=gen)
+    exps = torch.randint(-14, 15, (1, rows, width), generator=gen).float()
+    return torch.sign(torch.randn(1, rows, width, generator=gen)) * torch.exp2(exps)
+
+
 @torch.inference_mode()
-def row_stable_chunk(model, max_rows: int = 32, seed: int = 0) -> int:
-    """The largest c <= max_rows such that, for every weight shape of the model's linear layers and
-    every m <= c, each row of an m-row product equals that row's one-row product (bitwise)."""
-    shapes = {}
+def row_stable_chunks(model, max_rows: int = 32, seed: int = 0, budget: float = 2e8) -> dict[tuple, int]:
+    """Per weight shape of the model's linear layers: the largest c <= max_rows such that for every
+    m <= c each row of an m-row product equals that row's one-row product (bitwise).
+
+    A kernel that accumulates in another order for m rows changes float32 sums in their last bits,
+    which bf16 rounding hides for most inputs, so one random input rarely shows it. Each shape is
+    tried on 4-64 inputs (as many as `budget` multiply-adds allow; half normal, half with a wide
+    range of magnitudes). Measured on an AMD EPYC (AVX512-BF16, torch 2.13): SmolLM2's 576x1536
+    down projection differs from 2 rows (one input agreed up to 16); a 64x64 projection of a tiny
+    Gemma 3 differs in 1 of 20 normal inputs and 1 of 5 wide ones, which a 4-input probe missed
+    and greedy decoding then found. Per shape, because kernels are chosen per shape: one chunk
+    for all would run every layer row by row. Still a probe, not a proof: the self-check and the
+    tests compare whole decodes."""
+    shapes: dict[tuple, torch.nn.Linear] = {}
     for mod in model.modules():
         if type(mod) is torch.nn.Linear:
-            w = mod.weight
-            shapes.setdefault((tuple(w.shape), w.dtype, w.device, mod.bias is not None), mod)
-    best = max_rows
+            shapes.setdefault(_shape_key(mod), mod)
     gen = torch.Generator().manual_seed(seed)
-    for (shape, dtype, device, _), mod in shapes.items():
-        x = torch.randn(1, best, shape[1], generator=gen).to(device=device, dtype=dtype)  # [1, M, in]
-        alone = torch.cat([F.linear(x[:, i:i + 1], mod.weight, mod.bias) for i in range(best)], dim=1)  # [1, M, out]
-        for m in range(2, best + 1):
-            if not torch.equal(F.linear(x[:, :m], mod.weight, mod.bias), alone[:, :m]):
-                best = m - 1
+    chunks = {}
+    for key, mod in shapes.items():
+        best = max_rows
+        out_f, in_f = key[0]
+        trials = int(min(64, max(4, budget / (max_rows * in_f * out_f))))
+        for t in range(trials):
+            x = _probe_input(gen, best, in_f, wide=t % 2 == 1).to(device=key[2], dtype=key[1])  # [1, M, in]
+            alone = torch.cat([F.linear(x[:, i:i + 1], mod.weight, mod.bias) for i in range(best)], dim=1)  # [1, M, out]
+            for m in range(2, best + 1):  # every row in an m-row call (chunks of m): as many rows tried at each m
+                chunked = torch.cat([F.linear(c, mod.weight, mod.bias) for c in x.split(m, dim=1)], dim=1)
+                if not torch.equal(chunked, alone):
+                    best = m - 1
+                    break
+            if best == 1:
                 break
-        if best == 1:
-            break
-    return best
+        chunks[key] = best
+    return chunks
 
 
 # ----- attention ------------------------------------------------------------------------------
@@ -171,7 +202,8 @@ class Exact:
                 "made bit-equal to plain decoding here; fp32 (`--dtype fp32`) makes near-tie differences rare.")
         self.target = target
         self.windowed = sliding_window(target.config) is not None
-        self.chunk = row_stable_chunk(target.model, max_rows)
+        self.chunks = row_stable_chunks(target.model, max_rows)
+        self.chunk = min(self.chunks.values(), default=max_rows)  # the smallest, for messages
         _install_row_stable_linears(target.model)
         self._plans: dict = {}
         self._valid = None
@@ -283,4 +315,4 @@ class Exact:
             raise DraftsmithError(
                 f"exact mode is not available for {target.name} ({target.dtype}) on {dev}: a {width}-token "
                 "verification forward does not reproduce one-token forwards bit for bit even with per-query "
-                f"attention and {self.chunk}-row linear chunks (a kernel here depends on the number of rows)." + hint)
+                f"attention and per-shape linear chunks ({sorted(set(self.chunks.values()))} rows; a kernel here depends on the number of rows)." + hint)

@@ -30,6 +30,7 @@ from .rasd import RasdDrafter
 from .early_exit import EarlyExitDrafter
 from .online import OnlineDrafter
 from .pard import PardDrafter
+from .gsd import GsdDrafter
 
 
 def _value(text: str):
@@ -125,6 +126,6 @@ def build_drafter(name: str | dict | Drafter = "none", **options) -> DrafterBase
     return cls(**options)
 
 
-__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "LayerSkipDrafter", "CascadeDrafter", "UnionDrafter", "SuffixDrafter", "RasdDrafter", "EarlyExitDrafter", "OnlineDrafter", "HierarchyDrafter",
+__all__ = ["DraftContext", "Drafter", "DrafterBase", "NoDrafter", "ProtocolDrafter", "as_drafter", "split_top", "NgramDrafter", "DraftModelDrafter", "RecyclingDrafter", "MultiDrafter", "LayerSkipDrafter", "CascadeDrafter", "UnionDrafter", "SuffixDrafter", "RasdDrafter", "EarlyExitDrafter", "OnlineDrafter", "HierarchyDrafter", "PardDrafter", "GsdDrafter",
            "LookaheadDrafter", "MedusaDrafter", "HydraDrafter", "EagleDrafter", "AmphistaDrafter", "KoalaDrafter", "Eagle3Drafter",
            "build_drafter", "parse_spec", "register", "REGISTRY"]
