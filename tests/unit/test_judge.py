@@ -73,12 +73,35 @@ def test_the_threshold_is_the_lowest_with_the_asked_precision():
     assert choose_threshold(p, torch.zeros(5, dtype=torch.bool), 0.5) == 1.0
 
 
-def _head(folder, hidden: int, weight: torch.Tensor | None = None, bias: float = 0.0, threshold: float = 0.5):
+def _head(folder, hidden: int, weight: torch.Tensor | None = None, bias: float = 0.0, threshold: float = 0.5,
+          log_p: float | None = None):
+    """A judge head folder; `log_p` adds the log-probability input with that weight."""
     folder.mkdir(parents=True, exist_ok=True)
     w = torch.zeros(hidden) if weight is None else weight
+    inputs = ["hidden"]
+    if log_p is not None:
+        w, inputs = torch.cat([w, torch.tensor([log_p])]), ["hidden", "log_p"]
     save_file({"weight": w.float().contiguous(), "bias": torch.tensor([bias])}, str(folder / "judge.safetensors"))
-    (folder / "judge.json").write_text(json.dumps({"kind": "judge", "hidden_size": hidden, "threshold": threshold}))
+    (folder / "judge.json").write_text(json.dumps({"kind": "judge", "hidden_size": hidden, "threshold": threshold,
+                                                   "inputs": inputs}))
     return str(folder)
+
+
+def test_a_head_with_the_log_p_input_reads_the_targets_probability_of_each_token(tmp_path):
+    """The shipped head reads log p(x) beside the state: with weight 100 on it and bias -100 log 0.5
+    it accepts exactly the tokens the target gives p > 0.5, which a wrong token never has (the
+    argmax has more); with bias -100 log 1e-9 it accepts every token."""
+    import math
+
+    lm = tiny_model("llama", vocab=96, seed=1)
+    prompt, params = [3, 14, 15, 9, 2], SamplingParams(max_new_tokens=16, ignore_eos=True)
+    plain = SpeculativeDecoder(lm, "none").generate(prompt, params).token_ids
+    strict = JudgeVerifier(head=_head(tmp_path / "strict", 64, bias=-100 * math.log(0.5), log_p=100.0))
+    out = SpeculativeDecoder(lm, WrongDrafter(lm, k=3), verifier=strict).generate(prompt, params)
+    assert out.token_ids == plain and out.stats.accepted == 0
+    loose = JudgeVerifier(head=_head(tmp_path / "loose", 64, bias=-100 * math.log(1e-9), log_p=100.0))
+    out = SpeculativeDecoder(lm, WrongDrafter(lm, k=3), verifier=loose).generate(prompt, params)
+    assert out.stats.accepted == out.stats.drafted > 0
 
 
 def test_a_judge_that_refuses_everything_is_plain_greedy_and_one_that_accepts_everything_keeps_every_draft(tmp_path):
@@ -159,6 +182,10 @@ def test_judge_errors_are_one_clear_message(tmp_path):
         JudgeVerifier(head=str(tmp_path)).bind(lm)
     with pytest.raises(DraftsmithError, match="another model"):
         JudgeVerifier(head=_head(tmp_path / "wide", 128)).bind(lm)
+    folder = _head(tmp_path / "odd", 64)
+    (tmp_path / "odd" / "judge.json").write_text(json.dumps({"hidden_size": 64, "inputs": ["hidden", "entropy"]}))
+    with pytest.raises(DraftsmithError, match="reads"):
+        JudgeVerifier(head=folder).bind(lm)
     with pytest.raises(DraftsmithError, match="no judge head is shipped"):
         JudgeVerifier().bind(lm)
     (tmp_path / "bad").mkdir()
@@ -193,3 +220,15 @@ def test_train_judge_writes_a_head_the_rule_loads_and_a_rerun_continues(tmp_path
     assert again["splits"] == config["splits"] and (out / "candidates.pt").stat().st_mtime_ns >= mtime
     with pytest.raises(DraftsmithError, match="collected with"):
         train_judge(target, str(data), str(out), progress=False, **{**kw, "window": 5})
+
+
+def test_the_shipped_head_is_found_for_its_target_and_loads():
+    """`--verifier judge` on the default model uses the head shipped in the package (catalog)."""
+    from types import SimpleNamespace
+
+    from draftsmith.verify.judge import load_judge, shipped_judge_dir
+
+    folder = shipped_judge_dir(SimpleNamespace(name="smollm2-135m-instruct"))
+    weight, bias, config = load_judge(folder)
+    assert config["hidden_size"] == 576 and weight.shape == (577,) and 0 < config["threshold"] <= 1
+    assert shipped_judge_dir(SimpleNamespace(name="tiny-llama-0")) is None

@@ -19,7 +19,7 @@ Lossless whatever `merge` does: the tree is deterministic (q = None at every tem
 default verifier is greedy at temperature 0 and recursive rejection over distinct candidates
 otherwise, exact for one-hot q). `merge` only changes which candidates are proposed and what
 drafting costs. Counters: `fed` (draft nodes forwarded) and `merged` (nodes that took another
-node's distribution) since the drafter was built.
+node's distribution) since the drafter was built, its forks included.
 
     gsd:model=NAME_OR_FOLDER,k=5,merge=3,max_nodes=16,topk=3,beam=3
     gsd:model=[draft_model:model=NAME,vocab=0],merge=2
@@ -55,9 +55,17 @@ class GsdDrafter(RasdDrafter):
         super().__init__(model=model, retrieval="none", max_nodes=max_nodes, model_nodes=max_nodes, topk=topk,
                          beam=beam, min_prob=0.0, deep=False, confidence=confidence)
         self.merge = merge
-        self.fed = self.merged = 0
+        self.counts = {"fed": 0, "merged": 0}  # shared by the forks (the loop drafts with one per row)
         self._ids: list[int] = []
         self._memo: dict[tuple[int, ...], int] = {}
+
+    @property
+    def fed(self) -> int:
+        return self.counts["fed"]
+
+    @property
+    def merged(self) -> int:
+        return self.counts["merged"]
 
     def propose(self, ctx: DraftContext):
         self._ids = ctx.ids
@@ -77,7 +85,7 @@ class GsdDrafter(RasdDrafter):
     def _feed(self, lm, tree, feed, L, slot, logp, width) -> None:
         """Merge, then one forward over the nodes left (and any unfed ancestor of theirs)."""
         if not self.merge:
-            self.fed += len(feed)
+            self.counts["fed"] += len(feed)
             return super()._feed(lm, tree, feed, L, slot, logp, width)
         todo = []
         for n in feed:
@@ -85,7 +93,7 @@ class GsdDrafter(RasdDrafter):
             twin = self._memo.get(key)
             if twin is not None and twin in logp:
                 logp[n] = logp[twin]  # the same recent tokens: the same continuations
-                self.merged += 1
+                self.counts["merged"] += 1
             else:
                 todo.append(n)
                 self._memo.setdefault(key, n)
@@ -98,5 +106,5 @@ class GsdDrafter(RasdDrafter):
                 need.add(a)
                 a = tree.parents[a]
         order = sorted(need)  # creation order is topological: parents first
-        self.fed += len(order)
+        self.counts["fed"] += len(order)
         super()._feed(lm, tree, order, L, slot, logp, width)

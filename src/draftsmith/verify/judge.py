@@ -5,7 +5,10 @@ the token is fine ("So the answer" for "The answer"). Judge decoding adds a smal
 the target's own embedding of each draft token, computed in the same verification forward: the
 target has read the draft token, and its last hidden state there says whether it "minds" it.
 
-    judge(i)  = sigmoid(w . h_i + b)        h_i [H] the target's last hidden state at draft node i
+    judge(i)  = sigmoid(w . h_i + v log p(x_i) + b)
+                h_i [H] the target's last hidden state at draft node i (the paper's input), p(x_i)
+                the target's probability of the token before it (criterion_probs: softmax(logits)
+                at temperature 0, the request's p otherwise); a head trained without it has no v
     accept i  = (the standard rule accepts i) or judge(i) >= threshold
 
     temperature 0:  the standard rule is greedy (x_i = argmax p)
@@ -15,8 +18,8 @@ target has read the draft token, and its last hidden state there says whether it
 The first node both refuse ends a chain; a tree keeps its longest accepted root path (lossy.py).
 The bonus is the target's own next token after the last accepted node.
 
-The head is a folder written by `draftsmith train judge` (`judge.safetensors`: weight [H], bias
-[1]; `judge.json`: threshold, hidden size, how it was trained) or the one shipped for the target
+The head is a folder written by `draftsmith train judge` (`judge.safetensors`: weight [H] or
+[H + 1], bias [1]; `judge.json`: threshold, hidden size, inputs, how it was trained) or the one shipped for the target
 (catalog.SHIPPED_HEADS, kind "judge"). The paper labels mismatched draft tokens as correct or
 wrong by hand or with an LLM; draftsmith's labels are made by the target itself (train/judge.py:
 a mismatched token is "acceptable" when the target, continuing greedily after it, rejoins its own
@@ -62,9 +65,14 @@ def load_judge(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
         weight, bias = tensors["weight"].float(), tensors["bias"].float().reshape(1)
     except Exception as exc:  # a damaged or foreign file: say which
         raise DraftsmithError(f"judge: cannot read the head in {folder}: {exc}") from exc
-    if weight.dim() != 1 or weight.shape[0] != config.get("hidden_size"):
-        raise DraftsmithError(f"judge: the head in {folder} has weight {tuple(weight.shape)}, its config says hidden "
-                              f"size {config.get('hidden_size')}")
+    inputs = config.get("inputs", ["hidden"])
+    if inputs not in (["hidden"], ["hidden", "log_p"]):
+        raise DraftsmithError(f"judge: the head in {folder} reads {inputs!r}; this version reads ['hidden'] or "
+                              "['hidden', 'log_p']")
+    width = (config.get("hidden_size") or 0) + (len(inputs) - 1)
+    if weight.dim() != 1 or weight.shape[0] != width:
+        raise DraftsmithError(f"judge: the head in {folder} has weight {tuple(weight.shape)}, its config says "
+                              f"{width} inputs (hidden size {config.get('hidden_size')}, {inputs})")
     return weight, bias, config
 
 
@@ -87,6 +95,7 @@ class JudgeVerifier(LossyVerifier):
             raise DraftsmithError(f"judge: head must be a folder path, got {head!r}")
         self.head, self.threshold = head, None if threshold is None else float(threshold)
         self.weight = self.bias = None
+        self.log_p = False
         super().__init__()
 
     def bind(self, target) -> "JudgeVerifier":
@@ -96,21 +105,29 @@ class JudgeVerifier(LossyVerifier):
                                   "train one (`draftsmith train judge`) and pass head=FOLDER")
         weight, bias, config = load_judge(folder)
         hidden = target.config.hidden_size
-        if weight.shape[0] != hidden:
-            raise DraftsmithError(f"judge: the head in {folder} reads hidden states of size {weight.shape[0]}, "
+        if config.get("hidden_size") != hidden:
+            raise DraftsmithError(f"judge: the head in {folder} reads hidden states of size {config.get('hidden_size')}, "
                                   f"the target's are {hidden}: it was trained for another model")
+        self.log_p = "log_p" in config.get("inputs", ["hidden"])
         self.weight, self.bias = weight.to(target.device), bias.to(target.device)
         if self.threshold is None:
             self.threshold = float(config.get("threshold", 0.5))
         return self
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., H] the target's last hidden states -> [...] the judge's probability that
-        the token there is acceptable."""
+    def scores(self, hidden: torch.Tensor, p_x: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [..., H] the target's last hidden states at the tokens, p_x [...] the target's
+        probability of each token (a head with the log_p input reads it) -> [...] the judge's
+        probability that the token is acceptable."""
         if self.weight is None:
             raise DraftsmithError("judge: the rule was not bound to a target (the decoding loop binds it; "
                                   "call bind(target) when verifying by hand)")
-        return torch.sigmoid(hidden.float() @ self.weight + self.bias)
+        H = hidden.shape[-1]
+        z = hidden.float() @ self.weight[:H] + self.bias
+        if self.log_p:
+            if p_x is None:
+                raise DraftsmithError("judge: this head also reads the target's probability of each token (p_x)")
+            z = z + p_x.float().clamp_min(1e-9).log() * self.weight[H]
+        return torch.sigmoid(z)
 
     def accept(self, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, params: SamplingParams,
                generator: torch.Generator | None, hidden: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,10 +135,10 @@ class JudgeVerifier(LossyVerifier):
         if hidden is None:
             raise DraftsmithError("judge: the target's hidden states are missing (the loop hands them to a "
                                   "verifier with needs_hidden_states; pass hidden= when verifying by hand)")
-        judged = self.scores(hidden) >= self.threshold  # [N]
+        p_x = p.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # [N]
+        judged = self.scores(hidden, p_x) >= self.threshold  # [N]
         if params.greedy:
             return judged | (x == p.argmax(-1))
-        p_x = p.gather(-1, x.unsqueeze(-1)).squeeze(-1)  # [N]
         q_x = torch.ones_like(p_x) if q is None else q.gather(-1, x.unsqueeze(-1)).squeeze(-1)
         return judged | (uniform(p_x.shape, generator, p_x.device) * q_x < p_x)
 
