@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--merges", default="0,3,2")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tree", default="", help="more gsd options, e.g. confidence=0,beam=4,topk=4,max_nodes=32")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,7 +39,7 @@ def main() -> int:
     decoders = {"none": SpeculativeDecoder(target, "none")}
     drafters = {}
     for m in merges:
-        drafters[m] = build_drafter(f"gsd:model=smollm2-135m-instruct-drafter,merge={m}")
+        drafters[m] = build_drafter(f"gsd:model=smollm2-135m-instruct-drafter,merge={m}" + (f",{args.tree}" if args.tree else ""))
         decoders[m] = SpeculativeDecoder(target, drafters[m])
     for dec in decoders.values():  # warm-up
         dec.generate(target.encode("List the planets of the solar system."), SamplingParams(max_new_tokens=8))
@@ -58,7 +59,8 @@ def main() -> int:
     base = rows["none"]["tokens"] / rows["none"]["time"]
     lines = [f"# GSD merging on smollm2-135m-instruct (bf16, greedy, {args.max_new_tokens} tokens)", "",
              f"`python benchmarks/gsd_merge.py --per-category {args.per_category} --max-new-tokens "
-             f"{args.max_new_tokens} --merges {args.merges} --threads {args.threads} --out {args.out}`", "",
+             f"{args.max_new_tokens} --merges {args.merges} --threads {args.threads}"
+             + (f" --tree {args.tree}" if args.tree else "") + f" --out {args.out}`", "",
              f"{dt.datetime.now().isoformat(timespec='minutes')}, {platform.machine()}, torch threads {args.threads}, "
              f"{len(qs)} Spec-Bench first turns ({args.questions}), each method interleaved per prompt with none.", "",
              "| method | τ | fed / step | merged / step | tok/s | x none | = none |", "| --- | --- | --- | --- | --- | --- | --- |"]
