@@ -49,7 +49,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .errors import DraftsmithError
-from .tree import Tree
+from .tree import Tree, additive_mask
 
 SUPPORTED_LAYERS = {"full_attention", "sliding_attention"}
 
@@ -357,8 +357,7 @@ class RowsCache:
     def _masks(self, allow: torch.Tensor, pos: torch.Tensor):
         """allow [B, q, T+q] -> the additive mask [B, 1, q, T+q]; with a sliding window, a dict
         {layer type: mask} whose windowed mask also hides keys `window` or more positions back."""
-        additive = lambda a: torch.zeros(a.shape, dtype=self.dtype, device=self.device).masked_fill_(  # noqa: E731
-            ~a, torch.finfo(self.dtype).min)[:, None]
+        additive = lambda a: additive_mask(a, self.dtype, self.device)[:, None]  # noqa: E731
         if self.window is None:
             return additive(allow)
         key_pos = torch.cat([self.valid.long().cumsum(1) - 1, pos], dim=1)  # [B, T+q] position of each key slot

@@ -19,6 +19,13 @@ import torch
 from .errors import DraftsmithError
 
 
+def additive_mask(allow: torch.Tensor, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """A boolean attention mask (True = attend) -> the additive one the models take: 0 where
+    allowed, the dtype's most negative value elsewhere; same shape, on `device`."""
+    allow = allow.to(device) if device is not None else allow
+    return torch.zeros(allow.shape, dtype=dtype, device=allow.device).masked_fill_(~allow, torch.finfo(dtype).min)
+
+
 @dataclass(frozen=True)
 class Tree:
     parents: tuple[int, ...]  # node -> parent node, -1 = the root
@@ -75,9 +82,7 @@ class Tree:
     def attention_mask(self, past: int, dtype: torch.dtype, device=None) -> torch.Tensor:
         """[1, 1, N+1, past+N+1] additive mask for the verification forward."""
         allow = torch.cat([torch.ones(self.size + 1, past, dtype=torch.bool), self.ancestry], dim=1)
-        mask = torch.zeros(allow.shape, dtype=dtype, device=device)
-        mask.masked_fill_(~allow.to(device), torch.finfo(dtype).min)
-        return mask[None, None]
+        return additive_mask(allow, dtype, device)[None, None]
 
     def position_ids(self, past: int, device=None) -> torch.Tensor:
         """[1, N+1] positions: the root at `past`, a node at past + depth."""

@@ -71,6 +71,7 @@ import torch
 
 from ..cache import sliding_window
 from ..errors import DraftsmithError, IncompatibleDrafterError
+from ..tree import additive_mask
 from ..types import Draft, VerifyResult
 from .base import DraftContext, DrafterBase, register
 from .draft_model import DraftModelDrafter
@@ -387,7 +388,7 @@ class RasdDrafter(DrafterBase):
             while a >= 0:
                 allow[j, slot[a]] = True
                 a = tree.parents[a]
-        mask = torch.zeros(allow.shape, dtype=lm.dtype).masked_fill_(~allow, torch.finfo(lm.dtype).min)
+        mask = additive_mask(allow, lm.dtype)
         ids = torch.tensor([[tree.tokens[n] for n in feed]], dtype=torch.long, device=dev)  # [1, F]
         pos = torch.tensor([[L - 1 + tree.depth[n] for n in feed]], device=dev)  # [1, F]: the root sits at L - 1
         slots = torch.arange(start, start + F, device=dev)

@@ -86,6 +86,7 @@ def branch_rollouts(target, seq: list[int], start: int, ts: list[int], tokens: l
     a branch's token sees the sequence up to its anchor (the token before t) and its own branch
     (train/pard.py's `layout_mask`, block = depth + 1), at position anchor + 1 + depth."""
     from ..cache import new_cache
+    from ..tree import additive_mask
 
     T, M = len(seq), len(ts)
     model, device = target.model, target.device
@@ -101,8 +102,7 @@ def branch_rollouts(target, seq: list[int], start: int, ts: list[int], tokens: l
         blk += [depth + 1] * M
         anc += anchors
         allow = layout_mask(torch.tensor(blk, device=device), torch.tensor(anc, device=device))[-M:]  # [M, L]
-        mask = torch.zeros(allow.shape, dtype=target.dtype, device=device).masked_fill_(
-            ~allow, torch.finfo(target.dtype).min)[None, None]  # [1, 1, M, L] additive
+        mask = additive_mask(allow, target.dtype)[None, None]  # [1, 1, M, L]
         L = len(blk)
         out = model(input_ids=new[None], past_key_values=cache, use_cache=True, attention_mask=mask,
                     position_ids=torch.tensor([[a + 1 + depth for a in anchors]], device=device),
