@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate
+from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, ks_pvalue
 
 
 def target_at(last: float) -> GaussianMixture:
@@ -45,14 +45,6 @@ def overlap(p, q) -> float:
     return float(torch.minimum(p.log_prob(grid).exp(), q.log_prob(grid).exp()).sum()) * float(grid[1, 0] - grid[0, 0])
 
 
-def ks_pvalue(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.sort().values, b.sort().values
-    grid = torch.cat([a, b]).sort().values
-    d = float((torch.searchsorted(a, grid, right=True).double() / a.numel()
-               - torch.searchsorted(b, grid, right=True).double() / b.numel()).abs().max())
-    ne = a.numel() * b.numel() / (a.numel() + b.numel())
-    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
-    return min(max(2 * sum((-1) ** (j - 1) * math.exp(-2 * j * j * lam * lam) for j in range(1, 101)), 0.0), 1.0)
 
 
 def sample_runs(drafter, runs: int, n: int, k: int, seed: int, stats=None) -> torch.Tensor:

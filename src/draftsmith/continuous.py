@@ -176,3 +176,16 @@ def generate(target: Target, drafter: Drafter | None, prompt: torch.Tensor, n: i
         stats.accepted += accepted
         stats.per_step.append(accepted + 1)
     return seq[start:start + n]
+
+
+def ks_pvalue(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov test of samples a [n] and b [m]: the asymptotic p-value of their
+    largest CDF gap (what the distribution test and benchmarks/continuous_sd.py check against)."""
+    a, b = a.double().sort().values, b.double().sort().values
+    grid = torch.cat([a, b]).sort().values
+    d = float((torch.searchsorted(a, grid, right=True).double() / a.numel()
+               - torch.searchsorted(b, grid, right=True).double() / b.numel()).abs().max())
+    ne = a.numel() * b.numel() / (a.numel() + b.numel())
+    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
+    p = 2 * sum((-1) ** (j - 1) * math.exp(-2 * j * j * lam * lam) for j in range(1, 101))
+    return min(max(p, 0.0), 1.0)

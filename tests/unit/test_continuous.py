@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from draftsmith import continuous
-from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, verify_chain
+from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, ks_pvalue, verify_chain
 from draftsmith.errors import DraftsmithError
 
 
@@ -27,17 +27,6 @@ def drafter(seq: torch.Tensor) -> Gaussian:
     return Gaussian([0.6 * float(seq[-1, 0])], [1.0])
 
 
-def ks_pvalue(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov test, asymptotic p-value."""
-    a, b = a.sort().values, b.sort().values
-    grid = torch.cat([a, b]).sort().values
-    cdf_a = torch.searchsorted(a, grid, right=True).double() / a.numel()
-    cdf_b = torch.searchsorted(b, grid, right=True).double() / b.numel()
-    d = float((cdf_a - cdf_b).abs().max())
-    ne = a.numel() * b.numel() / (a.numel() + b.numel())
-    lam = (math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d
-    p = 2 * sum((-1) ** (j - 1) * math.exp(-2 * j * j * lam * lam) for j in range(1, 101))
-    return min(max(p, 0.0), 1.0)
 
 
 def runs(use_drafter: bool, n_runs: int, seed: int, stats: ContinuousStats | None = None) -> torch.Tensor:
@@ -138,3 +127,11 @@ def test_bad_inputs_are_one_message():
         generate(target, drafter, torch.zeros(3), n=2, k=1, generator=g)
     with pytest.raises(DraftsmithError, match="k must be"):
         generate(target, drafter, torch.zeros(1, 1), n=2, k=-1, generator=g)
+
+
+def test_the_ks_test_tells_a_shift_from_a_second_sample():
+    """Guards the statistic the distribution test rests on: two samples of one law pass, a shift of 0.2 std fails."""
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(3000, generator=g), torch.randn(3000, generator=g)
+    assert ks_pvalue(a, b) > 0.01
+    assert ks_pvalue(a, b + 0.2) < 1e-4
