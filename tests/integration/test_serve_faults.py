@@ -517,3 +517,21 @@ def test_an_online_drafter_learns_from_served_requests_and_answers_stay_plain(ta
     finally:
         online.close()
         plain.close()
+
+
+def test_the_engine_is_healthy_as_soon_as_it_is_built_on_a_slow_machine(target, monkeypatch):
+    """Bug: /v1/models answered 503 ("the engine worker is restarting") to a request sent right after
+    start-up when the supervisor thread had not yet started the first worker (seen once in CI on a
+    loaded machine). Delay the supervisor: the built engine must be healthy all the same."""
+    real = Engine._supervise
+
+    def slow_supervise(self):
+        time.sleep(0.5)
+        real(self)
+
+    monkeypatch.setattr(Engine, "_supervise", slow_supervise)
+    engine = Engine(target, "none", smartspec=False, max_batch=1)
+    try:
+        assert engine.health() == (True, "ok")
+    finally:
+        engine.close()

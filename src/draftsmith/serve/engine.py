@@ -205,8 +205,12 @@ class Engine:
         self._busy_since: float | None = None  # when the running iteration began (None: idle)
         self.worker: threading.Thread | None = None
         self.metrics.healthy.set_function(lambda: 1.0 if self.healthy else 0.0)
+        self._first_worker = threading.Event()  # set once the supervisor has started the first worker
         self.supervisor = threading.Thread(target=self._supervise, name="draftsmith-supervisor", daemon=True)
         self.supervisor.start()
+        # a request right after start-up must not find "the engine worker is restarting" (503): the
+        # supervisor thread may not have run yet on a loaded machine
+        self._first_worker.wait(timeout=30)
 
     @property
     def verifier(self):
@@ -281,6 +285,7 @@ class Engine:
             self._worker_error = None
             self.worker = threading.Thread(target=self._work, name="draftsmith-engine", daemon=True)
             self.worker.start()
+            self._first_worker.set()
             self.worker.join()
             self._busy_since = None
             if self._closing.is_set():
