@@ -85,13 +85,17 @@ class GaussianMixture:
 
 @dataclass
 class ContinuousStats:
-    steps: int = 0
     drafted: int = 0
     accepted: int = 0
     rejections: int = 0  # steps that ended at a rejected draft token
     residual_draws: int = 0  # draws of p spent on residuals
     fallbacks: int = 0  # residuals that ran past max_draws and were drawn from p (see the module docstring)
     per_step: list[int] = field(default_factory=list)  # tokens committed per step (τ's samples)
+
+    @property
+    def steps(self) -> int:
+        """Target calls (one per step)."""
+        return len(self.per_step)
 
     @property
     def tau(self) -> float:
@@ -171,7 +175,6 @@ def generate(target: Target, drafter: Drafter | None, prompt: torch.Tensor, n: i
         ps = list(target(torch.cat([seq, draft_t])))[seq.shape[0] - 1:]  # verify: one call, kk + 1 densities
         accepted, nxt = verify_chain(draft_t, ps, qs, generator, stats, max_draws=max_draws)
         seq = torch.cat([seq, draft_t[:accepted], nxt.unsqueeze(0)])  # commit
-        stats.steps += 1
         stats.drafted += kk
         stats.accepted += accepted
         stats.per_step.append(accepted + 1)
