@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, ks_pvalue
+from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, ks_pvalue, overlap
 
 
 def target_at(last: float) -> GaussianMixture:
@@ -38,13 +38,6 @@ DRAFTERS = {
     "mixture, modes 0.3 off, 1.3x wider": lambda seq: GaussianMixture(
         [0.5, 0.5], [[0.6 * float(seq[-1, 0]) - 0.9], [0.6 * float(seq[-1, 0]) + 0.9]], [[0.6], [0.6]]),
 }
-
-
-def overlap(p, q) -> float:
-    grid = torch.linspace(-10, 10, 40001, dtype=torch.float64).unsqueeze(-1)
-    return float(torch.minimum(p.log_prob(grid).exp(), q.log_prob(grid).exp()).sum()) * float(grid[1, 0] - grid[0, 0])
-
-
 
 
 def sample_runs(drafter, runs: int, n: int, k: int, seed: int, stats=None) -> torch.Tensor:

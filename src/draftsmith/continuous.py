@@ -181,6 +181,14 @@ def generate(target: Target, drafter: Drafter | None, prompt: torch.Tensor, n: i
     return seq[start:start + n]
 
 
+def overlap(p: Density, q: Density, lo: float = -10.0, hi: float = 10.0, points: int = 40001) -> float:
+    """∫ min(p, q) of two one-dimensional densities on a grid over [lo, hi]: 1 - TV(p, q), the
+    probability that a draft drawn from q is accepted."""
+    grid = torch.linspace(lo, hi, points, dtype=torch.float64).unsqueeze(-1)  # [points, 1]
+    both = torch.minimum(p.log_prob(grid).exp(), q.log_prob(grid).exp())  # [points]
+    return float(both.sum()) * (hi - lo) / (points - 1)
+
+
 def ks_pvalue(a: torch.Tensor, b: torch.Tensor) -> float:
     """Two-sample Kolmogorov-Smirnov test of samples a [n] and b [m]: the asymptotic p-value of their
     largest CDF gap (what the distribution test and benchmarks/continuous_sd.py check against)."""

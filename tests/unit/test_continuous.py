@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from draftsmith import continuous
-from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, ks_pvalue, verify_chain
+from draftsmith.continuous import ContinuousStats, Gaussian, GaussianMixture, generate, ks_pvalue, overlap, verify_chain
 from draftsmith.errors import DraftsmithError
 
 
@@ -25,8 +25,6 @@ def target(seq: torch.Tensor):
 def drafter(seq: torch.Tensor) -> Gaussian:
     """A broad unimodal drafter centred between the target's modes: it overlaps the target but misses both modes."""
     return Gaussian([0.6 * float(seq[-1, 0])], [1.0])
-
-
 
 
 def runs(use_drafter: bool, n_runs: int, seed: int, stats: ContinuousStats | None = None) -> torch.Tensor:
@@ -77,15 +75,13 @@ def test_first_token_acceptance_is_one_minus_total_variation():
     """P(accept x ~ q) = ∫ min(p, q) = 1 - TV(p, q), checked against a numerical integral."""
     prompt = torch.zeros(1, 1, dtype=torch.float64)
     p, q = target_at(prompt[0]), drafter(prompt)
-    grid = torch.linspace(-8, 8, 20001, dtype=torch.float64).unsqueeze(-1)
-    dx = float(grid[1, 0] - grid[0, 0])
-    overlap = float(torch.minimum(p.log_prob(grid).exp(), q.log_prob(grid).exp()).sum()) * dx
+    expected = overlap(p, q)
     g = torch.Generator().manual_seed(3)
     n, accepted = 6000, 0
     for _ in range(n):
         x = q.sample(1, g)
         accepted += verify_chain(x, [p, p], [q], g)[0]
-    assert abs(accepted / n - overlap) < 4 * math.sqrt(overlap * (1 - overlap) / n)
+    assert abs(accepted / n - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 
 
 def test_one_target_call_per_step_and_tau_counts_the_bonus():
