@@ -308,6 +308,8 @@ RECIPES: dict[str, Recipe] = {
     "koala": Recipe(_heads("koala"), "koala", heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
     # EAGLE-3: fused low/mid/high target features (feature_layers), its own draft vocabulary
     "eagle3": Recipe(_heads("eagle3"), "eagle3", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
+    # Falcon: EAGLE's layer drafting 2 tokens a forward (semi-autoregressive), a chain sampled from q
+    "falcon": Recipe(_heads("falcon"), "falcon", heads=True, sampled_q=True, sampling=("t1",)),
     # an EAGLE-2 dynamic tree: the heads' top-k at each depth, deterministic (q None) even when sampling
     "eagle-tree": Recipe(_heads("eagle", tree_nodes=6, topk=2), "eagle", trees=True, heads=True, sampling=("t1",)),
     # heads drafting over part of the vocabulary: q is zero outside it

@@ -66,15 +66,18 @@ def cmd_generate(args) -> int:
     from .drafters import build_drafter, parse_spec
     from .target import load_target
 
+    from .policy.memory import parse_size
+
     params = _sampling(args)
     name, options = parse_spec(args.drafter)
     drafter = build_drafter(name, **options)
+    budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
     _check_target_args(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt or not prompt.strip():
         raise DraftsmithError("prompt is empty")
     target = load_target(args.model, dtype=args.dtype, device=args.device)
-    decoder = SpeculativeDecoder(target, drafter, verifier=_verifier(args), exact=args.exact)
+    decoder = SpeculativeDecoder(target, drafter, verifier=_verifier(args), exact=args.exact, memory_budget=budget)
     ids = target.encode(prompt, chat=False if args.no_chat else None)
     generator = torch.Generator().manual_seed(args.seed)
     result = None
@@ -84,14 +87,19 @@ def cmd_generate(args) -> int:
         result = chunk.result or result
     sys.stdout.write("\n")
     s = result.stats
+    memory = {}
+    if decoder.memory is not None:
+        memory = {"memory_budget": decoder.memory.budget, "memory_weights": decoder.memory.weights,
+                  "memory_per_token": decoder.memory.per_token, "memory_per_node": decoder.memory.per_node}
     if args.json:
-        print(json.dumps({"drafter": args.drafter, "verifier": args.verifier, "model": args.model, **s.as_dict()}),
-              file=sys.stderr)
+        print(json.dumps({"drafter": args.drafter, "verifier": args.verifier, "model": args.model, **memory,
+                          **s.as_dict()}), file=sys.stderr)
     else:
         label = args.drafter if args.verifier == "auto" else f"{args.drafter}, verifier {args.verifier}"
         print(f"[{label}{'' if s.lossless else ', lossy'}] {s.new_tokens} tokens in {s.steps} steps: τ {s.tau:.2f}, "
               f"acceptance {s.acceptance_rate:.2f}, {s.tokens_per_second:.1f} tok/s, drafter "
-              f"{100 * s.drafter_share:.0f}% of time, finish: {s.finish_reason}", file=sys.stderr)
+              f"{100 * s.drafter_share:.0f}% of time, finish: {s.finish_reason}"
+              + (f", {decoder.memory.describe()}" if decoder.memory is not None else ""), file=sys.stderr)
     return 0
 
 
@@ -231,6 +239,10 @@ def _check_serve_args(args) -> None:
     """Every numeric serve option, with a one-line message naming it (before the model loads)."""
     import math
 
+    from .policy.memory import parse_size
+
+    if args.memory_budget is not None:
+        parse_size(args.memory_budget)
     from .target import parse_dtype
 
     if not 0 < args.port < 65536:
@@ -271,7 +283,8 @@ def cmd_serve(args) -> int:
     target = load_target(args.model, dtype=args.dtype, device=args.device)
     engine = Engine(target, build_drafter(name, **options), verifier=_verifier(args), max_batch=args.max_batch,
                     smartspec=not args.no_smartspec, k_max=args.k_max, max_queue=args.max_queue,
-                    max_restarts=args.max_restarts, exact=args.exact, prefill_chunk=args.prefill_chunk or None)
+                    max_restarts=args.max_restarts, exact=args.exact, prefill_chunk=args.prefill_chunk or None,
+                    memory_budget=args.memory_budget)
     app = create_app(engine, args.served_name or args.model, args.drafter, max_body=args.max_body,
                      verifier_name=args.verifier, request_timeout=args.request_timeout,
                      first_token_timeout=args.first_token_timeout, body_timeout=args.body_timeout,
@@ -327,6 +340,11 @@ def cmd_bench_serve(args) -> int:
     return 0
 
 
+MEMORY_HELP = ("memory for weights, KV caches and a step's buffers, e.g. 1.5GB or 800MiB (a bare number: MiB): "
+               "each request reserves its context and every step drafts as many nodes as fit (SpecMemo; "
+               "policy/memory.py)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="draftsmith", description="Lossless speculative decoding.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true", help="print the stats as JSON")
+    g.add_argument("--memory-budget", help=MEMORY_HELP)
     _add_target_args(g, "A lossy rule is said so in the stats line.")
     g.set_defaults(func=cmd_generate)
 
@@ -400,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prefill-chunk", type=int, default=256, help="prefill a longer prompt this many tokens per step, "
                    "between the running streams' steps, so none waits longer than one chunk (default 256; 0 = a "
                    "prompt at once)")
+    v.add_argument("--memory-budget", help=MEMORY_HELP + "; a request that must wait for memory stays queued")
     v.add_argument("--threads", type=int, help="torch threads")
     _add_target_args(v, "The server-wide rule for every request (requests keep the OpenAI schema: no per-request rule).")
     v.set_defaults(func=cmd_serve)

@@ -94,6 +94,31 @@ class Draft:
             return self
         return Draft(self.token_ids[:, :n], None if self.q is None else self.q[:, :n])
 
+    def first(self, n: int) -> Draft:
+        """At most n nodes (a memory budget's cap). A chain: its first n. A deterministic tree (q
+        None): its first n nodes in topological order, a tree again (every kept node's parent is
+        kept), and any deterministic tree verifies losslessly. A sampled tree (q given): the path
+        of first children, cut to n, a chain each of whose nodes was drawn from q given the ones
+        before it (dropping some sampled siblings could change what a multi-draft rule assumes of
+        them)."""
+        if n >= self.size:
+            return self
+        if self.parents is None:
+            return self.truncate(n)
+        if self.q is None:
+            parents = self.parents[:n]
+            if all(int(p) == i - 1 for i, p in enumerate(parents.tolist())):
+                return Draft(self.token_ids[:, :n])
+            return Draft(self.token_ids[:, :n], parents=parents)
+        path, node, parents = [], -1, self.parents.tolist()
+        while len(path) < n:
+            children = [i for i, p in enumerate(parents) if p == node]
+            if not children:
+                break
+            node = children[0]
+            path.append(node)
+        return Draft(self.token_ids[:, path], self.q[:, path])
+
 
 @dataclass(frozen=True)
 class VerifyResult:

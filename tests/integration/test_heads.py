@@ -18,7 +18,7 @@ from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
 from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import plain_ids, random_heads, tiny_model
 
-KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3"]
+KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 
 
@@ -73,7 +73,7 @@ def test_amphista_heads_see_each_other():
 
 VARIANTS = {"medusa": {}, "medusa-tree": {"tree_nodes": 8, "topk": 3}, "hydra": {}, "eagle": {},
             "eagle-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "amphista": {},
-            "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}}
+            "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}, "falcon": {}, "falcon-k5": {"k": 5}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -182,7 +182,7 @@ def test_train_heads_end_to_end(kind, tmp_path):
 
 
 TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1},
-            "eagle": {}, "eagle-unroll": {"unroll": 2}}
+            "eagle": {}, "eagle-unroll": {"unroll": 2}, "falcon": {}, "falcon-glance": {"glance": 0.3}}
 
 
 @pytest.mark.parametrize("variant", TRAINING)
@@ -200,6 +200,68 @@ def test_heads_training_loss_falls(variant, tmp_path):
     assert losses[-1] < losses[0], f"{variant}: {losses}"
     if cfg.adversarial:  # the discriminator trained and its losses were logged beside the heads'
         assert len(_scalars(tmp_path / kind / "runs", "train/adversarial_discriminator")) == len(losses)
+
+
+def _perturbed_falcon(target, block: int, seed: int = 0):
+    m = build_heads(HeadsConfig.for_target("falcon", target.config, num_heads=4, block=block))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return m.eval()
+
+
+def test_falcon_with_blocks_of_one_is_eagles_training_time_test():
+    """Falcon's passes (train.heads.falcon_passes) generalise EAGLE's training-time test: with
+    one token a block they must be `eagle_passes`, mask for mask (guards an off-by-one in the
+    relaxed mask or in which drafted keys a pass sees)."""
+    from draftsmith.train.heads import eagle_passes, falcon_passes
+
+    target = tiny_model("llama")
+    m = _perturbed_falcon(target, block=1)
+    H = target.config.hidden_size
+    feats, embeds = torch.randn(2, 9, H), torch.randn(2, 9, H)
+    with torch.no_grad():
+        ours = falcon_passes(m, feats, embeds, 1, 3)
+        theirs = eagle_passes(m, feats, embeds, 3)
+    for u in range(3):
+        torch.testing.assert_close(ours[u][0][:, u:], theirs[u][:, u:])
+
+
+@pytest.mark.parametrize("block", [2, 3])
+def test_falcon_trains_on_what_it_drafts(block):
+    """What Falcon's loss trains (falcon_passes over a whole sequence) must be what the drafter
+    computes at draft time: the drafter's greedy tokens, appended to the committed ones as if
+    they were the data, are the argmax of the training passes at the queries of that context
+    (pass 1's block of the newest pairs, then the drafted blocks). Guards the relaxed mask and
+    the cache the drafter keeps (the k - 1 newest pairs fed again each step)."""
+    from draftsmith.drafters.base import DraftContext
+    from draftsmith.train.heads import falcon_passes
+
+    target = tiny_model("llama")
+    m = _perturbed_falcon(target, block=block)
+    drafter = build_drafter("falcon", k=2 * block)
+    drafter.module, drafter.block, drafter.k = m, block, 2 * block
+    drafter.lm_head = target.model.get_output_embeddings()
+    drafter.embed = target.model.get_input_embeddings()
+    H, gen = target.config.hidden_size, torch.Generator().manual_seed(3)
+    ids = torch.randint(target.vocab_size, (12,), generator=gen).tolist()
+    feats = torch.randn(len(ids) - 1, H, generator=gen)
+    drafter.prefill(ids[:6], feats[None, :5])
+    ctx = lambda n: DraftContext(ids=ids[:n], params=SamplingParams(), max_tokens=2 * block)  # noqa: E731
+    drafter.propose(ctx(6))  # a first step: the cache then holds the committed pairs but the newest k - 1
+    lm, embed = target.model.get_output_embeddings(), target.model.get_input_embeddings()
+    for n_ids in (7, 12):  # no draft accepted (one new pair: fewer than a block), then five
+        drafter.features = list(feats[:n_ids - 1])
+        tokens = drafter.propose(ctx(n_ids)).token_ids[0].tolist()
+        c = n_ids - 2  # the newest committed pair
+        seq = ids[:n_ids] + tokens
+        all_feats = torch.cat([feats[:n_ids - 1], torch.zeros(len(tokens), H)])[None]  # drafted: never read
+        with torch.no_grad():
+            outs = falcon_passes(m, all_feats, embed(torch.tensor([seq[1:]])), block, 2)
+        expect = [int(lm(outs[0][o][0, c - block + 1 + o]).argmax()) for o in range(block)]
+        expect += [int(lm(outs[1][o][0, c + 1 + o]).argmax()) for o in range(block)]
+        assert tokens == expect, n_ids
 
 
 def _scalars(logdir, tag):

@@ -535,3 +535,26 @@ def test_the_engine_is_healthy_as_soon_as_it_is_built_on_a_slow_machine(target, 
         assert engine.health() == (True, "ok")
     finally:
         engine.close()
+
+
+def test_under_a_memory_budget_a_request_waits_for_memory_and_one_that_never_fits_is_refused(serve, gate, target):
+    """SpecMemo's budget in the server (policy/memory.py): with room for one row's context, a
+    second request stays queued until the first finishes (both answered, each its own answer);
+    a request whose context can never fit gets a 400 naming the numbers, and the server goes on."""
+    from draftsmith.policy.memory import plan
+
+    probe = FaultyDrafter(k=4)
+    probe.bind(target)
+    p = plan(target, probe, 1 << 40)
+    tokens = len(target.encode(PROMPT)) + 16  # a request's context
+    budget = p.weights + (5 * tokens // 4) * p.per_token + 3 * p.per_node  # one row (+ 2 draft nodes), not two
+    s = serve(memory_budget=budget)
+    reference = s_reference(s)
+    held, sizes = gate(s.engine), batch_sizes(s.engine)
+    answers = together(s, held, [{"prompt": PROMPT, "max_tokens": 16, "temperature": 0}] * 2)
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert [a.json()["choices"][0]["text"] for a in answers] == [reference] * 2
+    assert set(sizes) == {1}  # queued together, yet never in the batch together (without a budget: 2)
+    big = s.complete(max_tokens=200)
+    assert big.status_code == 400 and "memory budget leaves room for" in big.text, big.text
+    s.assert_healthy_and_unchanged(reference)

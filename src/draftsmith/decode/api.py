@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,6 +26,7 @@ from ..policy import SmartSpec, StepCost, calibrate
 from ..target import CausalLM
 from ..types import GenerationResult, SamplingParams
 from ..verify import build_verifier
+from ..policy.memory import parse_size, plan
 from .loop import Loop
 from .rows import Row
 
@@ -58,14 +59,16 @@ class SpeculativeDecoder:
     identical to plain decoding in bf16 too (exact.py; refused with a message where it cannot be)."""
 
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, exact: bool = False,
-                 **drafter_options):
+                 memory_budget=None, **drafter_options):
         _check_target(target)
         self.target = target
         self.exact = _exact(target, exact)
         self.verifier = build_verifier(verifier)
+        budget = parse_size(memory_budget) if memory_budget is not None else None
         self.drafter = build_drafter(drafter, **drafter_options)
         check_supported(target.model, target.name)  # an unsupported cache is refused now, not at the first call
         self.drafter.bind(target)
+        self.memory = plan(target, self.drafter, budget) if budget is not None else None  # policy/memory.py
         self._lock = threading.Lock()
 
     @property
@@ -86,7 +89,8 @@ class SpeculativeDecoder:
         """Like `generate`, yielding a chunk per step as tokens are accepted."""
         params = params or SamplingParams()
         prompt_ids = self.target.encode(prompt)
-        loop = Loop(self.target, self.drafter, verifier=self.verifier, exact=self.exact)  # this generation's own cache
+        memory = replace(self.memory) if self.memory is not None else None  # this generation's own reservations
+        loop = Loop(self.target, self.drafter, verifier=self.verifier, exact=self.exact, memory=memory)  # its own cache
         with self._lock:
             row = loop.add(prompt_ids, params, generator, verifier)
         want_text = text and self.target.tokenizer is not None
@@ -119,16 +123,18 @@ class BatchDecoder:
 
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, k_max: int = 8,
                  smartspec: bool = True, cost: Callable[[int, int], float] | None = None, probe_every: int = 16,
-                 exact: bool = False, prefill_chunk: int | None = None, **drafter_options):
+                 exact: bool = False, prefill_chunk: int | None = None, memory_budget=None, **drafter_options):
         _check_target(target)
         if not (isinstance(k_max, int) and not isinstance(k_max, bool) and k_max >= 0):
             raise DraftsmithError(f"k_max must be an integer >= 0, got {k_max!r}")
         self.target, self.k_max, self.smartspec, self.probe_every = target, k_max, smartspec, probe_every
+        budget = parse_size(memory_budget) if memory_budget is not None else None
         self.drafter = build_drafter(drafter, **drafter_options)
         self.loop = Loop(target, self.drafter, verifier=build_verifier(verifier), k_max=k_max,
                          batch_policy=SmartSpec(k_max, cost, probe_every) if smartspec and cost else None,
                          exact=_exact(target, exact), prefill_chunk=prefill_chunk)
         self.drafter.bind(target)
+        self.loop.memory = plan(target, self.drafter, budget) if budget is not None else None  # policy/memory.py
         self._lock = threading.Lock()
 
     @property

@@ -33,6 +33,7 @@ from ..drafters.base import DraftContext, DrafterBase
 from ..errors import DraftsmithError
 from ..exact import Exact
 from ..policy import SmartSpec, row_policy
+from ..policy.memory import MemoryBusy, MemoryPlan, check_row
 from ..policy.smartspec import synchronize
 from ..types import Draft, RunStats, SamplingParams, VerifyResult
 from ..verify import VerifierBase, bind_verifier, build_verifier, default_verifier
@@ -69,13 +70,15 @@ class Loop:
     other rows' steps (chunked prefill: no running row waits for a whole long prompt)."""
 
     def __init__(self, target, drafter: DrafterBase, *, verifier=None, batch_policy: SmartSpec | None = None,
-                 k_max: int | None = None, exact: Exact | None = None, prefill_chunk: int | None = None):
+                 k_max: int | None = None, exact: Exact | None = None, prefill_chunk: int | None = None,
+                 memory: MemoryPlan | None = None):
         check_supported(target.model, target.name)
         if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and not isinstance(prefill_chunk, bool)
                                               and prefill_chunk >= 1):
             raise DraftsmithError(f"prefill_chunk must be an integer >= 1 or None, got {prefill_chunk!r}")
         self.target, self.drafter, self.verifier, self.exact = target, drafter, bind_verifier(verifier, target), exact
         self.prefill_chunk = prefill_chunk
+        self.memory = memory  # policy/memory.py: rows reserve their context; drafts get what is left
         self.pending: list[Row] = []  # rows whose prompt is being prefilled a chunk per step
         self.batch_policy, self.k_max = batch_policy, k_max
         self.cache = RowsCache(target.config, target.device, target.dtype)
@@ -91,6 +94,7 @@ class Loop:
         `prefill_chunk`, a longer prompt is prefilled a chunk per step instead (`pending` until then)."""
         target = self.target
         check_length(target, len(prompt_ids), params)
+        reserve = self._reserve(len(prompt_ids), params)
         rule = bind_verifier(build_verifier(verifier), target) if verifier is not None else self.verifier
         rule = rule or default_verifier(params)
         drafter = self.drafter.fork()
@@ -99,15 +103,35 @@ class Loop:
                   stats=RunStats(lossless=rule.lossless_for(params) if isinstance(rule, VerifierBase) else bool(rule.lossless)),
                   start_time=time.perf_counter())
         row.prefill = Prefill(new_cache())
+        row.reserved = reserve
         if self.prefill_chunk is not None and len(row.ids) - 1 > self.prefill_chunk:
             self.pending.append(row)
             return row
         try:
             self._prefill(row, len(row.ids) - 1)
         except BaseException:
+            self._release(row)
             drafter.finish()
             raise
         return row
+
+    def _reserve(self, prompt_tokens: int, params: SamplingParams) -> int:
+        """A memory budget: reserve the row's whole context, or refuse it (MemoryBudgetError)."""
+        if self.memory is None:
+            return 0
+        tokens = min(prompt_tokens + params.max_new_tokens, self.target.max_length)
+        check_row(self.memory, tokens)  # never fits: the request's own error
+        if not self.memory.fits(tokens):
+            raise MemoryBusy(f"the memory budget is held by the {len(self.rows) + len(self.pending)} rows "
+                                    f"running ({self.memory.reserved} tokens reserved); this request's {tokens} tokens "
+                                    "fit once some of them finish")
+        self.memory.reserved += tokens
+        return tokens
+
+    def _release(self, row: Row) -> None:
+        if self.memory is not None and row.reserved:
+            self.memory.reserved -= row.reserved
+            row.reserved = 0
 
     def _prefill(self, row: Row, upto: int) -> None:
         """Prefill the row's prompt up to token `upto` (all but its last token: it joins the batch)."""
@@ -153,6 +177,7 @@ class Loop:
         return []
 
     def _finish_drafter(self, r: Row) -> None:
+        self._release(r)
         try:
             r.drafter.finish()
         except Exception as exc:  # noqa: BLE001 - a drafter's cleanup fails neither the others nor this row
@@ -192,6 +217,8 @@ class Loop:
     def _caps(self) -> list[int]:
         room = self.target.max_length
         k_max = self.k_max if self.k_max is not None else 1 << 30
+        if self.memory is not None:  # the draft nodes per row that fit in what the rows' contexts leave
+            k_max = min(k_max, self.memory.nodes(len(self.rows)))
         return [max(0, min(r.drafter.k, k_max, r.budget - 1, room - len(r.ids) - 1)) for r in self.rows]
 
     def _propose(self, r: Row, k: int) -> Draft:
@@ -200,6 +227,8 @@ class Loop:
             d = r.drafter.propose(DraftContext(r.ids, k, r.params, r.generator))
             d = check_draft(d, vocab=self.vocab, cap=k, device=self.target.device, trees=r.verifier.trees,
                             who=r.drafter.name or type(r.drafter).__name__)
+            if self.memory is not None:  # a tree within its depth cap may still be wider than memory allows
+                d = d.first(k)
         except Exception as exc:  # this row drafts nothing and fails after the forward
             r.fail(_message(exc))
             d = Draft.empty(device=self.target.device)

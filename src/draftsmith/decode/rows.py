@@ -94,6 +94,7 @@ class Row:
     history: History = field(default_factory=History)  # its drafting steps, for SmartSpec
     start_time: float = 0.0
     prefill: Prefill | None = None  # set while its prompt is prefilled (decode/loop.py)
+    reserved: int = 0  # context tokens it holds of a memory budget (policy/memory.py)
 
     @property
     def new_ids(self) -> list[int]:

@@ -18,6 +18,7 @@ from .draft_model import DraftModelDrafter
 from .ngram import NgramDrafter
 from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, MedusaDrafter
 from .heads.eagle3 import Eagle3Drafter
+from .heads.falcon import FalconDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ..decode import BatchDecoder, Row
 from ..drafters import Drafter
 from ..errors import DraftsmithError
+from ..policy.memory import MemoryBusy
 from ..target import CausalLM
 from ..types import SamplingParams
 
@@ -89,6 +90,11 @@ class JobQueue:
             if not self._items and timeout:
                 self._cond.wait(timeout)
             return self._items.popleft() if self._items else None
+
+    def put_back(self, job: Job) -> None:
+        """A job taken with `get` that must wait (for memory): first in line again."""
+        with self._cond:
+            self._items.appendleft(job)
 
     def drop_cancelled(self) -> list[Job]:
         with self._cond:
@@ -165,7 +171,7 @@ class Engine:
     def __init__(self, target: CausalLM, drafter: str | Drafter = "none", *, verifier=None, max_batch: int = 16,
                  smartspec: bool = True, k_max: int = 8, max_queue: int = 256, max_restarts: int = 3,
                  restart_window: float = 60.0, stall_timeout: float = 300.0, exact: bool = False,
-                 prefill_chunk: int | None = 256):
+                 prefill_chunk: int | None = 256, memory_budget=None):
         """`drafter` (name, spec or instance) is bound once: every request's row gets a fork of it
         (shared weights and tables, no load per request). `verifier`: the default rule for
         requests (None: greedy at temperature 0, rejection sampling otherwise). `k_max`: the
@@ -175,7 +181,10 @@ class Engine:
         id for id as plain decoding alone, in bf16 too). `prefill_chunk`: a longer prompt is
         prefilled that many tokens per step, so running streams wait one chunk at most (None: a
         prompt at once, while every stream waits). Bad arguments raise DraftsmithError before
-        any work (the calibration takes seconds)."""
+        any work (the calibration takes seconds). `memory_budget` (bytes, or a size such as
+        "1.5GB"; policy/memory.py): rows reserve their context and drafts get the nodes that fit;
+        a request that fits only once running rows finish waits in the queue, one that can never
+        fit gets a 400 with the numbers."""
         _positive_int("max_batch", max_batch)
         _positive_int("k_max", k_max, 0)
         _positive_int("max_queue", max_queue)
@@ -187,7 +196,7 @@ class Engine:
         if prefill_chunk is not None:
             _positive_int("prefill_chunk", prefill_chunk)
         self.decoder = BatchDecoder(target, drafter, verifier=verifier, k_max=k_max, smartspec=smartspec,
-                                    exact=exact, prefill_chunk=prefill_chunk)
+                                    exact=exact, prefill_chunk=prefill_chunk, memory_budget=memory_budget)
         if smartspec:  # time the batched forward at 1, 2, 4, ... rows up to max_batch
             self.decoder.calibrate(sorted({min(1 << i, max_batch) for i in range(max_batch.bit_length() + 1)}))
         self.max_batch, self.max_queue = max_batch, max_queue
@@ -344,18 +353,24 @@ class Engine:
             self._worker_error = str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}"
             log.exception("engine worker failed")
 
-    def _admit(self, job: Job) -> None:
+    def _admit(self, job: Job) -> bool:
+        """Start the job's row (or fail the job alone). False: it waits, first in the queue, for
+        running rows to free memory (a memory budget)."""
         if job.cancel.is_set():
             self.metrics.requests.labels(job.cancel_reason).inc()
-            return
+            return True
         try:
             row = self.decoder.add(job.prompt_ids, job.params, torch.Generator().manual_seed(job.seed))
         except Exception as exc:  # this request fails; the worker goes on
+            if isinstance(exc, MemoryBusy) and self.decoder.rows:  # it waits for the running rows' memory
+                self.jobs.put_back(job)
+                return False
             self.metrics.requests.labels("error").inc()
             self._error(job, str(exc) if isinstance(exc, DraftsmithError) else f"{type(exc).__name__}: {exc}",
                         400 if isinstance(exc, DraftsmithError) else 500)
-            return
+            return True
         self.active[id(row)] = (row, job, time.perf_counter())
+        return True
 
     def _finish(self, row: Row, outcome: str) -> None:
         _, job, t0 = self.active.pop(id(row))
@@ -392,9 +407,8 @@ class Engine:
         self._busy_since = time.monotonic()
         while len(self.decoder.rows) < self.max_batch:
             job = self.jobs.get()
-            if job is None:
+            if job is None or not self._admit(job):
                 break
-            self._admit(job)
         self.metrics.queue_depth.set(len(self.jobs))
         for row, job, _ in list(self.active.values()):
             if job.cancel.is_set():

@@ -105,8 +105,10 @@ CARD_ARCHITECTURE = {
     "koala": "- heads: {heads}, decoder blocks per head: {layers} (KOALA on Hydra)",
     "eagle3": "- EAGLE-3: fc over the inputs of target layers {aux}, one decoder layer on [embedding; feature] "
               "(2H-wide attention), its own norm and LM head over a {vd}-token draft vocabulary",
+    "falcon": "- Falcon: EAGLE's decoder layer drafting {block} tokens per forward (semi-autoregressive, relaxed "
+              "causal mask over the newest {block} pairs)",
 }
-RECURRENT_KINDS = ("eagle", "eagle3")  # heads whose rows are draft steps, not heads
+RECURRENT_KINDS = ("eagle", "eagle3", "falcon")  # heads whose rows are draft steps, not heads
 
 
 def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
@@ -119,11 +121,13 @@ def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
                 else "the target's own answers (self-distillation)."), "",
              CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers,
                                                 aux=list(getattr(cfg, "aux_layers", [])),
-                                                vd=getattr(cfg, "draft_vocab_size", 0)),
+                                                vd=getattr(cfg, "draft_vocab_size", 0),
+                                                block=getattr(cfg, "block", 0)),
              f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
              f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
              + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")
-             + (f", draft steps trained: {t.get('unroll', 1)}, feature noise {t.get('noise')}"
+             + (f", {'passes' if cfg.kind == 'falcon' else 'draft steps'} trained: {t.get('unroll', 1)}, feature noise "
+                f"{t.get('noise')}" + (f", glance {t.get('glance')}" if cfg.kind == "falcon" else "")
                 if cfg.kind in RECURRENT_KINDS else ""),
              f"- training sequences: {t.get('sequences')}"
              + (f" ({t['sequence_answer_tokens']} answer tokens)" if "sequence_answer_tokens" in t else "")

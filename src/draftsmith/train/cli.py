@@ -102,8 +102,8 @@ def add_train_parser(sub) -> None:
     r.add_argument("--max-len", type=int, default=512)
     r.set_defaults(func=cmd_pard)
 
-    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3) on the frozen target")
-    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3")
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon) on the frozen target")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon")
     h.add_argument("--target", default=DEFAULT_MODEL)
     h.add_argument("--data", required=True,
                    help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "
@@ -123,7 +123,8 @@ def add_train_parser(sub) -> None:
     h.add_argument("--init", default="",
                    help="start from these trained heads (a folder `train heads` wrote, or `shipped`: the heads of this kind "
                         "shipped for the target; same kind "
-                        "and shape): more data or steps on a head; an eagle3 head keeps its draft vocabulary")
+                        "and shape, or an eagle head for falcon): more data or steps on a head; an eagle3 head keeps its "
+                        "draft vocabulary")
     h.add_argument("--micro-tokens", type=int, default=4096,
                    help="padded tokens per forward: a step's sequences run in batches of similar lengths "
                         "(eagle, eagle3; memory against speed)")
@@ -134,7 +135,11 @@ def add_train_parser(sub) -> None:
     h.add_argument("--max-len", type=int, default=512)
     h.add_argument("--unroll", type=int, default=None,
                    help="eagle, eagle3: draft steps trained per position (EAGLE-3's training-time test; default eagle 1 "
-                        "= EAGLE-1, eagle3 3)")
+                        "= EAGLE-1, eagle3 3); falcon: passes of --block tokens (default 2)")
+    h.add_argument("--block", type=int, default=0, help="falcon: tokens drafted per forward (0 = 2)")
+    h.add_argument("--glance", type=float, default=0.0,
+                   help="falcon: share of the drafted inputs of passes after the first replaced by the target's "
+                        "features (Falcon's glancing; 0 = off)")
     h.add_argument("--noise", type=float, default=None,
                    help="eagle, eagle3: uniform noise U(-x, x) on the target's features (default eagle 0.1, eagle3 0)")
     h.add_argument("--unroll-weight", type=float, default=1.0, help="eagle: loss weight of draft steps after the first")
@@ -234,7 +239,7 @@ def cmd_heads(args) -> int:
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
                            adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
                            features=args.features or "", unroll=args.unroll, unroll_weight=args.unroll_weight,
-                           cls_weight=args.cls_weight, noise=args.noise)
+                           cls_weight=args.cls_weight, noise=args.noise, block=args.block, glance=args.glance)
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")

@@ -91,6 +91,8 @@ class HeadsTrainConfig:
     # eagle 1 = EAGLE-1, > 1 = EAGLE-3's training-time test
     unroll_weight: float = 1.0  # eagle: weight of the loss of draft steps after the first
     adversarial: float = 0.0  # KOALA's generator-loss weight (0 = no discriminator)
+    glance: float = 0.0  # falcon: share of the drafted inputs of passes > 1 replaced by the target's features (glancing)
+    block: int = 0  # falcon: tokens per forward (0 = 2)
     max_len: int = 512
     seed: int = 0
     log_every: int = 10
@@ -115,6 +117,8 @@ class HeadsTrainConfig:
             raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8, --micro-tokens >= 1")
         if self.noise < 0:
             raise DraftsmithError(f"--noise must be >= 0, got {self.noise}")
+        if not 0 <= self.glance < 1 or self.block < 0:
+            raise DraftsmithError(f"--glance must be in [0, 1) and --block >= 0, got {self.glance}, {self.block}")
         if self.unroll < 1 or self.unroll_weight < 0 or (self.kind in RECURRENT and self.unroll > self.num_heads):
             raise DraftsmithError("--unroll must be between 1 and --num-heads (eagle's draft length), "
                                   "--unroll-weight >= 0")
@@ -123,9 +127,9 @@ class HeadsTrainConfig:
 
 
 TOKEN_LOSSES = ("kl", "ce", "tv", "accept")
-RECURRENT = ("eagle", "eagle3")  # kinds that draft step by step from their own output (eagle_passes)
-DEFAULT_UNROLL = {"eagle3": 3}  # draft steps trained (the training-time test); other kinds 1
-DEFAULT_NOISE = {"eagle": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
+RECURRENT = ("eagle", "eagle3", "falcon")  # kinds that draft step by step from their own output (eagle_passes)
+DEFAULT_UNROLL = {"eagle3": 3, "falcon": 2}  # draft steps trained (the training-time test); other kinds 1
+DEFAULT_NOISE = {"eagle": 0.1, "falcon": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
 ACCEPT_EPS = 1e-6  # `accept`: -log(Σ min(p, q) + eps): finite where p and q barely overlap, and its gradient
 # in q's logits stays below 2 (that of Σ min(p, q) is at most 2 Σ min(p, q))
 
@@ -174,6 +178,55 @@ def eagle_passes(head, features: torch.Tensor, embeds: torch.Tensor, passes: int
             ok = col >= 0
             allow[idx[ok], (v - 1) * n + col[ok]] = True
         outs.append(head(prev, embeds, positions, cache, allow=allow))
+    return outs
+
+
+def falcon_passes(head, features: torch.Tensor, embeds: torch.Tensor, block: int, passes: int,
+                  true_features: torch.Tensor | None = None, glance: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
+    """A Falcon head's predictions for every query position of a sequence at once, as it drafts
+    (modules.FalconHead; k = `block`). features [B, n, H] (f_i, + noise), embeds [B, n, H]
+    (e_{i+1}) -> `passes` lists of k tensors [B, n, H]: out[u-1][o] at m is pass u's offset-o
+    query at position m, which predicts f_{m+k} (token m+k+1).
+
+    At draft time the context ends at some c (the newest committed pair). Pass 1's offset-o query
+    is the committed pair c-k+1+o and sees every pair up to c: over a whole sequence, the query at
+    m sees pairs j <= m + k-1-o. Pass u > 1 drafts from the u-1 blocks drafted so far: its offset-o
+    query sits at m = c+1+(u-2)k+o (input: the previous pass's offset-o output at m-k, which
+    predicted f_m, with e_{m+1}) and sees the true pairs up to c and, of each drafted block w < u
+    (w = 1 the one pass 1 drafted), the pair at c+1+(w-1)k+o' for every o'. The inputs of a pass
+    are also the keys later passes see (the drafter's cache at that draft step). `glance` [B, n]
+    (True: use `true_features` there instead of a drafted feature, in every drafted block):
+    Falcon's glancing. A query with c < k-1 has no full history (its output is not meaningful).
+    With block 1 this is `eagle_passes`."""
+    n, k, dev = features.shape[1], block, features.device
+    positions = torch.arange(n, device=dev)[None]
+    idx = torch.arange(n, device=dev)
+    cache = head.new_cache()
+    first: list[torch.Tensor | None] = [None] * k
+    first[k - 1] = head(features, embeds, positions, cache)  # causal; fills the cache with the true pairs
+    for o in range(k - 1):
+        first[o] = head(features, embeds, positions, allow=idx[None, :] <= idx[:, None] + (k - 1 - o))
+    outs = [first]
+    for u in range(2, passes + 1):
+        prev = outs[-1]
+        shifted = [torch.cat([torch.zeros_like(p[:, :k]), p[:, :-k]], dim=1)[:, :n] for p in prev]  # f̂_m at m
+        if glance is not None and true_features is not None:
+            shifted = [torch.where(glance[..., None], true_features, s) for s in shifted]
+        x = torch.cat(shifted, dim=1)  # [B, k*n, H]: block o' at o'*n + m
+        keys = cache.get_seq_length()  # n + (u-2)*k*n
+        allow = torch.zeros(k * n, keys + k * n, dtype=torch.bool, device=dev)
+        for oq in range(k):
+            rows = oq * n + idx
+            c = idx - 1 - (u - 2) * k - oq  # this query's context end
+            allow[rows, :n] = idx[None, :] <= c[:, None]  # the true pairs up to c
+            for w in range(1, u):  # drafted block w's pairs at c+1+(w-1)k+o
+                base = n + (w - 1) * k * n
+                for o in range(k):
+                    p = c + 1 + (w - 1) * k + o
+                    ok = (p >= 0) & (p < n)
+                    allow[rows[ok], base + o * n + p[ok]] = True
+        out = head(x, embeds.repeat(1, k, 1), positions.repeat(1, k), cache, allow=allow)  # [B, k*n, H]
+        outs.append(list(out.split(n, dim=1)))
     return outs
 
 
@@ -238,15 +291,11 @@ class HeadsLoss:
         return Adversarial(-F.logsigmoid(self.disc(h, q @ w)).sum(),
                            F.softplus(-self.disc(h, p @ w)).sum() + F.softplus(self.disc(h, q.detach() @ w)).sum())
 
-    def _eagle(self, items: list[Item], generator: torch.Generator):
-        """EAGLE's loss (`eagle`) or EAGLE-3's (`eagle3`) at draft steps 1..`passes` of
-        `eagle_passes`, over several sequences in one right-padded batch [B, T] (every attention
-        in `eagle_passes` looks only backwards, so the padding after a sequence changes none of
-        its positions); steps past `unroll` are only counted (evaluation). EAGLE: step 1 reads
-        the target's features f (+ noise), the loss is the feature regression + cls_weight x the
-        token loss through the target's LM head. EAGLE-3: step 1 reads g = fc(aux) (the aux
-        layers' inputs, + noise), the loss is the token loss alone, over the head's own draft
-        vocabulary (its logits are in the vocabulary's order, = vocab_ids)."""
+    def _padded(self, items: list[Item], generator: torch.Generator, offset: int):
+        """Several sequences as one right-padded batch: ids [B, T], the target's features [B, T, H],
+        what step 1 reads [B, T, H or 3H] (features or eagle3's aux, + noise), the target's argmax
+        over the whole vocabulary [B, T] (-1 unknown), and every (row [M], j [M]) whose prediction,
+        token j + offset, is an answer token."""
         device = self.lm_head.weight.device
         eagle3 = self.cfg.kind == "eagle3"
         if eagle3 and any(it.aux is None for it in items):
@@ -259,7 +308,7 @@ class HeadsLoss:
         feats = torch.zeros(B, T, H)  # [B, T, H] the target's last hidden states
         src = torch.zeros(B, T, width)  # [B, T, H or 3H] what step 1 reads (+ noise)
         top = torch.full((B, T), -1, dtype=torch.long)  # [B, T] the target's argmax over the whole vocabulary
-        rows, js = [], []  # every (sequence, j): f̂_{j+1} predicts token j+2, an answer token
+        rows, js = [], []
         for b, it in enumerate(items):
             L = len(it.ids)
             ids[b, :L], feats[b, :L] = it.ids, it.feats.float()
@@ -267,11 +316,26 @@ class HeadsLoss:
             src[b, :L] = x + (torch.rand(x.shape, generator=generator) * 2 - 1) * self.cfg.noise if self.cfg.noise else x
             if it.top is not None:
                 top[b, :L] = it.top
-            j = torch.arange(max(it.start - 2, 0), L - 2)
+            j = torch.arange(max(it.start - offset, 0), L - offset)
             rows.append(torch.full_like(j, b))
             js.append(j)
-        ids, feats, src, top = ids.to(device), feats.to(device), src.to(device), top.to(device)
         row, j = torch.cat(rows).to(device), torch.cat(js).to(device)  # [M], [M]
+        return ids.to(device), feats.to(device), src.to(device), top.to(device), row, j
+
+    def _eagle(self, items: list[Item], generator: torch.Generator):
+        """EAGLE's loss (`eagle`) or EAGLE-3's (`eagle3`) at draft steps 1..`passes` of
+        `eagle_passes`, over several sequences in one right-padded batch [B, T] (every attention
+        in `eagle_passes` looks only backwards, so the padding after a sequence changes none of
+        its positions); steps past `unroll` are only counted (evaluation). EAGLE: step 1 reads
+        the target's features f (+ noise), the loss is the feature regression + cls_weight x the
+        token loss through the target's LM head. EAGLE-3: step 1 reads g = fc(aux) (the aux
+        layers' inputs, + noise), the loss is the token loss alone, over the head's own draft
+        vocabulary (its logits are in the vocabulary's order, = vocab_ids)."""
+        if self.cfg.kind == "falcon":
+            return self._falcon(items, generator)
+        eagle3 = self.cfg.kind == "eagle3"
+        # every (sequence, j): f̂_{j+1} predicts token j+2, an answer token
+        ids, feats, src, top, row, j = self._padded(items, generator, 2)
         known = bool((top[row, j + 1] >= 0).all()) if len(j) else False
         with torch.no_grad():
             p_logits = self.lm_head(feats[row, j + 1])  # [M, N]: the target's view of token j+2
@@ -299,6 +363,45 @@ class HeadsLoss:
             if u == 1:
                 count = int(sel.sum())
                 adv = self._adversarial(feats[r, jj], logits, p_logits[sel])
+        return total, count, stats, adv
+
+    def _falcon(self, items: list[Item], generator: torch.Generator):
+        """Falcon's loss: `falcon_passes` (pass u, offset o: the query at m predicts f_{m+k} and
+        token m+k+1, k = block), the feature regression + cls_weight x the token loss, as EAGLE's;
+        passes after the first read the passes before (coupled), with a `glance` share of their
+        inputs the target's true features (glancing). Draft token (u-1)k + o is row (u-1)k + o of
+        the stats; rows past `unroll` passes are only counted."""
+        k = self.m.cfg.block
+        ids, feats, src, top, row, j = self._padded(items, generator, k + 1)  # j: query m = j, token j+k+1
+        known = bool((top[row, j + k] >= 0).all()) if len(j) else False
+        with torch.no_grad():
+            p_logits = self.lm_head(feats[row, j + k])  # [M, N]: the target's view of token j+k+1
+        labels = self._labels(ids[row, j + k + 1])  # [M]
+        glance = None
+        if self.cfg.glance > 0 and self.passes > 1:
+            glance = torch.rand(ids[:, :-1].shape, generator=generator).to(ids.device) < self.cfg.glance  # [B, T-1]
+        outs = falcon_passes(self.m, src[:, :-1], self.embed(ids[:, 1:]).float(), k, self.passes,
+                             true_features=feats[:, :-1], glance=glance)
+        stats = torch.zeros(self.m.cfg.num_heads, 2)
+        total, count, adv = 0.0, 0, Adversarial()
+        for u, blocks in enumerate(outs, start=1):
+            for o, out in enumerate(blocks):
+                d = (u - 1) * k + o  # draft token index
+                sel = (j - 1 - (u - 2) * k - o >= k - 1) if u > 1 else torch.ones_like(j, dtype=torch.bool)
+                if d >= self.m.cfg.num_heads or not sel.any():
+                    continue
+                r, jj = row[sel], j[sel]
+                f_hat = out[r, jj]  # [m, H]
+                logits = self.lm_head(f_hat)  # [m, N]
+                stats[d] += self._agree(logits, p_logits[sel], top[r, jj + k] if known else None)
+                if u > self.cfg.unroll:
+                    continue
+                loss = _token_loss(logits, p_logits[sel], labels[sel], self.cfg.loss)
+                loss = F.smooth_l1_loss(f_hat, feats[r, jj + k], reduction="none").mean(-1) + self.cfg.cls_weight * loss
+                total = total + loss.sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
+                if u == 1 and o == 0:
+                    count = int(sel.sum())
+                    adv = self._adversarial(feats[r, jj], logits, p_logits[sel])
         return total, count, stats, adv
 
     def batch(self, items: list[Item], generator: torch.Generator):
@@ -382,6 +485,8 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     lm_head_f32.weight = torch.nn.Parameter(weight, requires_grad=False)
     embed_f32 = torch.nn.Embedding.from_pretrained(embed.weight.detach().float(), freeze=True)
     extra = {"draft_vocab_size": 0 if vocab_ids is None else len(vocab_ids)} if cfg.kind == "eagle3" else {}
+    if cfg.kind == "falcon":
+        extra = {"block": cfg.block}
     hcfg = HeadsConfig.for_target(cfg.kind, target.config, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                                   target=target.name, **extra)
     torch.manual_seed(cfg.seed)
@@ -529,7 +634,10 @@ def _start_from(module: torch.nn.Module, folder: str) -> None:
     kind and shape."""
     trained = load_heads(folder)
     mine, theirs = asdict(module.cfg), asdict(trained.cfg)
-    shape = [k for k in mine if k not in ("training", "target") and mine[k] != theirs.get(k)]
+    free = ("training", "target")
+    if (mine["kind"], theirs["kind"]) == ("falcon", "eagle"):  # the same weights: block 1 is EAGLE
+        free += ("kind", "block")
+    shape = [k for k in mine if k not in free and mine[k] != theirs.get(k)]
     if shape:
         raise DraftsmithError(f"--init {folder}: those heads differ from the ones asked for in "
                               + ", ".join(f"{k} ({theirs.get(k)!r} there, {mine[k]!r} here)" for k in shape))
@@ -563,7 +671,10 @@ def evaluate_heads(loss_fn: HeadsLoss, held: list) -> dict:
     stats = torch.zeros(loss_fn.m.cfg.num_heads, 2)
     g = torch.Generator().manual_seed(0)
     saved, loss_fn.cfg.noise, disc, loss_fn.disc, passes = loss_fn.cfg.noise, 0.0, loss_fn.disc, None, loss_fn.passes
-    loss_fn.passes = max(passes, min(3, loss_fn.m.cfg.num_heads))  # eagle: agreement at draft steps 1-3 at least
+    K = loss_fn.m.cfg.num_heads
+    loss_fn.passes = max(passes, min(3, K))  # eagle: agreement at draft steps 1-3 at least
+    if loss_fn.m.cfg.kind == "falcon":  # falcon: passes of `block` tokens, all num_heads draft tokens
+        loss_fn.passes = max(passes, -(-K // loss_fn.m.cfg.block))
     for group in micro_batches(held, loss_fn.cfg.micro_tokens):
         stats += loss_fn.batch(group, g)[2]
     loss_fn.cfg.noise, loss_fn.disc, loss_fn.passes = saved, disc, passes

@@ -26,6 +26,14 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
                                 in place of g (no fc). Trained on tokens only (no feature regression),
                                 with the training-time test. Features: `aux_layers` are the inputs
                                 of those target layers (the target's hidden_states[i]), as in vLLM.
+    Falcon  (Gao et al. 2024)   EAGLE's layer made semi-autoregressive: one forward drafts `block`
+                                (k, default 2) tokens. The pair at j, (f_j, e_{j+1}), predicts
+                                f̂_{j+k} (so token j+k+1), and the k newest pairs form a block that
+                                attends to itself in full (the relaxed causal mask): with n
+                                committed pairs, the query of pair n-k+o (o = 0..k-1) sees every
+                                pair up to n-1 and gives f̂_{n+o}. The k drafted pairs
+                                (f̂_{n+o}, e(x̂_{n+1+o})) are the next block. Same weights as an
+                                EAGLE head (block 1 is EAGLE exactly), so an EAGLE head can start it.
 
 All start out close to the LM head itself (zero-initialised residual branches), as in Medusa;
 Medusa, Hydra, Amphista and KOALA heads are exactly the identity on h at init.
@@ -46,7 +54,7 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
 
 from ...errors import DraftsmithError
 
-KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3")
+KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon")
 DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)
 
 
@@ -71,6 +79,7 @@ class HeadsConfig:
     target_hidden_size: int = 0
     draft_vocab_size: int = 0
     norm_before_residual: bool = False
+    block: int = 0  # falcon: tokens drafted per forward (k of its semi-autoregressive blocks); 0 = 2 (other kinds: unused)
     target: str = ""  # what it was trained on (informative)
     training: dict = field(default_factory=dict)
 
@@ -78,6 +87,10 @@ class HeadsConfig:
         if self.kind not in KINDS:
             raise DraftsmithError(f"unknown head kind {self.kind!r}; known: {', '.join(KINDS)}")
         self.num_layers = self.num_layers or DEFAULT_LAYERS.get(self.kind, 1)
+        if self.kind == "falcon":
+            self.block = self.block or 2
+            if not isinstance(self.block, int) or self.block < 1:
+                raise DraftsmithError(f"falcon: block (tokens per forward) must be an integer >= 1, got {self.block!r}")
         if self.kind == "eagle3":
             self.aux_layers = [int(i) for i in self.aux_layers]
             self.target_hidden_size = self.target_hidden_size or self.hidden_size
@@ -269,6 +282,13 @@ class EagleHead(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
+class FalconHead(EagleHead):
+    """Falcon's semi-autoregressive drafter (see the module docstring): EAGLE's fc + decoder layer,
+    whose pair at j predicts f̂_{j+block}. One layer, so the keys and values of a pair depend on
+    that pair alone and the cache is valid under any mask; only the queries see a relaxed mask
+    (`allow`, built by the caller: the drafter and `train.heads.falcon_passes`)."""
+
+
 class Eagle3Layer(nn.Module):
     """EAGLE-3's decoder layer: attention over [input_layernorm(e); hidden_norm(g)] (2H -> H),
     then the MLP, with the residual stream starting at g (after the hidden norm when
@@ -360,7 +380,7 @@ class Eagle3Head(nn.Module):
 
 
 MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads,
-           "eagle3": Eagle3Head}
+           "eagle3": Eagle3Head, "falcon": FalconHead}
 
 
 def build_heads(cfg: HeadsConfig) -> nn.Module:
