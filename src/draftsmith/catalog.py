@@ -103,6 +103,7 @@ SHIPPED_HEADS: dict[tuple[str, str], str] = {
 # early-exit adapters (`draftsmith train early-exit`): `build_drafter("early_exit")` on that target loads them
 SHIPPED_HEADS[("smollm2-135m-instruct", "early_exit")] = "smollm2-135m-instruct-early-exit"
 SHIPPED_HEADS[("smollm2-135m-instruct", "eagle3")] = "smollm2-135m-instruct-eagle3"  # benchmarks/train_eagle3.sh
+SHIPPED_HEADS[("smollm2-135m-instruct", "falcon")] = "smollm2-135m-instruct-falcon"  # benchmarks/train_falcon.sh
 # the head of the `judge` verifier (`draftsmith train judge`, benchmarks/run_judge.sh)
 SHIPPED_HEADS[("smollm2-135m-instruct", "judge")] = "smollm2-135m-instruct-judge"
 

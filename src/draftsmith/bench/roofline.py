@@ -44,22 +44,16 @@ def triad_bandwidth(device: torch.device | str = "cpu", mib: int = 128, repeats:
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's parameters, a tied embedding / LM head counted once."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        key = (p.data_ptr(), p.numel())
-        if key not in seen:
-            seen.add(key)
-            total += p.numel() * p.element_size()
-    return total
+    from ..policy.memory import tensor_bytes
+
+    return tensor_bytes(model.parameters(), set())
 
 
 def kv_bytes_per_token(target: CausalLM) -> int:
     """Bytes of keys and values one context token holds over every layer."""
-    c = target.config
-    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    elem = torch.finfo(target.dtype).bits // 8
-    return 2 * c.num_hidden_layers * heads * head_dim * elem
+    from ..policy.memory import kv_bytes_per_token as per_token
+
+    return per_token(target.config, target.dtype)
 
 
 def machine(target: CausalLM) -> dict:

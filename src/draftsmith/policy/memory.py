@@ -64,7 +64,8 @@ def _tensors(module: torch.nn.Module):
     yield from module.buffers()
 
 
-def _bytes(tensors, seen: set) -> int:
+def tensor_bytes(tensors, seen: set) -> int:
+    """Bytes of these tensors, each storage (data pointer, size) in `seen` counted once."""
     total = 0
     for t in tensors:
         key = (t.data_ptr(), t.numel())
@@ -135,9 +136,9 @@ def plan(target, drafter, budget: int) -> MemoryPlan:
     """The memory plan of `target` with a bound `drafter` under `budget` bytes. Raises
     MemoryBudgetError when the weights alone do not fit."""
     seen: set = set()
-    weights = _bytes(_tensors(target.model), seen)
+    weights = tensor_bytes(_tensors(target.model), seen)
     modules, configs = _drafter_models(drafter)
-    weights += sum(_bytes(_tensors(m), seen) for m in modules)
+    weights += sum(tensor_bytes(_tensors(m), seen) for m in modules)
     per_token = kv_bytes_per_token(target.config, target.dtype)
     per_token += sum(kv_bytes_per_token(c, d) for c, d in configs)
     text = getattr(target.config, "text_config", None) or target.config

@@ -111,12 +111,17 @@ class RelaxedVerifier(LossyVerifier):
         self.k, self.delta, self.model = k, float(delta), model
         self._neighbours: Neighbours | None = None
         self._source = None  # what the table was built from (a weight tensor or a model name)
+        self._given = embeddings is not None  # a codebook of the user's (LANTERN: the image tokenizer's latents)
         if embeddings is not None:
             self._neighbours, self._source = Neighbours(embeddings, k), embeddings
         super().__init__()
 
     def bind(self, target) -> "RelaxedVerifier":
-        """Take the target's output embeddings (once per model: binding the same target again keeps the table)."""
+        """Take the target's output embeddings (once per model: binding the same target again keeps the table).
+        Embeddings given to the constructor are kept: they say which tokens are close (LANTERN groups by the
+        image tokenizer's latents, which the target's LM head need not reflect)."""
+        if self._given:
+            return self
         model = getattr(target, "model", target)
         weight = model.get_output_embeddings().weight
         if self._source is not weight:
