@@ -144,18 +144,31 @@ def train_model(train: Digits, out: str | Path, *, hidden: int, layers: int, hea
     return out
 
 
-def train_pair(out: str | Path, epochs: int = 30, seed: int = 0, log=None) -> tuple[Path, Path]:
-    """The target and the drafter, trained on the same training images; (target, drafter) folders.
-    Reuses folders already there."""
+def train_pair(out: str | Path, epochs: int = 30, seed: int = 0, log=None, target: dict | None = None,
+               drafter: dict | None = None) -> tuple[Path, Path]:
+    """The target and the drafter (shapes: TARGET, DRAFTER by default), trained on the same training
+    images; (target, drafter) folders. Reuses folders already there."""
     out = Path(out)
     train, _ = load_digits(seed)
     folders = []
-    for name, shape in (("target", TARGET), ("drafter", DRAFTER)):
+    for name, shape in (("target", target or TARGET), ("drafter", drafter or DRAFTER)):
         folder = out / name
         if not (folder / "config.json").is_file():
             train_model(train, folder, epochs=epochs, seed=seed, log=log, **shape)
+            (folder / "README.md").write_text(
+                f"# digits image-token {name} (draftsmith.visual)\n\nA Llama of {shape} trained from scratch by "
+                f"`draftsmith.visual.train_pair` ({epochs} epochs, seed {seed}) on {len(train.labels)} of "
+                "scikit-learn's 8x8 digits as [BOS, class, 64 intensity tokens]; no tokenizer (id prompts).\n")
         folders.append(folder)
     return folders[0], folders[1]
+
+
+def shipped_pair() -> tuple[Path, Path]:
+    """The pair shipped in the package (benchmarks/visual_ar.py trained it: TARGET and DRAFTER
+    shapes, 30 epochs, seed 0): (target, drafter) folders."""
+    from .catalog import packs_root
+
+    return packs_root() / "digits-ar-target", packs_root() / "digits-ar-drafter"
 
 
 class DigitClassifier:
