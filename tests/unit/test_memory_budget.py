@@ -15,6 +15,12 @@ from tests.conftest import plain_ids, random_heads, tiny_model
 PROMPT = [5, 17, 3, 42, 5, 17, 3] * 3
 
 
+def _plan(target, drafter="ngram"):
+    d = build_drafter(drafter) if isinstance(drafter, str) else drafter
+    d.bind(target)
+    return plan(target, d, 1 << 40)
+
+
 def _budget(target, drafter, tokens: int, nodes: int, rows: int = 1) -> int:
     """The bytes that let `rows` rows of `tokens` context each verify `nodes` draft nodes."""
     d = build_drafter(drafter) if isinstance(drafter, str) else drafter
@@ -63,12 +69,12 @@ def test_eagle_heads_share_the_targets_lm_head(tmp_path):
 @pytest.mark.parametrize("nodes", [0, 1, 3])
 def test_a_tight_budget_cuts_the_draft_and_keeps_the_output(nodes):
     """The budget leaves room for exactly `nodes` draft nodes: no step verifies more, and greedy
-    output is plain decoding's (0 nodes: no drafting at all, still the same answer)."""
+    output is plain decoding's (0 nodes: no drafting at all, still the same answer). The prompt is
+    prefilled 2 tokens a forward, so its prefill fits beside the row's context."""
     target = tiny_model("llama")
     params = SamplingParams(max_new_tokens=40, ignore_eos=True)
     budget = _budget(target, "ngram", len(PROMPT) + 40, nodes)
-    dec = SpeculativeDecoder(target, "ngram", k=6, memory_budget=budget)
-    assert dec.memory.nodes(1) >= 0
+    dec = BatchDecoder(target, "ngram", k=6, k_max=6, smartspec=False, prefill_chunk=2, memory_budget=budget)
     seen = []
     original = dec.drafter.__class__.propose
 
@@ -78,7 +84,7 @@ def test_a_tight_budget_cuts_the_draft_and_keeps_the_output(nodes):
 
     dec.drafter.__class__.propose = spy
     try:
-        out = dec.generate(PROMPT, params)
+        out = dec.generate([PROMPT], params)[0]
     finally:
         dec.drafter.__class__.propose = original
     assert out.token_ids == plain_ids("llama", PROMPT, 40, ignore_eos=True)
@@ -93,7 +99,8 @@ def test_a_budget_below_the_weights_or_the_context_is_refused_with_numbers():
     target = tiny_model("llama")
     with pytest.raises(MemoryBudgetError, match="below the weights .* give at least"):
         SpeculativeDecoder(target, "ngram", memory_budget=1000)
-    budget = _budget(target, "ngram", 50, 0)
+    p = _plan(target)
+    budget = p.weights + 50 * p.per_token + len(PROMPT) * p.per_prefill  # 50 tokens of context, the prompt at once
     dec = SpeculativeDecoder(target, "ngram", memory_budget=budget)
     with pytest.raises(MemoryBudgetError, match=r"context of \d+ tokens .* room for \d+ tokens"):
         dec.generate(PROMPT, SamplingParams(max_new_tokens=200, ignore_eos=True))
@@ -106,7 +113,8 @@ def test_rows_reserve_their_context_and_free_it_when_done():
     finish it runs; every output is its request's alone."""
     target = tiny_model("llama")
     tokens = len(PROMPT) + 16
-    dec = BatchDecoder(target, "ngram", k_max=4, smartspec=False, memory_budget=_budget(target, "ngram", tokens, 0, rows=2))
+    dec = BatchDecoder(target, "ngram", k_max=4, smartspec=False, prefill_chunk=2,
+                       memory_budget=_budget(target, "ngram", tokens, 0, rows=2))
     params = SamplingParams(max_new_tokens=16, ignore_eos=True)
     rows = [dec.add(PROMPT, params), dec.add(PROMPT[3:] + [9, 9], params)]
     with pytest.raises(MemoryBusy, match="fit once some of them finish"):

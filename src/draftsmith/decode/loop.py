@@ -120,8 +120,9 @@ class Loop:
         if self.memory is None:
             return 0
         tokens = min(prompt_tokens + params.max_new_tokens, self.target.max_length)
-        check_row(self.memory, tokens)  # never fits: the request's own error
-        if not self.memory.fits(tokens):
+        at_once = min(prompt_tokens, self.prefill_chunk or prompt_tokens)  # prefilled in one forward
+        check_row(self.memory, tokens, at_once)  # never fits: the request's own error
+        if not self.memory.fits(tokens, at_once):
             raise MemoryBusy(f"the memory budget is held by the {len(self.rows) + len(self.pending)} rows "
                                     f"running ({self.memory.reserved} tokens reserved); this request's {tokens} tokens "
                                     "fit once some of them finish")

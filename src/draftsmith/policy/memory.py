@@ -12,6 +12,9 @@ by `benchmarks/memory_budget.py` as the resident size before any model loads).
                made from them (fp32, [V] each, x NODE_COPIES), the hidden states handed to a drafter
                that reads them (layers + 1 of [H]), and the node's row of the attention mask over
                the context (fp32)
+    prefill    per prompt token while a prompt is prefilled (transient): the MLP's activations
+               (3 x intermediate) and four hidden-size buffers, in the target's dtype; a row joins
+               only when its prefill fits beside the reserved contexts
 
 A request reserves its whole context (prompt + max_new_tokens + the widest draft) when it joins,
 so a row never runs out mid-answer; each step then gets the largest draft (nodes per row) that
@@ -29,7 +32,9 @@ import torch
 
 from ..errors import DraftsmithError
 
-NODE_COPIES = 3  # fp32 [V] buffers per verified node: logits, probabilities, the verifier's working copy
+NODE_COPIES = 7  # fp32 [V] buffers alive per verified node: the logits (bf16, then fp32), softmax and log-softmax,
+# the verifier's copies. Measured: peak RSS grew 1.46 MiB a node on SmolLM2 (V = 49152; 7 x 4V = 1.31 MiB of it),
+# benchmarks/smollm2-135m-bf16-memory-budget, first run (the plan then counted 3)
 UNITS = {"": 1 << 20, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 10 ** 6, "mb": 10 ** 6, "mib": 1 << 20,
          "g": 10 ** 9, "gb": 10 ** 9, "gib": 1 << 30}
 
@@ -112,14 +117,16 @@ class MemoryPlan:
     weights: int  # target + drafter
     per_token: int  # KV of one context token (target + drafter)
     per_node: int  # one verified draft node of one row (at the longest context)
+    per_prefill: int = 0  # transient bytes per prompt token prefilled at once
     reserved: int = 0  # context tokens reserved by the rows now running
 
     def free(self) -> int:
         return self.budget - self.weights - self.reserved * self.per_token
 
-    def fits(self, tokens: int) -> bool:
-        """Can a row of `tokens` context (prompt + new tokens) join without drafting?"""
-        return self.free() - tokens * self.per_token - self.per_node >= 0
+    def fits(self, tokens: int, prompt: int = 0) -> bool:
+        """Can a row of `tokens` context (prompt + new tokens) join without drafting, its `prompt`
+        tokens prefilled at once?"""
+        return self.free() - tokens * self.per_token - max(self.per_node, prompt * self.per_prefill) >= 0
 
     def nodes(self, rows: int) -> int:
         """Draft nodes per row the current rows may verify this step (each step also verifies
@@ -145,18 +152,22 @@ def plan(target, drafter, budget: int) -> MemoryPlan:
     elt = torch.empty((), dtype=target.dtype).element_size()
     per_node = NODE_COPIES * 4 * target.vocab_size + (text.num_hidden_layers + 1) * text.hidden_size * elt
     per_node += 4 * target.max_length + per_token  # its row of the attention mask, its KV until the step is cropped
-    p = MemoryPlan(budget, weights, per_token, per_node)
+    inter = getattr(text, "intermediate_size", 4 * text.hidden_size)
+    p = MemoryPlan(budget, weights, per_token, per_node, per_prefill=(3 * inter + 4 * text.hidden_size) * elt)
     if p.free() < per_node + per_token:
         raise MemoryBudgetError(f"memory budget {mib(budget)} is below the weights of the target and the drafter "
                                 f"({mib(weights)}) plus one step; give at least {mib(weights + per_node + 64 * per_token)}")
     return p
 
 
-def check_row(p: MemoryPlan, tokens: int) -> None:
-    """Refuse a row whose context cannot fit in the budget even with no other row running."""
-    alone = p.budget - p.weights - tokens * p.per_token - p.per_node
+def check_row(p: MemoryPlan, tokens: int, prompt: int = 0) -> None:
+    """Refuse a row whose context (and prefill of `prompt` tokens at once) cannot fit in the budget
+    even with no other row running."""
+    alone = p.budget - p.weights - tokens * p.per_token - max(p.per_node, prompt * p.per_prefill)
     if alone < 0:
-        most = (p.budget - p.weights - p.per_node) // p.per_token
+        transient = max(p.per_node, prompt * p.per_prefill)
+        most = (p.budget - p.weights - transient) // p.per_token
         raise MemoryBudgetError(f"a context of {tokens} tokens (prompt + max_new_tokens) needs "
-                                f"{mib(tokens * p.per_token)} of KV cache; the memory budget leaves room for {most} "
-                                f"tokens ({p.describe()}); ask for fewer new tokens or a larger --memory-budget")
+                                f"{mib(tokens * p.per_token)} of KV cache and {mib(transient)} to prefill its prompt; "
+                                f"the memory budget leaves room for {max(most, 0)} tokens ({p.describe()}); ask for fewer "
+                                "new tokens, a shorter prompt (or a smaller prefill chunk), or a larger --memory-budget")
