@@ -14,12 +14,12 @@ the output is the unbudgeted run's. Linux only (VmHWM).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from draftsmith.bench.report import report_head
 
 NODES = (0, 2, 8, 32)
 
@@ -48,13 +48,14 @@ def worker(cfg: dict) -> dict:
     prompts = [target.encode(q) for q in cfg["prompts"]]
     params = SamplingParams(max_new_tokens=cfg["max_new_tokens"])
     longest = max(len(p) for p in prompts) + cfg["max_new_tokens"]
+    allowed = budget = None
     if cfg.get("nodes") is not None:  # the budget that leaves `nodes` draft nodes at the longest context
         probe = build_drafter(name, **options)
         probe.bind(target)
         p = plan(target, probe, 1 << 50)
-        budget = p.weights + longest * p.per_token + (cfg["nodes"] + 1) * p.per_node
-    else:
-        budget = None
+        prefill = max(len(ids) for ids in prompts) * p.per_prefill  # the longest prompt prefilled at once
+        budget = p.weights + longest * p.per_token + max((cfg["nodes"] + 1) * p.per_node, prefill)
+        allowed = (budget - p.weights - longest * p.per_token) // p.per_node - 1  # what the prefill's room allows
     dec = SpeculativeDecoder(target, build_drafter(name, **options), memory_budget=budget)
     dec.generate(prompts[0], SamplingParams(max_new_tokens=4))  # warm-up (kernels, lazy tables)
     rss_loaded = status("VmRSS")
@@ -68,8 +69,9 @@ def worker(cfg: dict) -> dict:
         steps, drafted, accepted, new = steps + s.steps, drafted + s.drafted, accepted + s.accepted, new + s.new_tokens
     seconds = time.perf_counter() - t0
     m = dec.memory
-    return {"drafter": cfg["drafter"], "nodes_asked": cfg.get("nodes"), "budget": budget,
-            "plan": None if m is None else {"weights": m.weights, "per_token": m.per_token, "per_node": m.per_node},
+    return {"drafter": cfg["drafter"], "nodes_asked": cfg.get("nodes"), "nodes_allowed": allowed, "budget": budget,
+            "plan": None if m is None else {"weights": m.weights, "per_token": m.per_token, "per_node": m.per_node,
+                                            "per_prefill": m.per_prefill},
             "longest_context": longest, "rss_start": rss_start, "rss_loaded": rss_loaded, "peak": status("VmHWM"),
             "tau": new / max(steps, 1), "drafted": drafted, "accepted": accepted, "new_tokens": new,
             "tok_s": new / seconds, "outputs": outs}
@@ -111,16 +113,16 @@ def main() -> int:
                   f", τ {r['tau']:.2f}, {r['tok_s']:.1f} tok/s", flush=True)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Speculation under a memory budget (SpecMemo), peak RSS", "",
-             "`python " + " ".join(["benchmarks/memory_budget.py", *sys.argv[1:]]) + "`", "",
-             f"{dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, {args.model} {args.dtype}, "
-             f"{len(prompts)} questions ({', '.join(args.categories)}), {args.max_new_tokens} new tokens, greedy, "
-             f"{args.threads} threads", "",
-             "Budget: weights + the longest context's KV + (nodes + 1) x the plan's bytes per draft node. "
+    lines = [*report_head("Speculation under a memory budget (SpecMemo), peak RSS", "benchmarks/memory_budget.py",
+                          f"{args.model} {args.dtype}, {len(prompts)} questions ({', '.join(args.categories)}), "
+                          f"{args.max_new_tokens} new tokens, greedy, {args.threads} threads"),
+             "Budget: weights + the longest context's KV + the larger of (nodes + 1) x the plan's bytes per draft "
+             "node and the longest prompt's prefill (the same memory serves both, one after the other), so a "
+             "step may draft up to 'allowed' nodes at the longest context (more at shorter ones). "
              "'planned above weights' is what the plan holds beyond the weights (KV of the longest context and "
              "the step's nodes); 'peak above loaded' is the measured peak RSS during the answers minus the RSS "
              "once the model, drafter and a warm-up were in memory (so it excludes the weights and the runtime).", "",
-             "| drafter | nodes a step (budget) | budget MiB | planned above weights MiB | peak above loaded MiB | "
+             "| drafter | nodes asked / allowed at the longest context | budget MiB | planned above weights MiB | peak above loaded MiB | "
              "peak RSS MiB | τ | tok/s | = unbudgeted |", "|---|---|---|---|---|---|---|---|---|"]
     for drafter in drafters:
         mine = [r for r in results if r["drafter"] == drafter]
@@ -129,13 +131,17 @@ def main() -> int:
             budget = "-" if r["budget"] is None else f"{r['budget'] / 2**20:.1f}"
             planned = "-" if r["budget"] is None else f"{(r['budget'] - r['plan']['weights']) / 2**20:.1f}"
             same = sum(a == b for a, b in zip(r["outputs"], ref["outputs"]))
-            lines.append(f"| {drafter} | {'none' if r['nodes_asked'] is None else r['nodes_asked']} | {budget} | "
+            asked = "no budget" if r["nodes_asked"] is None else f"{r['nodes_asked']} / {r['nodes_allowed']}"
+            lines.append(f"| {drafter} | {asked} | {budget} | "
                          f"{planned} | {(r['peak'] - r['rss_loaded']) / 2**20:.1f} | {r['peak'] / 2**20:.0f} | "
                          f"{r['tau']:.2f} | {r['tok_s']:.1f} | {same}/{len(ref['outputs'])} |")
     plan = next((r["plan"] for r in results if r["plan"]), None)
     if plan:
         lines += ["", f"Plan: weights {plan['weights'] / 2**20:.1f} MiB, KV {plan['per_token'] / 1024:.1f} KiB a token, "
-                      f"{plan['per_node'] / 1024:.0f} KiB a draft node; longest context {results[0]['longest_context']} tokens."]
+                      f"{plan['per_node'] / 1024:.0f} KiB a draft node, {plan['per_prefill'] / 1024:.1f} KiB a prompt token "
+                      f"prefilled; longest context {results[0]['longest_context']} tokens. '= unbudgeted' is the "
+                      "greedy output's equality with the unbudgeted run of the same drafter: in bf16 a different draft "
+                      "length rounds the verification differently (use --exact for equality)."]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     (out_dir / "results.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "outputs"} for r in results],
                                                      indent=1))

@@ -15,16 +15,14 @@ images and plain sampling give the reference quality.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from draftsmith import SamplingParams, SpeculativeDecoder, load_target
+from draftsmith.bench.report import report_head
 from draftsmith.verify import RelaxedVerifier
 from draftsmith.visual import DigitClassifier, codebook, frechet, image_of, load_digits, prompt, train_pair
 
@@ -78,12 +76,11 @@ def main() -> int:
     real = {"accuracy": clf.accuracy(test.images, test.labels), "frechet": frechet(train.images, test.images)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Visual AR: relaxed acceptance (LANTERN) on a tiny digit-image model", "",
-             "`python " + " ".join(["benchmarks/visual_ar.py", *sys.argv[1:]]) + "`", "",
-             f"{dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, torch threads {args.threads}; "
-             f"target 4 layers x 128, drafter 1 layer x 48, trained here {args.epochs} epochs on 1500 scikit-learn "
-             f"digits ({train_seconds:.0f} s incl. reuse); {len(labels)} images ({args.per_class} per class) at "
-             "temperature 1, 64 tokens each, the same seeds for every method.", "",
+    lines = [*report_head("Visual AR: relaxed acceptance (LANTERN) on a tiny digit-image model", "benchmarks/visual_ar.py",
+                          f"torch threads {args.threads}; target 4 layers x 128, drafter 1 layer x 48, trained here "
+                          f"{args.epochs} epochs on 1500 scikit-learn digits ({train_seconds:.0f} s incl. reuse); "
+                          f"{len(labels)} images ({args.per_class} per class) at temperature 1, 64 tokens each, the "
+                          "same seeds for every method."),
              f"Reference quality: real held-out images {real['accuracy']:.3f} accuracy; Fréchet training vs "
              f"held-out images {real['frechet']:.2f}.", "",
              "| method | lossless | τ | acceptance | tok/s | speedup | class accuracy | Fréchet (pixels) |",

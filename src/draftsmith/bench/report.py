@@ -203,3 +203,14 @@ def plot(rows: list[dict], records: list[dict], out_dir: Path, title: str) -> li
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
     return paths
+
+
+def report_head(title: str, script: str, setup: str) -> list[str]:
+    """A benchmark report's first lines: the title, the command that made it (`script` with this
+    process's arguments), and when, on what machine, with what `setup`."""
+    import datetime as dt
+    import platform
+    import sys
+
+    return [f"# {title}", "", "`python " + " ".join([script, *sys.argv[1:]]) + "`", "",
+            f"{dt.datetime.now().isoformat(timespec='seconds')}, {platform.machine()}, {setup}", ""]
