@@ -257,3 +257,22 @@ def test_serve_passes_verifier_k_max_and_device(capsys, monkeypatch, loads, loss
     usage = seen["completion"]["usage"]
     assert usage["completion_tokens"] == 6 and usage["speculative"]["lossless"] is False
     assert f"verifier {lossy} (lossy)" in err
+
+
+# ----- --memory-budget (policy/memory.py) --------------------------------------------------------
+@pytest.mark.parametrize("command", [["generate", "--prompt", "hi"], ["serve", "--port", "1"]])
+def test_a_bad_memory_budget_is_one_line_before_the_model_loads(capsys, no_load, command):
+    code, _, err = run_cli(capsys, *command, "--memory-budget", "lots")
+    one_line_error(code, err, "give a size such as 1.5GB")
+
+
+def test_generate_under_a_memory_budget_reports_the_plan_and_refuses_what_cannot_fit(capsys, loads):
+    """`generate --memory-budget`: the stats carry the plan; a budget below the weights is a
+    one-line error naming the least that would do."""
+    argv = ["generate", "--prompt", "the quick brown fox", "--max-new-tokens", "8", "--dtype", "fp32", "--json"]
+    code, plain_out, _ = run_cli(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv, "--memory-budget", "64MiB")
+    stats = json.loads(err.strip().splitlines()[-1])
+    assert code == 0 and out == plain_out and stats["memory_budget"] == 64 << 20 and stats["memory_weights"] > 0
+    code, _, err = run_cli(capsys, *argv, "--memory-budget", "1KiB")
+    one_line_error(code, err, "below the weights")
