@@ -135,6 +135,9 @@ def test_a_row_that_fails_in_prefill_gives_its_memory_back():
     with pytest.raises(DraftsmithError):
         dec.add([target.vocab_size + 5], SamplingParams(max_new_tokens=8))  # an id outside the vocabulary
     assert dec.loop.memory.reserved == 0
+    with pytest.raises(DraftsmithError):  # a request refused before its row is built holds nothing either
+        dec.add(PROMPT, SamplingParams(max_new_tokens=8), verifier="no-such-rule")
+    assert dec.loop.memory.reserved == 0
 
 
 def test_first_keeps_a_valid_draft_of_at_most_n_nodes():

@@ -94,7 +94,6 @@ class Loop:
         `prefill_chunk`, a longer prompt is prefilled a chunk per step instead (`pending` until then)."""
         target = self.target
         check_length(target, len(prompt_ids), params)
-        reserve = self._reserve(len(prompt_ids), params)
         rule = bind_verifier(build_verifier(verifier), target) if verifier is not None else self.verifier
         rule = rule or default_verifier(params)
         drafter = self.drafter.fork()
@@ -102,8 +101,12 @@ class Loop:
                   TextTracker(target, params.stop), set() if params.ignore_eos else target.eos_token_ids,
                   stats=RunStats(lossless=rule.lossless_for(params) if isinstance(rule, VerifierBase) else bool(rule.lossless)),
                   start_time=time.perf_counter())
+        try:
+            row.reserved = self._reserve(len(prompt_ids), params)  # once the row is built: a bad request holds nothing
+        except BaseException:
+            drafter.finish()
+            raise
         row.prefill = Prefill(new_cache())
-        row.reserved = reserve
         if self.prefill_chunk is not None and len(row.ids) - 1 > self.prefill_chunk:
             self.pending.append(row)
             return row
