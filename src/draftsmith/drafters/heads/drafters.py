@@ -214,17 +214,23 @@ class EagleDrafter(HeadsDrafter):
         self.cache = self.module.new_cache()
         self.cached = 0  # committed pairs in the cache
 
-    def _sync(self, ctx: DraftContext) -> torch.Tensor:
+    def _sync(self, ctx: DraftContext, block: int = 1) -> torch.Tensor:
         """Drop last step's predicted features, feed the committed pairs not yet cached and
-        return f̂ for the bonus token [1, 1, H]."""
+        return the outputs of the `block` newest [1, block, H] (EAGLE: 1, f̂ for the bonus token).
+        A block > 1 (Falcon) sees all of itself (the relaxed causal mask), and its block - 1
+        newest pairs stay out of the cached count: next step's block queries them again."""
         n = len(self.features)  # pairs available: (e_{j+1}, f_j) for j < n
         remove_last(self.cache, self.cache.get_seq_length() - self.cached)
-        dev = self.features[0].device
-        feats = torch.stack(self.features[self.cached:])[None]  # [1, m, H]
-        embeds = self.embed(torch.tensor([ctx.ids[self.cached + 1:n + 1]], device=dev))  # [1, m, H]
-        pos = torch.arange(self.cached, n, device=dev)[None]
-        f = self.module(feats, embeds, pos, self.cache)[:, -1:]
-        self.cached = n
+        past, dev = self.cached, self.features[0].device
+        feats = torch.stack(self.features[past:])[None]  # [1, m, H]
+        embeds = self.embed(torch.tensor([ctx.ids[past + 1:n + 1]], device=dev))  # [1, m, H]
+        pos = torch.arange(past, n, device=dev)[None]
+        allow = None  # causal over the cache and the new pairs
+        if block > 1:
+            allow = torch.ones(n - past, n, dtype=torch.bool, device=dev).tril(past)  # [m, past + m]
+            allow[n - past - block:] = True
+        f = self.module(feats, embeds, pos, self.cache, allow=allow)[:, -block:]
+        self.cached = n - (block - 1)
         return f
 
     @torch.inference_mode()

@@ -30,7 +30,6 @@ from typing import ClassVar
 
 import torch
 
-from ...cache import remove_last
 from ...types import Draft
 from ..base import DraftContext, register
 from .drafters import EagleDrafter
@@ -48,26 +47,12 @@ class FalconDrafter(EagleDrafter):
         super().bind(target)
         self.block = self.module.cfg.block
 
-    def _pass1(self, ctx: DraftContext) -> torch.Tensor:
-        """Feed the committed pairs not yet cached; the k newest query in full -> f̂_{n..n+k-1} [1, k, H]."""
-        n, k = len(self.features), self.block
-        remove_last(self.cache, self.cache.get_seq_length() - self.cached)
-        past, dev = self.cached, self.features[0].device
-        feats = torch.stack(self.features[past:])[None]  # [1, m, H]
-        embeds = self.embed(torch.tensor([ctx.ids[past + 1:n + 1]], device=dev))  # [1, m, H]
-        m = n - past
-        allow = torch.ones(m, n, dtype=torch.bool, device=dev).tril(past)  # [m, past + m] causal
-        allow[m - k:] = True  # the block of the k newest pairs sees all of itself
-        f = self.module(feats, embeds, torch.arange(past, n, device=dev)[None], self.cache, allow=allow)[:, -k:]
-        self.cached = n - (k - 1)  # the k - 1 newest are queries again next step
-        return f
-
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft:
         k = min(self.k, ctx.max_tokens)
         if k <= 0 or not self._ready(ctx) or len(self.features) < self.block:
             return Draft.empty()
-        f = self._pass1(ctx)  # [1, block, H]
+        f = self._sync(ctx, self.block)  # [1, block, H]: pass 1
         n, dev = len(self.features), f.device
         tokens, qs = [], []
         pos = n  # position of the first pair of the block just drafted
