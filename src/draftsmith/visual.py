@@ -136,7 +136,7 @@ def train_model(train: Digits, out: str | Path, *, hidden: int, layers: int, hea
             opt.step()
             sched.step()
             step += 1
-            total += float(loss) * len(x)
+            total += float(loss.detach()) * len(x)
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs} loss {total / len(seqs):.4f}")
     out = Path(out)
