@@ -310,6 +310,10 @@ RECIPES: dict[str, Recipe] = {
     "eagle3": Recipe(_heads("eagle3"), "eagle3", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     # Falcon: EAGLE's layer drafting 2 tokens a forward (semi-autoregressive), a chain sampled from q
     "falcon": Recipe(_heads("falcon"), "falcon", heads=True, sampled_q=True, sampling=("t1",)),
+    # FSPAD: an EAGLE head reading the sampled feature f ⊙ e too; Chimera: parallel residual heads after a
+    # trigram and a full-context encoder
+    "fspad": Recipe(_heads("fspad"), "fspad", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
+    "chimera": Recipe(_heads("chimera"), "chimera", trees=True, heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
     # an EAGLE-2 dynamic tree: the heads' top-k at each depth, deterministic (q None) even when sampling
     "eagle-tree": Recipe(_heads("eagle", tree_nodes=6, topk=2), "eagle", trees=True, heads=True, sampling=("t1",)),
     # heads drafting over part of the vocabulary: q is zero outside it

@@ -18,7 +18,7 @@ from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
 from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import plain_ids, random_heads, tiny_model
 
-KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon"]
+KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 
 
@@ -35,6 +35,15 @@ def test_forward_shapes(kind):
     elif kind in ("hydra", "koala"):
         assert m(torch.randn(2, 5, H, device=dev), torch.randn(2, 5, 3, H, device=dev), lm_head).shape == (2, 5, 3, V)
         assert m.head(1, torch.randn(4, H, device=dev), torch.randn(4, 2, H, device=dev)).shape == (4, H)
+    elif kind == "chimera":
+        cache = m.new_cache()
+        out = m(torch.randn(2, 5, H, device=dev), torch.randn(2, 5, 3 * H, device=dev), torch.arange(5, device=dev)[None],
+                lm_head)
+        assert out.shape == (2, 5, 3, V)
+        c = m.encode(torch.randn(1, 6, H, device=dev), torch.randn(1, 6, 3 * H, device=dev),
+                     torch.arange(6, device=dev)[None], cache)
+        assert c.shape == (1, 6, H) and cache.get_seq_length() == 6
+        assert m.features(c[0, -1], torch.randn(H, device=dev), heads=2).shape == (2, H)
     else:
         cache = m.new_cache()
         out = m(torch.randn(1, 6, H, device=dev), torch.randn(1, 6, H, device=dev), torch.arange(6, device=dev)[None], cache)
@@ -42,14 +51,16 @@ def test_forward_shapes(kind):
         assert m(torch.randn(1, 1, H, device=dev), torch.randn(1, 1, H, device=dev), torch.tensor([[6]], device=dev), cache).shape == (1, 1, H)
 
 
-@pytest.mark.parametrize("kind", ["medusa", "hydra", "amphista", "koala"])
+@pytest.mark.parametrize("kind", ["medusa", "hydra", "amphista", "koala", "chimera"])
 def test_untrained_heads_start_at_the_lm_head(kind):
-    """Zero-initialised residual branches: Medusa/Hydra/Amphista/KOALA heads begin as the
+    """Zero-initialised residual branches: Medusa/Hydra/Amphista/KOALA/Chimera heads begin as the
     identity on h (EAGLE's layer does not)."""
     target = tiny_model("llama")
     m = build_heads(HeadsConfig.for_target(kind, target.config, num_heads=2))
     h = torch.randn(3, target.config.hidden_size)
-    if kind in ("medusa", "amphista"):
+    if kind == "chimera":  # whatever the encoder says
+        assert torch.allclose(m.features(torch.randn(3, target.config.hidden_size), h), h[:, None].expand(3, 2, -1))
+    elif kind in ("medusa", "amphista"):
         assert torch.allclose(m.features(h), h[:, None].expand(3, 2, -1), atol=1e-6)
     else:
         assert torch.allclose(m.head(1, h, torch.randn(3, 2, target.config.hidden_size)), h, atol=1e-6)
@@ -73,7 +84,9 @@ def test_amphista_heads_see_each_other():
 
 VARIANTS = {"medusa": {}, "medusa-tree": {"tree_nodes": 8, "topk": 3}, "hydra": {}, "eagle": {},
             "eagle-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "amphista": {},
-            "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}, "falcon": {}, "falcon-k5": {"k": 5}}
+            "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}, "falcon": {}, "falcon-k5": {"k": 5},
+            "fspad": {}, "fspad-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "chimera": {},
+            "chimera-tree": {"tree_nodes": 8, "topk": 3}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -182,7 +195,8 @@ def test_train_heads_end_to_end(kind, tmp_path):
 
 
 TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1},
-            "eagle": {}, "eagle-unroll": {"unroll": 2}, "falcon": {}, "falcon-glance": {"glance": 0.3}}
+            "eagle": {}, "eagle-unroll": {"unroll": 2}, "falcon": {}, "falcon-glance": {"glance": 0.3},
+            "fspad": {}, "fspad-unroll": {"unroll": 2, "align": 0.25}, "chimera": {}}
 
 
 @pytest.mark.parametrize("variant", TRAINING)
@@ -262,6 +276,118 @@ def test_falcon_trains_on_what_it_drafts(block):
         expect = [int(lm(outs[0][o][0, c - block + 1 + o]).argmax()) for o in range(block)]
         expect += [int(lm(outs[1][o][0, c + 1 + o]).argmax()) for o in range(block)]
         assert tokens == expect, n_ids
+
+
+def _perturbed(target, kind: str, seed: int = 0, scale: float = 0.3, **options):
+    m = build_heads(HeadsConfig.for_target(kind, target.config, num_heads=4, **options))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return m.eval()
+
+
+def _bound(kind: str, module, target, **options):
+    """A heads drafter holding `module` (no folder), as bind would leave it."""
+    drafter = build_drafter(kind, **options)
+    drafter.module, drafter.k = module, options.get("k", module.cfg.num_heads)
+    drafter.lm_head = target.model.get_output_embeddings()
+    drafter.embed = target.model.get_input_embeddings()
+    return drafter
+
+
+@pytest.mark.parametrize("options", [{}, {"tree_nodes": 8, "topk": 3, "beam": 2}])
+def test_fspad_started_from_an_eagle_head_drafts_as_it(options, tmp_path):
+    """An FSPAD head started from an EAGLE head (`--init`, modules.FspadHead.from_eagle: the
+    sampled block of fc zero) must draft exactly what the EAGLE head drafts, chain and tree; and
+    once that block is non-zero the drafts must change (feature sampling is live, not ignored)."""
+    from draftsmith.drafters.base import DraftContext
+    from draftsmith.train.heads import HeadsTrainConfig, _start_from
+
+    from draftsmith.drafters.heads import save_heads
+
+    target = tiny_model("llama")
+    eagle = _perturbed(target, "eagle")
+    fspad = build_heads(HeadsConfig.for_target("fspad", target.config, num_heads=4))
+    _start_from(fspad, str(save_heads(eagle, tmp_path / "eagle")))  # what `train heads --kind fspad --init` does
+    fspad.eval()
+    H, gen = target.config.hidden_size, torch.Generator().manual_seed(5)
+
+    def drafts(module, kind):
+        out = []
+        for seed in range(4):
+            ids = torch.randint(target.vocab_size, (9,), generator=torch.Generator().manual_seed(seed)).tolist()
+            feats = torch.randn(1, 8, H, generator=torch.Generator().manual_seed(seed))
+            d = _bound(kind, module, target, **options)
+            d.prefill(ids, feats)
+            draft = d.propose(DraftContext(ids=ids, params=SamplingParams(), max_tokens=4))
+            out.append((draft.token_ids.tolist(), None if draft.parents is None else draft.parents.tolist()))
+        return out
+
+    assert drafts(fspad, "fspad") == drafts(eagle, "eagle")
+    with torch.no_grad():
+        fspad.fc.weight[:, 2 * H:] = torch.randn(H, H, generator=gen) * 30.0
+    assert drafts(fspad, "fspad") != drafts(eagle, "eagle")
+    narrow = {**eagle.state_dict(), "fc.weight": torch.zeros(H, H)}
+    with pytest.raises(DraftsmithError, match="cannot start a head of width"):
+        fspad.from_eagle(narrow)
+    cfg = HeadsTrainConfig(kind="fspad", out="unused")
+    cfg.check()
+    assert cfg.align == 0.5
+
+
+def test_fspad_partial_alignment_regresses_only_its_share_of_the_feature():
+    """FSPAD's partial alignment distillation: with align 0.5 (and no token loss) the feature
+    regression must not see the second half of f̂'s dimensions; with align 1 it must."""
+    from draftsmith.train.features import Item
+    from draftsmith.train.heads import HeadsLoss, HeadsTrainConfig
+
+    target = tiny_model("llama", vocab=64)
+    m = _perturbed(target, "fspad")
+    H = target.config.hidden_size
+    gen = torch.Generator().manual_seed(0)
+    item = Item(torch.randint(64, (20,), generator=gen), torch.randn(20, H, generator=gen), 3)
+    lm_head = torch.nn.Linear(H, 64, bias=False)
+    embed = target.model.get_input_embeddings()
+
+    def loss(align: float, shift: float) -> float:
+        handle = m.register_forward_hook(lambda mod, args, out: out + torch.cat([torch.zeros(H // 2), torch.full((H - H // 2,), shift)]))
+        try:
+            cfg = HeadsTrainConfig(kind="fspad", out="unused", cls_weight=0.0, noise=0.0, align=align)
+            cfg.check()
+            return float(HeadsLoss(m, lm_head, embed, cfg).batch([item], torch.Generator().manual_seed(0))[0].detach())
+        finally:
+            handle.remove()
+
+    assert loss(0.5, 0.0) == pytest.approx(loss(0.5, 5.0))
+    assert loss(1.0, 5.0) > loss(1.0, 0.0) + 1.0
+    with pytest.raises(DraftsmithError, match="--align"):
+        HeadsTrainConfig(kind="fspad", out="unused", align=0.0).check()
+
+
+def test_chimera_trains_on_what_it_drafts():
+    """What Chimera's loss trains (the encoder over a whole sequence, heads at c_j) must be what the
+    drafter computes step by step from its cache: its greedy draft after 0 and after 5 accepted
+    tokens is the argmax of the training computation at the newest pair. Guards the trigram's
+    alignment (e_{j-1}, e_j, e_{j+1}) and the pairs fed each step."""
+    from draftsmith.drafters.base import DraftContext
+
+    target = tiny_model("llama")
+    m = _perturbed(target, "chimera")
+    drafter = _bound("chimera", m, target)
+    H, gen = target.config.hidden_size, torch.Generator().manual_seed(3)
+    ids = torch.randint(target.vocab_size, (12,), generator=gen).tolist()
+    feats = torch.randn(len(ids) - 1, H, generator=gen)
+    lm, embed = target.model.get_output_embeddings(), target.model.get_input_embeddings()
+    drafter.prefill(ids[:6], feats[None, :5])
+    ctx = lambda n: DraftContext(ids=ids[:n], params=SamplingParams(), max_tokens=4)  # noqa: E731
+    for n in (6, 7, 12):
+        drafter.features = list(feats[:n - 1])
+        tokens = drafter.propose(ctx(n)).token_ids[0].tolist()
+        with torch.no_grad():
+            c = m.encode(feats[None, :n - 1], m.trigrams(embed(torch.tensor([ids[:n]]))), torch.arange(n - 1)[None])
+            expect = lm(m.features(c[0, -1], feats[n - 2])).argmax(-1).tolist()
+        assert tokens == expect, n
 
 
 def _scalars(logdir, tag):

@@ -19,6 +19,8 @@ from .ngram import NgramDrafter
 from .heads import AmphistaDrafter, EagleDrafter, HydraDrafter, KoalaDrafter, MedusaDrafter
 from .heads.eagle3 import Eagle3Drafter
 from .heads.falcon import FalconDrafter
+from .heads.fspad import FspadDrafter
+from .heads.chimera import ChimeraDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter

@@ -107,8 +107,12 @@ CARD_ARCHITECTURE = {
               "(2H-wide attention), its own norm and LM head over a {vd}-token draft vocabulary",
     "falcon": "- Falcon: EAGLE's decoder layer drafting {block} tokens per forward (semi-autoregressive, relaxed "
               "causal mask over the newest {block} pairs)",
+    "fspad": "- FSPAD: EAGLE's decoder layer on [next-token embedding; feature; feature ⊙ embedding] (feature "
+             "sampling), trained with partial alignment distillation",
+    "chimera": "- Chimera: trigram encoder, full-context encoder (one causal decoder layer), {heads} residual decoding "
+               "heads ({layers} residual block each) drafting in parallel",
 }
-RECURRENT_KINDS = ("eagle", "eagle3", "falcon")  # heads whose rows are draft steps, not heads
+RECURRENT_KINDS = ("eagle", "eagle3", "falcon", "fspad")  # heads whose rows are draft steps, not heads
 
 
 def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
@@ -128,6 +132,7 @@ def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
              + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")
              + (f", {'passes' if cfg.kind == 'falcon' else 'draft steps'} trained: {t.get('unroll', 1)}, feature noise "
                 f"{t.get('noise')}" + (f", glance {t.get('glance')}" if cfg.kind == "falcon" else "")
+                + (f", feature regression on {t.get('align')} of the dimensions" if (t.get("align") or 1) < 1 else "")
                 if cfg.kind in RECURRENT_KINDS else ""),
              f"- training sequences: {t.get('sequences')}"
              + (f" ({t['sequence_answer_tokens']} answer tokens)" if "sequence_answer_tokens" in t else "")

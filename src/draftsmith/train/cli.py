@@ -102,8 +102,9 @@ def add_train_parser(sub) -> None:
     r.add_argument("--max-len", type=int, default=512)
     r.set_defaults(func=cmd_pard)
 
-    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon) on the frozen target")
-    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon")
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon, fspad, chimera) on the "
+                          "frozen target")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon | fspad | chimera")
     h.add_argument("--target", default=DEFAULT_MODEL)
     h.add_argument("--data", required=True,
                    help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "
@@ -123,7 +124,7 @@ def add_train_parser(sub) -> None:
     h.add_argument("--init", default="",
                    help="start from these trained heads (a folder `train heads` wrote, or `shipped`: the heads of this kind "
                         "shipped for the target; same kind "
-                        "and shape, or an eagle head for falcon): more data or steps on a head; an eagle3 head keeps its "
+                        "and shape, or an eagle head for falcon and fspad): more data or steps on a head; an eagle3 head keeps its "
                         "draft vocabulary")
     h.add_argument("--micro-tokens", type=int, default=4096,
                    help="padded tokens per forward: a step's sequences run in batches of similar lengths "
@@ -140,6 +141,9 @@ def add_train_parser(sub) -> None:
     h.add_argument("--glance", type=float, default=0.0,
                    help="falcon: share of the drafted inputs of passes after the first replaced by the target's "
                         "features (Falcon's glancing; 0 = off)")
+    h.add_argument("--align", type=float, default=None,
+                   help="eagle kinds: share of the predicted feature's dimensions under the feature regression (FSPAD's "
+                        "partial alignment distillation; default fspad 0.5, others 1)")
     h.add_argument("--noise", type=float, default=None,
                    help="eagle, eagle3: uniform noise U(-x, x) on the target's features (default eagle 0.1, eagle3 0)")
     h.add_argument("--unroll-weight", type=float, default=1.0, help="eagle: loss weight of draft steps after the first")
@@ -239,7 +243,8 @@ def cmd_heads(args) -> int:
                            max_len=args.max_len, seed=args.seed, save_every=args.save_every,
                            adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
                            features=args.features or "", unroll=args.unroll, unroll_weight=args.unroll_weight,
-                           cls_weight=args.cls_weight, noise=args.noise, block=args.block, glance=args.glance)
+                           cls_weight=args.cls_weight, noise=args.noise, block=args.block, glance=args.glance,
+                           align=args.align)
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")

@@ -31,6 +31,12 @@
      most frequent answer tokens, its norm from the target's final norm, its fc as the identity
      on the newest aux layer: `_init_eagle3`). No feature noise by default (EAGLE-3 trains
      without it).
+   - fspad (FSPAD): EAGLE's passes and loss, the head reading [e; f; f ⊙ e] (feature sampling),
+     with partial alignment distillation: the feature regression covers the first `align` share
+     of f̂'s dimensions only (default 0.5; eagle 1.0), so the rest serve the token loss alone.
+   - chimera: pairs j = (f_j + noise, [e_{j-1}; e_j; e_{j+1}]) through the causal full-context
+     encoder (one pass over the sequence, as the drafter's cache holds them); head i at j
+     predicts token j+2+i from c_j and f_j (the token loss, distillation from p by default).
    Token losses (`loss`), p the target's softmax over the training vocabulary (renormalised):
    `kl` KL(p || q), `ce` the data's token, and two aimed at acceptance: `tv` the total variation
    1 - Σ min(p, q) = ½ Σ |p - q| (one sampled draft token is accepted with probability Σ min(p, q);
@@ -93,6 +99,8 @@ class HeadsTrainConfig:
     adversarial: float = 0.0  # KOALA's generator-loss weight (0 = no discriminator)
     glance: float = 0.0  # falcon: share of the drafted inputs of passes > 1 replaced by the target's features (glancing)
     block: int = 0  # falcon: tokens per forward (0 = 2)
+    align: float | None = None  # eagle kinds: share of f̂'s dimensions under the feature regression (None: fspad 0.5,
+    # others 1.0; FSPAD's partial alignment distillation)
     max_len: int = 512
     seed: int = 0
     log_every: int = 10
@@ -113,6 +121,10 @@ class HeadsTrainConfig:
             self.noise = DEFAULT_NOISE.get(self.kind, 0.0)
         if self.unroll is None:
             self.unroll = DEFAULT_UNROLL.get(self.kind, 1)
+        if self.align is None:
+            self.align = DEFAULT_ALIGN.get(self.kind, 1.0)
+        if not 0 < self.align <= 1:
+            raise DraftsmithError(f"--align (share of the feature's dimensions regressed) must be in (0, 1], got {self.align}")
         if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8 or self.micro_tokens < 1:
             raise DraftsmithError("--steps and --num-heads must be >= 1, --batch-tokens >= 8, --micro-tokens >= 1")
         if self.noise < 0:
@@ -127,9 +139,10 @@ class HeadsTrainConfig:
 
 
 TOKEN_LOSSES = ("kl", "ce", "tv", "accept")
-RECURRENT = ("eagle", "eagle3", "falcon")  # kinds that draft step by step from their own output (eagle_passes)
+RECURRENT = ("eagle", "eagle3", "falcon", "fspad")  # kinds that draft step by step from their own output (eagle_passes)
 DEFAULT_UNROLL = {"eagle3": 3, "falcon": 2}  # draft steps trained (the training-time test); other kinds 1
-DEFAULT_NOISE = {"eagle": 0.1, "falcon": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
+DEFAULT_NOISE = {"eagle": 0.1, "falcon": 0.1, "fspad": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
+DEFAULT_ALIGN = {"fspad": 0.5}  # share of f̂'s dimensions under the feature regression; other kinds all
 ACCEPT_EPS = 1e-6  # `accept`: -log(Σ min(p, q) + eps): finite where p and q barely overlap, and its gradient
 # in q's logits stays below 2 (that of Σ min(p, q) is at most 2 Σ min(p, q))
 
@@ -358,7 +371,9 @@ class HeadsLoss:
                 continue
             loss = _token_loss(logits, p_logits[sel], labels[sel], self.cfg.loss)
             if not eagle3:
-                loss = F.smooth_l1_loss(f_hat, feats[r, jj + 1], reduction="none").mean(-1) + self.cfg.cls_weight * loss
+                a = max(1, round(self.cfg.align * f_hat.shape[-1]))  # fspad: partial alignment
+                loss = (F.smooth_l1_loss(f_hat[:, :a], feats[r, jj + 1, :a], reduction="none").mean(-1)
+                        + self.cfg.cls_weight * loss)
             total = total + loss.sum() * (1.0 if u == 1 else self.cfg.unroll_weight)
             if u == 1:
                 count = int(sel.sum())
@@ -404,11 +419,42 @@ class HeadsLoss:
                     adv = self._adversarial(feats[r, jj], logits, p_logits[sel])
         return total, count, stats, adv
 
+    def _chimera(self, items: list[Item], generator: torch.Generator):
+        """Chimera's loss over several sequences in one right-padded batch (the encoder is causal,
+        so padding after a sequence changes none of its positions): index i reads the pair
+        (f_i + noise, [e_{i-1}; e_i; e_{i+1}]); head h at i predicts token i+2+h, an answer token
+        within the sequence, against the target's view of it (lm_head(f_{i+1+h}))."""
+        ids, feats, src, top, row, j = self._padded(items, generator, 2)  # j: token j+2 is an answer token
+        K, dev = self.m.cfg.num_heads, ids.device
+        lengths = torch.tensor([len(it.ids) for it in items], device=dev)[row]  # [M]
+        embeds = self.embed(ids).float()  # [B, T, H]
+        positions = torch.arange(ids.shape[1] - 1, device=dev)[None]
+        c = self.m.encode(src[:, :-1], self.m.trigrams(embeds), positions)  # [B, T-1, H]: c_i at index i
+        x = self.m.features(c[row, j], src[row, j])  # [M, K, H]
+        stats = torch.zeros(K, 2)
+        total, count, adv = 0.0, 0, Adversarial()
+        for h in range(K):
+            ok = j + 2 + h < lengths
+            if not ok.any():
+                break
+            r, jj = row[ok], j[ok]
+            with torch.no_grad():
+                p_logits = self.lm_head(feats[r, jj + 1 + h])  # [m, N]: the target's view of token j+2+h
+            logits = self.lm_head(x[ok, h])  # [m, N]
+            total = total + _token_loss(logits, p_logits, self._labels(ids[r, jj + 2 + h]), self.cfg.loss).sum()
+            adv = adv + self._adversarial(feats[r, jj], logits, p_logits)
+            count += int(ok.sum())
+            known = bool((top[r, jj + 1 + h] >= 0).all())
+            stats[h] += self._agree(logits, p_logits, top[r, jj + 1 + h] if known else None)
+        return total, count, stats, adv
+
     def batch(self, items: list[Item], generator: torch.Generator):
         """Several sequences -> the sums of `__call__`'s (loss, tokens, per-head stats,
         Adversarial). EAGLE kinds run them as one padded batch; the other kinds one at a time."""
         if self.cfg.kind in RECURRENT:
             return self._eagle(items, generator)
+        if self.cfg.kind == "chimera":
+            return self._chimera(items, generator)
         total, tokens, stats, adv = 0.0, 0, torch.zeros(self.m.cfg.num_heads, 2), Adversarial()
         for item in items:
             loss, n, s, a = self(item, generator)
@@ -420,6 +466,8 @@ class HeadsLoss:
         a discriminator))."""
         if self.cfg.kind in RECURRENT:
             return self._eagle([item], generator)
+        if self.cfg.kind == "chimera":
+            return self._chimera([item], generator)
         ids, feats, start, top = item.ids, item.feats, item.start, item.top
         device = self.lm_head.weight.device  # items come on the CPU (features.py); the heads train here
         ids, feats, top = ids.to(device), feats.to(device), None if top is None else top.to(device)
@@ -635,13 +683,17 @@ def _start_from(module: torch.nn.Module, folder: str) -> None:
     trained = load_heads(folder)
     mine, theirs = asdict(module.cfg), asdict(trained.cfg)
     free = ("training", "target")
-    if (mine["kind"], theirs["kind"]) == ("falcon", "eagle"):  # the same weights: block 1 is EAGLE
-        free += ("kind", "block")
+    pair = (mine["kind"], theirs["kind"])
+    if pair in (("falcon", "eagle"), ("fspad", "eagle")):  # falcon: the same weights (block 1 is EAGLE); fspad: EAGLE's
+        free += ("kind", "block")  # with the sampled block of fc zero
     shape = [k for k in mine if k not in free and mine[k] != theirs.get(k)]
     if shape:
         raise DraftsmithError(f"--init {folder}: those heads differ from the ones asked for in "
                               + ", ".join(f"{k} ({theirs.get(k)!r} there, {mine[k]!r} here)" for k in shape))
-    module.load_state_dict(trained.state_dict())
+    if pair == ("fspad", "eagle"):
+        module.from_eagle(trained.state_dict())
+    else:
+        module.load_state_dict(trained.state_dict())
 
 
 @torch.no_grad()

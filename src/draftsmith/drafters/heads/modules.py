@@ -34,9 +34,23 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
                                 pair up to n-1 and gives f̂_{n+o}. The k drafted pairs
                                 (f̂_{n+o}, e(x̂_{n+1+o})) are the next block. Same weights as an
                                 EAGLE head (block 1 is EAGLE exactly), so an EAGLE head can start it.
+    FSPAD   (Gui et al. 2024)   EAGLE's layer whose input also carries the feature *sampled* by the
+                                token it is paired with, the elementwise product f_t ⊙ e_{t+1}
+                                ("feature sampling": the feature's components along that token's
+                                embedding): f̂_{t+1} = Layer(fc([e_{t+1}; f_t; f_t ⊙ e_{t+1}])).
+                                Trained with partial alignment distillation (train.heads: the
+                                feature regression on a share of f̂'s dimensions only, the token
+                                loss on all). With the third block of fc zero it is EAGLE exactly,
+                                so an EAGLE head can start it.
+    Chimera (Zeng et al. 2024)  a trigram encoder on the newest three tokens, t_j =
+                                W_t [e_{j-1}; e_j; e_{j+1}], a full-context encoder (one causal decoder
+                                layer over c_j = Layer(fc([t_j; f_j])), with its own KV cache of
+                                committed pairs), and K residual decoding heads that draft in parallel
+                                (no autoregression): logits_{j+2+i} = lm_head(Res_i(f_j + W_i [c_j; f_j])).
+                                W_i starts at zero, so every head starts as the target's own LM head.
 
 All start out close to the LM head itself (zero-initialised residual branches), as in Medusa;
-Medusa, Hydra, Amphista and KOALA heads are exactly the identity on h at init.
+Medusa, Hydra, Amphista, KOALA and Chimera heads are exactly the identity on h at init.
 """
 
 from __future__ import annotations
@@ -54,7 +68,7 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
 
 from ...errors import DraftsmithError
 
-KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon")
+KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera")
 DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)
 
 
@@ -289,6 +303,87 @@ class FalconHead(EagleHead):
     (`allow`, built by the caller: the drafter and `train.heads.falcon_passes`)."""
 
 
+class FspadHead(EagleHead):
+    """FSPAD's drafter (see the module docstring): EAGLE's layer on [e; f; f ⊙ e], fc 3H -> H.
+    `from_eagle` starts it from an EAGLE head's weights (the sampled block of fc zero: EAGLE)."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__(cfg)
+        self.fc = nn.Linear(3 * cfg.hidden_size, cfg.hidden_size, bias=False)
+
+    def forward(self, features: torch.Tensor, embeds: torch.Tensor, positions: torch.Tensor,
+                cache: DynamicCache | None = None, allow: torch.Tensor | None = None) -> torch.Tensor:
+        """As EagleHead.forward; the pair's input is [e_{t+1}; f_t; f_t ⊙ e_{t+1}] ([B, n, 3H])."""
+        return super().forward(torch.cat([features, features * embeds], dim=-1), embeds, positions, cache, allow)
+
+    @torch.no_grad()
+    def from_eagle(self, state: dict) -> None:
+        """Load an EAGLE head's state dict: fc's [e; f] blocks from it, the f ⊙ e block zero."""
+        H = self.cfg.hidden_size
+        fc = state["fc.weight"]  # [H, 2H]
+        if tuple(fc.shape) != (H, 2 * H):
+            raise DraftsmithError(f"fspad: an EAGLE head whose fc is {tuple(fc.shape)} cannot start a head of width {H} "
+                                  f"(it needs an fc of ({H}, {2 * H}))")
+        state = dict(state)
+        state["fc.weight"] = torch.cat([fc, torch.zeros(H, H, dtype=fc.dtype)], dim=1)
+        self.load_state_dict(state)
+
+
+class ChimeraHeads(nn.Module):
+    """Chimera's draft model (see the module docstring): trigram encoder, full-context encoder (one
+    causal decoder layer with a KV cache of committed pairs), K residual decoding heads."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.hidden_size
+        self.llama = cfg.llama()
+        self.trigram = nn.Linear(3 * H, H, bias=False)
+        self.fc = nn.Linear(2 * H, H, bias=False)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(self.llama, layer_idx=0)])
+        self.rotary = LlamaRotaryEmbedding(self.llama)
+        self.inputs = nn.ModuleList(nn.Linear(2 * H, H) for _ in range(cfg.num_heads))
+        for lin in self.inputs:  # every head starts as the identity on f (the target's LM head)
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.heads = head_blocks(cfg, res_block)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.llama)
+
+    @staticmethod
+    def trigrams(embeds: torch.Tensor) -> torch.Tensor:
+        """Token embeddings e_0..e_n [B, n+1, H] -> the trigram inputs of pairs 0..n-1,
+        [e_{j-1}; e_j; e_{j+1}] [B, n, 3H] (e_{-1} = 0)."""
+        before = torch.cat([torch.zeros_like(embeds[:, :1]), embeds[:, :-2]], dim=1)  # e_{j-1}
+        return torch.cat([before, embeds[:, :-1], embeds[:, 1:]], dim=-1)
+
+    def encode(self, features: torch.Tensor, trigrams: torch.Tensor, positions: torch.Tensor,
+               cache: DynamicCache | None = None) -> torch.Tensor:
+        """features [B, n, H] (f_j), trigrams [B, n, 3H] ([e_{j-1}; e_j; e_{j+1}]), positions [B, n]
+        (j) -> c_j [B, n, H], causal over the cache and the n new pairs."""
+        x = self.fc(torch.cat([self.trigram(trigrams), features], dim=-1))
+        n, past = x.shape[1], cache.get_seq_length() if cache is not None else 0
+        mask = None
+        if n > 1:
+            allow = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
+            mask = torch.zeros(allow.shape, dtype=x.dtype, device=x.device).masked_fill(~allow, torch.finfo(x.dtype).min)
+            mask = mask[None, None]
+        out = self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=cache is not None, position_embeddings=self.rotary(x, positions))
+        return out[0] if isinstance(out, tuple) else out
+
+    def features(self, c: torch.Tensor, f: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+        """c [.., H] (the encoder's output at j), f [.., H] (the target's feature at j) -> the
+        first `heads` (default all) heads' features [.., heads, H], head i for token j+2+i."""
+        x = torch.cat([c, f], dim=-1)
+        return torch.stack([self.heads[i](f + self.inputs[i](x)) for i in range(heads or self.cfg.num_heads)], dim=-2)
+
+    def forward(self, features, trigrams, positions, lm_head, cache=None):
+        """Teacher-forced: -> logits [B, n, K, V] (head i at j: token j+2+i)."""
+        return lm_head(self.features(self.encode(features, trigrams, positions, cache), features))
+
+
 class Eagle3Layer(nn.Module):
     """EAGLE-3's decoder layer: attention over [input_layernorm(e); hidden_norm(g)] (2H -> H),
     then the MLP, with the residual stream starting at g (after the hidden norm when
@@ -380,7 +475,7 @@ class Eagle3Head(nn.Module):
 
 
 MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads,
-           "eagle3": Eagle3Head, "falcon": FalconHead}
+           "eagle3": Eagle3Head, "falcon": FalconHead, "fspad": FspadHead, "chimera": ChimeraHeads}
 
 
 def build_heads(cfg: HeadsConfig) -> nn.Module:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Issue 22: FSPAD and Chimera heads for the default model on the project's 2-core CPU, on the same
+# features as Falcon (3000 ShareGPT first turns, made once: ~25 min here; `--features` reuses the file).
+# - eagle-more: the shipped EAGLE head trained 150 more steps of 2048 answer tokens on this data (the
+#   control: what the same extra training gives EAGLE without FSPAD's changes);
+# - fspad: the shipped EAGLE head as its start (the sampled block of fc zero: EAGLE exactly), the same
+#   150 steps with feature sampling and partial alignment (regression on half the dimensions);
+# - chimera: from scratch (nothing to start from), 300 steps of 2048 answer tokens.
+# All with 2 draft steps trained (eagle kinds), the token loss weighted 1.0, lr 5e-4 (chimera 1e-3).
+# Each resumes from its checkpoint. As run in session 34. Then: OUT=runs/semi benchmarks/ship_heads.sh fspad chimera
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/semi}
+EAGLE=src/draftsmith/packs/smollm2-135m-instruct-eagle
+COMMON=(--data sharegpt --limit 3000 --features "$OUT/feats-3000.pt" --batch-tokens 2048 --save-every 25)
+.venv/bin/draftsmith train heads --kind eagle --out "$OUT/eagle-more" --init "$EAGLE" --steps 150 --lr 5e-4 \
+  --unroll 2 --cls-weight 1.0 "${COMMON[@]}"
+.venv/bin/draftsmith train heads --kind fspad --out "$OUT/fspad" --init "$EAGLE" --steps 150 --lr 5e-4 \
+  --unroll 2 --cls-weight 1.0 --align 0.5 "${COMMON[@]}"
+.venv/bin/draftsmith train heads --kind chimera --out "$OUT/chimera" --steps 300 --lr 1e-3 "${COMMON[@]}"
