@@ -314,6 +314,10 @@ RECIPES: dict[str, Recipe] = {
     # trigram and a full-context encoder
     "fspad": Recipe(_heads("fspad"), "fspad", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     "chimera": Recipe(_heads("chimera"), "chimera", trees=True, heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
+    # GliDe: a draft block cross-attending to the target's keys and values (a chain sampled from q), and with
+    # CaPE's expansion (a deterministic tree)
+    "glide": Recipe(_heads("glide"), "glide", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
+    "glide-cape": Recipe(_heads("glide", cape=0.9), "glide", trees=True, heads=True, sampling=("t1",)),
     # an EAGLE-2 dynamic tree: the heads' top-k at each depth, deterministic (q None) even when sampling
     "eagle-tree": Recipe(_heads("eagle", tree_nodes=6, topk=2), "eagle", trees=True, heads=True, sampling=("t1",)),
     # heads drafting over part of the vocabulary: q is zero outside it

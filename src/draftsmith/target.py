@@ -267,6 +267,10 @@ class PartialLM:
     def lm_head(self) -> torch.nn.Module:
         return self.lm.model.get_output_embeddings()
 
+    def rope(self, h: torch.Tensor, positions: torch.Tensor):
+        """The target's rotary embedding (cos, sin) at `positions` [B, q] for the first chosen layer."""
+        return self.rotary(h, positions, self.kinds[0]) if self._rope_by_kind else self.rotary(h, positions)
+
     def new_cache(self) -> SubsetCache:
         return SubsetCache(list(self.layers))
 

@@ -18,7 +18,7 @@ from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
 from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import plain_ids, random_heads, tiny_model
 
-KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera"]
+KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera", "glide"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 
 
@@ -44,6 +44,12 @@ def test_forward_shapes(kind):
                      torch.arange(6, device=dev)[None], cache)
         assert c.shape == (1, 6, H) and cache.get_seq_length() == 6
         assert m.features(c[0, -1], torch.randn(H, device=dev), heads=2).shape == (2, H)
+    elif kind == "glide":
+        cache, kv = m.new_cache(), cfg.num_key_value_heads
+        keys, values = torch.randn(1, kv, 7, cfg.head_dim, device=dev), torch.randn(1, kv, 7, cfg.head_dim, device=dev)
+        see = torch.ones(1, 6, 7, dtype=torch.bool, device=dev)
+        out = m(torch.randn(1, 6, H, device=dev), torch.arange(6, device=dev)[None], keys, values, see, cache)
+        assert out.shape == (1, 6, H) and cache.get_seq_length() == 6 and m.logits(out, lm_head).shape == (1, 6, V)
     else:
         cache = m.new_cache()
         out = m(torch.randn(1, 6, H, device=dev), torch.randn(1, 6, H, device=dev), torch.arange(6, device=dev)[None], cache)
@@ -86,7 +92,7 @@ VARIANTS = {"medusa": {}, "medusa-tree": {"tree_nodes": 8, "topk": 3}, "hydra": 
             "eagle-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "amphista": {},
             "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}, "falcon": {}, "falcon-k5": {"k": 5},
             "fspad": {}, "fspad-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "chimera": {},
-            "chimera-tree": {"tree_nodes": 8, "topk": 3}}
+            "chimera-tree": {"tree_nodes": 8, "topk": 3}, "glide": {}, "glide-cape": {"cape": 0.9, "expand": 2}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -196,7 +202,8 @@ def test_train_heads_end_to_end(kind, tmp_path):
 
 TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1},
             "eagle": {}, "eagle-unroll": {"unroll": 2}, "falcon": {}, "falcon-glance": {"glance": 0.3},
-            "fspad": {}, "fspad-unroll": {"unroll": 2, "align": 0.25}, "chimera": {}}
+            "fspad": {}, "fspad-unroll": {"unroll": 2, "align": 0.25}, "chimera": {},
+            "glide": {"unroll": 2}}
 
 
 @pytest.mark.parametrize("variant", TRAINING)
@@ -387,6 +394,72 @@ def test_chimera_trains_on_what_it_drafts():
         with torch.no_grad():
             c = m.encode(feats[None, :n - 1], m.trigrams(embed(torch.tensor([ids[:n]]))), torch.arange(n - 1)[None])
             expect = lm(m.features(c[0, -1], feats[n - 2])).argmax(-1).tolist()
+        assert tokens == expect, n
+
+
+def test_glide_reads_the_targets_own_keys_and_values(arch):
+    """GliDe's keys and values (drafters/heads/glide.TargetKV: the target's layer run on that
+    layer's input, token by token as the loop commits them) must be the target's own KV cache of
+    that layer after a plain forward over the same tokens."""
+    from transformers import DynamicCache
+
+    from draftsmith.drafters.heads.glide import TargetKV
+
+    target = tiny_model(arch)
+    ids = torch.randint(target.vocab_size, (1, 11), generator=torch.Generator().manual_seed(0)).to(target.device)
+    layer = target.config.num_hidden_layers - 1
+    with torch.no_grad():
+        ref = DynamicCache(config=target.config)
+        states = target.model(input_ids=ids, past_key_values=ref, use_cache=True, output_hidden_states=True).hidden_states
+    kv = TargetKV(target, layer)
+    cache = kv.new_cache()
+    for lo, hi in ((0, 6), (6, 7), (7, 11)):  # a prompt, then steps that commit 1 and 4 tokens
+        kv.extend(cache, states[layer][:, lo:hi], lo)
+    keys, values = kv.kv(cache)
+    torch.testing.assert_close(keys, ref.layers[layer].keys, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(values, ref.layers[layer].values, rtol=1e-4, atol=1e-5)
+
+
+def test_glide_trains_on_what_it_drafts():
+    """What GliDe's loss trains (HeadsLoss._glide: the block over a sequence's tokens, draft step
+    s at query i reading the target's keys <= i - s) must be what the drafter computes step by step
+    from its caches: its greedy draft after 0, 1 and 5 accepted tokens, appended to the committed
+    tokens as if it were the data, is the argmax of the training computation at draft steps 1, 2,
+    3. Guards the cross-attention window and both caches (the drafts cropped each step)."""
+    from draftsmith.drafters.base import DraftContext
+    from draftsmith.drafters.heads.glide import TargetKV
+    from draftsmith.train.heads import glide_passes
+    from draftsmith.types import VerifyResult
+
+    target = tiny_model("llama")
+    m = _perturbed(target, "glide", scale=0.1)
+    drafter = _bound("glide", m, target, k=3)
+    layer = m.cfg.glide_layer
+    drafter.kv, drafter.feature_layers, drafter.dtype = TargetKV(target, layer), (layer,), target.dtype
+    ids = torch.randint(target.vocab_size, (14,), generator=torch.Generator().manual_seed(3)).tolist()
+
+    def layer_inputs(seq):
+        with torch.no_grad():
+            return target.model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[layer]
+
+    states = layer_inputs(ids)
+    drafter.prefill(ids[:6], states[:, :5])
+    embed = target.model.get_input_embeddings()
+    lm = target.model.get_output_embeddings()
+    for n, new in ((6, 0), (7, 1), (12, 5)):
+        if new:
+            drafter.observe(VerifyResult(tokens=torch.tensor([ids[n - new:n]]), num_accepted=new - 1, num_drafted=3,
+                                         hidden=states[:, n - 1 - new:n - 1]))
+        tokens = drafter.propose(DraftContext(ids=ids[:n], params=SamplingParams(), max_tokens=3)).token_ids[0].tolist()
+        seq = ids[:n] + tokens
+        kv = TargetKV(target, layer)
+        cache = kv.new_cache()
+        kv.extend(cache, layer_inputs(seq), 0)
+        keys, values = kv.kv(cache)
+        with torch.no_grad():
+            e = embed(torch.tensor([seq[:-1]]))
+            outs = glide_passes(m, e, keys, values, kv.rope(e, torch.arange(len(seq) - 1)[None]), 3)
+        expect = [int(lm(m.norm(outs[s - 1][0, n - 2 + s])).argmax()) for s in (1, 2, 3)]
         assert tokens == expect, n
 
 

@@ -21,6 +21,7 @@ from .heads.eagle3 import Eagle3Drafter
 from .heads.falcon import FalconDrafter
 from .heads.fspad import FspadDrafter
 from .heads.chimera import ChimeraDrafter
+from .heads.glide import GlideDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter

@@ -102,9 +102,9 @@ def add_train_parser(sub) -> None:
     r.add_argument("--max-len", type=int, default=512)
     r.set_defaults(func=cmd_pard)
 
-    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon, fspad, chimera) on the "
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon, fspad, chimera, glide) on the "
                           "frozen target")
-    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon | fspad | chimera")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon | fspad | chimera | glide")
     h.add_argument("--target", default=DEFAULT_MODEL)
     h.add_argument("--data", required=True,
                    help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "

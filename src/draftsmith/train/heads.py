@@ -37,6 +37,13 @@
    - chimera: pairs j = (f_j + noise, [e_{j-1}; e_j; e_{j+1}]) through the causal full-context
      encoder (one pass over the sequence, as the drafter's cache holds them); head i at j
      predicts token j+2+i from c_j and f_j (the token loss, distillation from p by default).
+   - glide (GliDe): the target's keys and values at `glide_layer` for the whole sequence (its own
+     layer run on that layer's input, an aux feature of the same target forward: TargetKV); the
+     draft block's self-attention over the true tokens once, then its cross-attention and MLP at
+     draft steps s = 1..U (default 3): the query at i predicts token i+1 reading the target's
+     keys at positions <= i - s, which is what the drafter's s-th draft token reads when the
+     drafts before it were accepted (then equal to the data's tokens). The token loss alone;
+     the block starts as a copy of the target's layer `glide_layer` (`_init_glide`).
    Token losses (`loss`), p the target's softmax over the training vocabulary (renormalised):
    `kl` KL(p || q), `ce` the data's token, and two aimed at acceptance: `tv` the total variation
    1 - Σ min(p, q) = ½ Σ |p - q| (one sampled draft token is accepted with probability Σ min(p, q);
@@ -139,8 +146,8 @@ class HeadsTrainConfig:
 
 
 TOKEN_LOSSES = ("kl", "ce", "tv", "accept")
-RECURRENT = ("eagle", "eagle3", "falcon", "fspad")  # kinds that draft step by step from their own output (eagle_passes)
-DEFAULT_UNROLL = {"eagle3": 3, "falcon": 2}  # draft steps trained (the training-time test); other kinds 1
+RECURRENT = ("eagle", "eagle3", "falcon", "fspad", "glide")  # kinds that draft step by step from their own output (eagle_passes)
+DEFAULT_UNROLL = {"eagle3": 3, "falcon": 2, "glide": 3}  # draft steps trained (the training-time test); other kinds 1
 DEFAULT_NOISE = {"eagle": 0.1, "falcon": 0.1, "fspad": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
 DEFAULT_ALIGN = {"fspad": 0.5}  # share of f̂'s dimensions under the feature regression; other kinds all
 ACCEPT_EPS = 1e-6  # `accept`: -log(Σ min(p, q) + eps): finite where p and q barely overlap, and its gradient
@@ -243,6 +250,21 @@ def falcon_passes(head, features: torch.Tensor, embeds: torch.Tensor, block: int
     return outs
 
 
+def glide_passes(head, embeds: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rope, passes: int
+                 ) -> list[torch.Tensor]:
+    """A GliDe block's outputs at draft steps 1..`passes` for every query of a sequence at once.
+    embeds [B, n, H] (e_i, i = 0..n-1), the target's keys and values [B, Hkv, >= n, D] (positions
+    0..), rope: the target's (cos, sin) at positions 0..n-1 -> `passes` tensors u [B, n, H]; at i,
+    step s predicts token i+1 reading the target's keys <= i - s (the drafter's s-th draft token,
+    with the drafts before it accepted). The self-attention runs once, causal."""
+    n, dev = embeds.shape[1], embeds.device
+    positions = torch.arange(n, device=dev)[None].expand(embeds.shape[0], -1)
+    r = head.attend(embeds, positions)
+    keys_at = torch.arange(keys.shape[-2], device=dev)
+    return [head.finish(r, positions, keys, values, (keys_at[None, :] <= torch.arange(n, device=dev)[:, None] - s)[None], rope)
+            for s in range(1, passes + 1)]
+
+
 class Discriminator(torch.nn.Module):
     """KOALA's adversary, small: context feature h [n, H] and a distribution's expected output
     embedding [n, H] -> logit [n] that the distribution is the target's."""
@@ -270,9 +292,10 @@ class HeadsLoss:
     """The loss of one sequence for each head kind, with per-head agreement counts."""
 
     def __init__(self, module, lm_head, embed, cfg: HeadsTrainConfig, disc: Discriminator | None = None,
-                 vocab_ids: torch.Tensor | None = None):
-        """`lm_head` gives logits over the training vocabulary `vocab_ids` [N] (None: all V tokens)."""
-        self.m, self.lm_head, self.embed, self.cfg, self.disc = module, lm_head, embed, cfg, disc
+                 vocab_ids: torch.Tensor | None = None, kv=None):
+        """`lm_head` gives logits over the training vocabulary `vocab_ids` [N] (None: all V tokens);
+        `kv`: glide's TargetKV (the target's keys and values at its layer)."""
+        self.m, self.lm_head, self.embed, self.cfg, self.disc, self.kv = module, lm_head, embed, cfg, disc, kv
         self.vocab_ids = vocab_ids
         self.passes = cfg.unroll  # EAGLE draft steps run per sequence (evaluation may run more than are trained)
         self.index_of = None  # token id -> its index in the training vocabulary, -1 outside it
@@ -310,7 +333,7 @@ class HeadsLoss:
         over the whole vocabulary [B, T] (-1 unknown), and every (row [M], j [M]) whose prediction,
         token j + offset, is an answer token."""
         device = self.lm_head.weight.device
-        eagle3 = self.cfg.kind == "eagle3"
+        eagle3 = self.cfg.kind in ("eagle3", "glide")  # step 1 reads the aux features
         if eagle3 and any(it.aux is None for it in items):
             raise DraftsmithError("eagle3 heads train on the inputs of the target's aux layers; these features "
                                   "have none (a feature file made for another head kind?)")
@@ -346,6 +369,8 @@ class HeadsLoss:
         vocabulary (its logits are in the vocabulary's order, = vocab_ids)."""
         if self.cfg.kind == "falcon":
             return self._falcon(items, generator)
+        if self.cfg.kind == "glide":
+            return self._glide(items, generator)
         eagle3 = self.cfg.kind == "eagle3"
         # every (sequence, j): f̂_{j+1} predicts token j+2, an answer token
         ids, feats, src, top, row, j = self._padded(items, generator, 2)
@@ -417,6 +442,46 @@ class HeadsLoss:
                 if u == 1 and o == 0:
                     count = int(sel.sum())
                     adv = self._adversarial(feats[r, jj], logits, p_logits[sel])
+        return total, count, stats, adv
+
+    def _glide(self, items: list[Item], generator: torch.Generator):
+        """GliDe's loss over several sequences in one right-padded batch (causal self-attention;
+        cross-attention reads keys at or before the query: padding changes none of a sequence's
+        positions): draft step s at query i predicts token i+1 from the true tokens <= i and the
+        target's keys and values <= i - s; the token loss against the target's view of token i+1."""
+        if self.kv is None or any(it.aux is None for it in items):
+            raise DraftsmithError("glide heads train on the input of the target's glide_layer (aux features) and its "
+                                  "keys and values; these features have none (a feature file made for another kind?)")
+        ids, feats, src, top, row, j = self._padded(items, generator, 1)  # src: the layer inputs; j: token j+1
+        B, T = ids.shape
+        with torch.no_grad():
+            cache = self.kv.new_cache()
+            self.kv.extend(cache, src.to(self.kv.partial.lm.dtype), 0)
+            keys, values = (t.clone().float() for t in self.kv.kv(cache))  # [B, Hkv, T, D]
+        positions = torch.arange(T - 1, device=ids.device)[None].expand(B, -1)
+        embeds = self.embed(ids[:, :-1]).float()  # [B, T-1, H]
+        rope = tuple(t.clone().float() for t in self.kv.rope(embeds, positions))
+        outs = glide_passes(self.m, embeds, keys, values, rope, min(self.passes, self.m.cfg.num_heads))
+        with torch.no_grad():
+            p_logits = self.lm_head(feats[row, j])  # [M, N]: the target's view of token j+1
+        labels = self._labels(ids[row, j + 1])
+        known = bool((top[row, j] >= 0).all()) if len(j) else False
+        stats = torch.zeros(self.m.cfg.num_heads, 2)
+        total, count, adv = 0.0, 0, Adversarial()
+        for s, u in enumerate(outs, start=1):
+            sel = j >= s  # the query reads at least one key
+            if not sel.any():
+                break
+            rr, jj = row[sel], j[sel]
+            logits = self.lm_head(self.m.norm(u[rr, jj]))  # [m, N]
+            stats[s - 1] += self._agree(logits, p_logits[sel], top[rr, jj] if known else None)
+            if s > self.cfg.unroll:
+                continue
+            loss = _token_loss(logits, p_logits[sel], labels[sel], self.cfg.loss)
+            total = total + loss.sum() * (1.0 if s == 1 else self.cfg.unroll_weight)
+            if s == 1:
+                count = int(sel.sum())
+                adv = self._adversarial(feats[rr, jj], logits, p_logits[sel])
         return total, count, stats, adv
 
     def _chimera(self, items: list[Item], generator: torch.Generator):
@@ -540,6 +605,11 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     torch.manual_seed(cfg.seed)
     module = build_heads(hcfg).float().to(device).train()
     aux_layers = tuple(hcfg.aux_layers) if cfg.kind == "eagle3" else None
+    kv = None
+    if cfg.kind == "glide":  # the input of its target layer, and that layer's keys and values
+        from ..drafters.heads.glide import TargetKV
+
+        aux_layers, kv = (hcfg.glide_layer,), TargetKV(target, hcfg.glide_layer)
     if cfg.kind == "eagle3" and vocab_ids is not None:  # its own LM head over the draft vocabulary (ascending)
         module.set_vocab(vocab_ids)
     if cfg.init:
@@ -550,6 +620,8 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
             lm_head_f32.weight = torch.nn.Parameter(lm_head.weight.detach().float()[vocab_ids], requires_grad=False)
         if not cfg.init:
             _init_eagle3(module, target, lm_head_f32.weight)
+    if cfg.kind == "glide" and not cfg.init:
+        _init_glide(module, target)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
     disc = Discriminator(hcfg.hidden_size).float().to(device).train() if cfg.adversarial > 0 else None
     disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, weight_decay=0.0) if disc is not None else None
@@ -571,7 +643,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         step, cursor, seen = state["step"], state["cursor"], state.get("seen", 0)
     else:
         cursor, seen = 0, 0
-    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc, vocab_ids)
+    loss_fn = HeadsLoss(module, lm_head_f32, embed_f32, cfg, disc, vocab_ids, kv=kv)
     stored = (cached_features(target, train, cfg.max_len, cfg.features, progress, aux_layers=aux_layers)
               if cfg.features else None)
     writer = SummaryWriter(str(out / "runs"))
@@ -715,6 +787,28 @@ def _init_eagle3(module, target: CausalLM, lm_weight: torch.Tensor) -> None:
     if H == Ht:
         module.fc.weight.zero_()
         module.fc.weight[:, -Ht:] = torch.eye(H)
+
+
+@torch.no_grad()
+def _init_glide(module, target: CausalLM) -> None:
+    """A GliDe block starts as a copy of the target's layer `glide_layer`: its self-attention,
+    norms and MLP, and for the cross-attention that layer's query and output projections and input
+    norm (so the cross-attention starts as the target's own attention reading its own keys and
+    values), the final norm the target's. Weights of another shape (and biases) are left as they are."""
+    from ..target import _decoder_parts
+
+    _, layers, _, norm = _decoder_parts(target)
+    layer = layers[module.cfg.glide_layer]
+    attn = layer.self_attn
+    pairs = [(module.input_layernorm, layer.input_layernorm), (module.post_attention_layernorm, layer.post_attention_layernorm),
+             (module.cross_norm, layer.input_layernorm), (module.cross_q, attn.q_proj), (module.cross_o, attn.o_proj),
+             (module.norm, norm)]
+    pairs += [(getattr(module.self_attn, n), getattr(attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    pairs += [(getattr(module.mlp, n), getattr(layer.mlp, n, None)) for n in ("gate_proj", "up_proj", "down_proj")]
+    for mine, theirs in pairs:
+        w = getattr(theirs, "weight", None)
+        if w is not None and w.shape == mine.weight.shape:
+            mine.weight.copy_(w.detach().float())
 
 
 @torch.inference_mode()

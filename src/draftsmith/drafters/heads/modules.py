@@ -48,6 +48,13 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
                                 committed pairs), and K residual decoding heads that draft in parallel
                                 (no autoregression): logits_{j+2+i} = lm_head(Res_i(f_j + W_i [c_j; f_j])).
                                 W_i starts at zero, so every head starts as the target's own LM head.
+    GliDe   (Du et al. 2024)    a draft block that reads the target's KV cache: self-attention over the
+                                draft's own tokens (e_j, its own cache), cross-attention whose keys
+                                and values are the target's own at layer `glide_layer` (default the
+                                last) for the committed tokens, then the MLP; its own final norm and
+                                the target's LM head: u_j = Block(e_j; K, V), logits_{j+1} =
+                                lm_head(norm(u_j)). A query at position p sees the target's keys at
+                                positions <= p - 1 that exist (at draft time: every committed one).
 
 All start out close to the LM head itself (zero-initialised residual branches), as in Medusa;
 Medusa, Hydra, Amphista, KOALA and Chimera heads are exactly the identity on h at init.
@@ -64,11 +71,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm,
-                                                      LlamaRotaryEmbedding)
+                                                      LlamaRotaryEmbedding, rotate_half)
 
 from ...errors import DraftsmithError
 
-KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera")
+KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera", "glide")
 DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)
 
 
@@ -94,6 +101,8 @@ class HeadsConfig:
     draft_vocab_size: int = 0
     norm_before_residual: bool = False
     block: int = 0  # falcon: tokens drafted per forward (k of its semi-autoregressive blocks); 0 = 2 (other kinds: unused)
+    glide_layer: int = -1  # glide: the target layer whose keys and values the draft block cross-attends to (-1: the last)
+    head_dim: int = 0  # attention head width (0 = hidden_size // num_attention_heads); glide: the target's
     target: str = ""  # what it was trained on (informative)
     training: dict = field(default_factory=dict)
 
@@ -105,6 +114,8 @@ class HeadsConfig:
             self.block = self.block or 2
             if not isinstance(self.block, int) or self.block < 1:
                 raise DraftsmithError(f"falcon: block (tokens per forward) must be an integer >= 1, got {self.block!r}")
+        if self.kind == "glide" and not (isinstance(self.glide_layer, int) and self.glide_layer >= -1):
+            raise DraftsmithError(f"glide: glide_layer must be a target layer index (or -1, the last), got {self.glide_layer!r}")
         if self.kind == "eagle3":
             self.aux_layers = [int(i) for i in self.aux_layers]
             self.target_hidden_size = self.target_hidden_size or self.hidden_size
@@ -120,7 +131,8 @@ class HeadsConfig:
                             num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
                             num_hidden_layers=1, vocab_size=self.vocab_size, rms_norm_eps=self.rms_norm_eps,
                             max_position_embeddings=self.max_position_embeddings,
-                            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta})
+                            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
+                            **({"head_dim": self.head_dim} if self.head_dim else {}))
         llama._attn_implementation = "sdpa"
         return llama
 
@@ -130,6 +142,11 @@ class HeadsConfig:
         if kind == "eagle3" and not overrides.get("aux_layers"):
             L = c.num_hidden_layers  # vLLM's default (2, L/2, L-3); tiny targets repeat a layer
             overrides["aux_layers"] = [2, L // 2, L - 3] if L >= 6 else [0, L // 2, L - 1]
+        if kind == "glide":  # the target's attention shape (the keys and values read are its own)
+            overrides.setdefault("glide_layer", c.num_hidden_layers - 1)
+            if overrides["glide_layer"] == -1:
+                overrides["glide_layer"] = c.num_hidden_layers - 1
+            overrides.setdefault("head_dim", getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
         rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
         return cls(kind=kind, hidden_size=c.hidden_size, vocab_size=c.vocab_size,
                    num_attention_heads=c.num_attention_heads,
@@ -384,6 +401,79 @@ class ChimeraHeads(nn.Module):
         return lm_head(self.features(self.encode(features, trigrams, positions, cache), features))
 
 
+class GlideHead(nn.Module):
+    """GliDe's draft block (see the module docstring). Parameter names follow a Llama layer's
+    (`input_layernorm`, `self_attn`, `post_attention_layernorm`, `mlp`) plus the cross-attention
+    (`cross_norm`, `cross_q`, `cross_o`, the last zero-initialised) and the final `norm`; the
+    target's embeddings and LM head are shared, not stored."""
+
+    def __init__(self, cfg: HeadsConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.llama = cfg.llama()
+        H, heads = cfg.hidden_size, cfg.num_attention_heads
+        self.head_dim = cfg.head_dim or H // heads
+        self.input_layernorm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(self.llama, layer_idx=0)
+        self.cross_norm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.cross_q = nn.Linear(H, heads * self.head_dim, bias=False)
+        self.cross_o = nn.Linear(heads * self.head_dim, H, bias=False)
+        nn.init.zeros_(self.cross_o.weight)
+        self.post_attention_layernorm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(self.llama)
+        self.norm = LlamaRMSNorm(H, eps=cfg.rms_norm_eps)
+        self.rotary = LlamaRotaryEmbedding(self.llama)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.llama)
+
+    def attend(self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None = None,
+               allow: torch.Tensor | None = None) -> torch.Tensor:
+        """The self-attention half: embeds [B, n, H] (e_j), positions [B, n] -> the residual stream
+        [B, n, H]. Causal over the cache and the n new tokens, or `allow` [n, past + n]."""
+        n, past = embeds.shape[1], cache.get_seq_length() if cache is not None else 0
+        if allow is None and n > 1:
+            allow = torch.ones(n, past + n, dtype=torch.bool, device=embeds.device).tril(past)
+        mask = None
+        if allow is not None:
+            mask = torch.zeros(allow.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(
+                ~allow, torch.finfo(embeds.dtype).min)[None, None]
+        a = self.self_attn(self.input_layernorm(embeds), position_embeddings=self.rotary(embeds, positions),
+                           attention_mask=mask, past_key_values=cache, position_ids=positions,
+                           use_cache=cache is not None)[0]
+        return embeds + a
+
+    def finish(self, r: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               see: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The cross-attention and MLP half: r [B, n, H], positions [B, n], the target's keys and
+        values [B, Hkv, T, D] (rotated at their positions, as in its cache), see [B or 1, n, T]
+        (True: the query may read that key), rope: (cos, sin) [B, n, D] of the target's own rotary
+        embedding at `positions` (default: this block's, from the target's rope_theta) -> u
+        [B, n, H]. A query that may read no key gets nothing from the cross-attention."""
+        B, n, _ = r.shape
+        heads, D = self.cfg.num_attention_heads, self.head_dim
+        q = self.cross_q(self.cross_norm(r)).view(B, n, heads, D).transpose(1, 2)  # [B, heads, n, D]
+        cos, sin = rope if rope is not None else self.rotary(r, positions)  # the query rotated at its position
+        q = q * cos[:, None].to(q.dtype) + rotate_half(q) * sin[:, None].to(q.dtype)
+        rep = heads // keys.shape[1]
+        k, v = keys.repeat_interleave(rep, dim=1).to(q.dtype), values.repeat_interleave(rep, dim=1).to(q.dtype)
+        if k.shape[-2] == 0:
+            out = torch.zeros_like(q)
+        else:
+            mask = torch.zeros(see.shape, dtype=q.dtype, device=q.device).masked_fill(~see, torch.finfo(q.dtype).min)
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+            out = out * see.any(-1)[:, None, :, None]  # no key to read: zero
+        r = r + self.cross_o(out.transpose(1, 2).reshape(B, n, heads * D))
+        return r + self.mlp(self.post_attention_layernorm(r))
+
+    def forward(self, embeds, positions, keys, values, see, cache=None, allow=None, rope=None) -> torch.Tensor:
+        """attend, then finish: embeds [B, n, H] -> u [B, n, H]."""
+        return self.finish(self.attend(embeds, positions, cache, allow), positions, keys, values, see, rope)
+
+    def logits(self, u: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        return lm_head(self.norm(u))
+
+
 class Eagle3Layer(nn.Module):
     """EAGLE-3's decoder layer: attention over [input_layernorm(e); hidden_norm(g)] (2H -> H),
     then the MLP, with the residual stream starting at g (after the hidden norm when
@@ -475,7 +565,8 @@ class Eagle3Head(nn.Module):
 
 
 MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads,
-           "eagle3": Eagle3Head, "falcon": FalconHead, "fspad": FspadHead, "chimera": ChimeraHeads}
+           "eagle3": Eagle3Head, "falcon": FalconHead, "fspad": FspadHead, "chimera": ChimeraHeads,
+           "glide": GlideHead}
 
 
 def build_heads(cfg: HeadsConfig) -> nn.Module:
