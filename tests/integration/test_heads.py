@@ -18,7 +18,7 @@ from draftsmith.drafters.heads import HeadsConfig, build_heads, load_heads
 from draftsmith.drafters.heads.vocab import SubsetLMHead, load_vocab, save_vocab
 from tests.conftest import plain_ids, random_heads, tiny_model
 
-KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera", "glide"]
+KINDS = ["medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera", "glide", "longspec"]
 PROMPTS = [[5, 17, 3, 42, 5, 17, 3], [7] * 12, list(range(10, 40)), [9]]
 
 
@@ -44,7 +44,7 @@ def test_forward_shapes(kind):
                      torch.arange(6, device=dev)[None], cache)
         assert c.shape == (1, 6, H) and cache.get_seq_length() == 6
         assert m.features(c[0, -1], torch.randn(H, device=dev), heads=2).shape == (2, H)
-    elif kind == "glide":
+    elif kind in ("glide", "longspec"):
         cache, kv = m.new_cache(), cfg.num_key_value_heads
         keys, values = torch.randn(1, kv, 7, cfg.head_dim, device=dev), torch.randn(1, kv, 7, cfg.head_dim, device=dev)
         see = torch.ones(1, 6, 7, dtype=torch.bool, device=dev)
@@ -92,7 +92,8 @@ VARIANTS = {"medusa": {}, "medusa-tree": {"tree_nodes": 8, "topk": 3}, "hydra": 
             "eagle-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "amphista": {},
             "amphista-tree": {"tree_nodes": 8, "topk": 3}, "koala": {}, "falcon": {}, "falcon-k5": {"k": 5},
             "fspad": {}, "fspad-tree": {"tree_nodes": 10, "topk": 3, "beam": 2}, "chimera": {},
-            "chimera-tree": {"tree_nodes": 8, "topk": 3}, "glide": {}, "glide-cape": {"cape": 0.9, "expand": 2}}
+            "chimera-tree": {"tree_nodes": 8, "topk": 3}, "glide": {}, "glide-cape": {"cape": 0.9, "expand": 2},
+            "longspec": {}}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -203,7 +204,7 @@ def test_train_heads_end_to_end(kind, tmp_path):
 TRAINING = {"medusa": {}, "hydra": {}, "amphista": {}, "koala": {}, "koala-adversarial": {"adversarial": 0.1},
             "eagle": {}, "eagle-unroll": {"unroll": 2}, "falcon": {}, "falcon-glance": {"glance": 0.3},
             "fspad": {}, "fspad-unroll": {"unroll": 2, "align": 0.25}, "chimera": {},
-            "glide": {"unroll": 2}}
+            "glide": {"unroll": 2}, "longspec": {"unroll": 2}}
 
 
 @pytest.mark.parametrize("variant", TRAINING)
@@ -420,7 +421,8 @@ def test_glide_reads_the_targets_own_keys_and_values(arch):
     torch.testing.assert_close(values, ref.layers[layer].values, rtol=1e-4, atol=1e-5)
 
 
-def test_glide_trains_on_what_it_drafts():
+@pytest.mark.parametrize("kind, options", [("glide", {}), ("longspec", {"window": 3, "sink": 2})])
+def test_glide_trains_on_what_it_drafts(kind, options):
     """What GliDe's loss trains (HeadsLoss._glide: the block over a sequence's tokens, draft step
     s at query i reading the target's keys <= i - s) must be what the drafter computes step by step
     from its caches: its greedy draft after 0, 1 and 5 accepted tokens, appended to the committed
@@ -432,8 +434,8 @@ def test_glide_trains_on_what_it_drafts():
     from draftsmith.types import VerifyResult
 
     target = tiny_model("llama")
-    m = _perturbed(target, "glide", scale=0.1)
-    drafter = _bound("glide", m, target, k=3)
+    m = _perturbed(target, kind, scale=0.1, **options)
+    drafter = _bound(kind, m, target, k=3)
     layer = m.cfg.glide_layer
     drafter.kv, drafter.feature_layers, drafter.dtype = TargetKV(target, layer), (layer,), target.dtype
     ids = torch.randint(target.vocab_size, (14,), generator=torch.Generator().manual_seed(3)).tolist()
@@ -458,9 +460,40 @@ def test_glide_trains_on_what_it_drafts():
         keys, values = kv.kv(cache)
         with torch.no_grad():
             e = embed(torch.tensor([seq[:-1]]))
-            outs = glide_passes(m, e, keys, values, kv.rope(e, torch.arange(len(seq) - 1)[None]), 3)
+            outs = glide_passes(m, e, keys, values, kv.rope(e, torch.arange(len(seq) - 1)[None]), 3,
+                                window=m.cfg.window, sink=m.cfg.sink)
         expect = [int(lm(m.norm(outs[s - 1][0, n - 2 + s])).argmax()) for s in (1, 2, 3)]
         assert tokens == expect, n
+
+
+def test_longspec_keeps_a_constant_cache_and_the_targets_output(tmp_path, monkeypatch):
+    """LongSpec's own cache holds the first `sink` and the last `window` tokens only (plus one
+    step's drafts), however long the context grows, and the output is still the target's own,
+    single row and batched, with the window binding (prompts and answers longer than it)."""
+    from draftsmith.drafters.heads import save_heads
+
+    target = tiny_model("llama")
+    folder = save_heads(_perturbed(target, "longspec", scale=0.1, window=5, sink=2), tmp_path / "longspec")
+    from draftsmith.drafters.heads.longspec import LongSpecDrafter
+
+    sizes = []  # the draft's own cache after each draft (a row's drafter is a fork: watched through the class)
+    propose = LongSpecDrafter.propose
+
+    def watched(self, ctx):
+        draft = propose(self, ctx)
+        assert len(self.slots) == self.cache.get_seq_length()
+        sizes.append((len(ctx.ids), self.cache.get_seq_length()))
+        return draft
+
+    monkeypatch.setattr(LongSpecDrafter, "propose", watched)
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    for prompt in PROMPTS:
+        dec = SpeculativeDecoder(target, "longspec", heads=str(folder), k=3)
+        assert dec.generate(prompt, params).token_ids == plain_ids("llama", prompt, 40, ignore_eos=True)
+    assert max(n for n, _ in sizes) > 60 and max(size for _, size in sizes) <= 2 + 5 + 2  # sink + window + drafts fed
+    dec = BatchDecoder(target, build_drafter("longspec", heads=str(folder), k=3), k_max=3, smartspec=False)
+    assert [r.token_ids for r in dec.generate(PROMPTS, params)] == [plain_ids("llama", p, 40, ignore_eos=True)
+                                                                    for p in PROMPTS]
 
 
 def _scalars(logdir, tag):

@@ -22,6 +22,7 @@ from .heads.falcon import FalconDrafter
 from .heads.fspad import FspadDrafter
 from .heads.chimera import ChimeraDrafter
 from .heads.glide import GlideDrafter
+from .heads.longspec import LongSpecDrafter
 from .hierarchy import HierarchyDrafter
 from .lookahead import LookaheadDrafter
 from .recycling import RecyclingDrafter

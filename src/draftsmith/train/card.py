@@ -113,8 +113,11 @@ CARD_ARCHITECTURE = {
                "heads ({layers} residual block each) drafting in parallel",
     "glide": "- GliDe: one draft block (self-attention over its tokens, cross-attention to the target's keys and values "
              "at layer {glide}, MLP), the target's LM head",
+    "longspec": "- LongSpec: GliDe's draft block (cross-attention to the target's keys and values at layer {glide}) with a "
+                "constant-size cache: self-attention over the first {sink} and the last {window} tokens; anchor-offset "
+                "indices in training",
 }
-RECURRENT_KINDS = ("eagle", "eagle3", "falcon", "fspad", "glide")  # heads whose rows are draft steps, not heads
+RECURRENT_KINDS = ("eagle", "eagle3", "falcon", "fspad", "glide", "longspec")  # heads whose rows are draft steps, not heads
 
 
 def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
@@ -128,7 +131,8 @@ def write_heads_card(out: Path, cfg, metrics: dict) -> Path:
              CARD_ARCHITECTURE[cfg.kind].format(heads=cfg.num_heads, layers=cfg.num_layers,
                                                 aux=list(getattr(cfg, "aux_layers", [])),
                                                 vd=getattr(cfg, "draft_vocab_size", 0),
-                                                block=getattr(cfg, "block", 0), glide=getattr(cfg, "glide_layer", -1)),
+                                                block=getattr(cfg, "block", 0), glide=getattr(cfg, "glide_layer", -1),
+                                                window=getattr(cfg, "window", 0), sink=getattr(cfg, "sink", 0)),
              f"- loss: {t.get('loss')}, steps: {t.get('steps')} x {t.get('batch_tokens')} answer tokens, lr {t.get('lr')}"
              f", training vocabulary: {t.get('train_vocab') or 'all'} tokens"
              + (f", adversarial weight {t['adversarial']}" if t.get("adversarial") else "")

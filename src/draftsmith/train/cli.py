@@ -102,9 +102,9 @@ def add_train_parser(sub) -> None:
     r.add_argument("--max-len", type=int, default=512)
     r.set_defaults(func=cmd_pard)
 
-    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon, fspad, chimera, glide) on the "
+    h = stages.add_parser("heads", help="draft heads (medusa, hydra, eagle, amphista, koala, eagle3, falcon, fspad, chimera, glide, longspec) on the "
                           "frozen target")
-    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon | fspad | chimera | glide")
+    h.add_argument("--kind", required=True, help="medusa | hydra | eagle | amphista | koala | eagle3 | falcon | fspad | chimera | glide | longspec")
     h.add_argument("--target", default=DEFAULT_MODEL)
     h.add_argument("--data", required=True,
                    help="rollouts JSONL from `draftsmith train data` (the target's own answers), or `sharegpt` "
@@ -124,7 +124,7 @@ def add_train_parser(sub) -> None:
     h.add_argument("--init", default="",
                    help="start from these trained heads (a folder `train heads` wrote, or `shipped`: the heads of this kind "
                         "shipped for the target; same kind "
-                        "and shape, or an eagle head for falcon and fspad): more data or steps on a head; an eagle3 head keeps its "
+                        "and shape, or an eagle head for falcon and fspad, a glide head for longspec): more data or steps on a head; an eagle3 head keeps its "
                         "draft vocabulary")
     h.add_argument("--micro-tokens", type=int, default=4096,
                    help="padded tokens per forward: a step's sequences run in batches of similar lengths "
@@ -141,6 +141,9 @@ def add_train_parser(sub) -> None:
     h.add_argument("--glance", type=float, default=0.0,
                    help="falcon: share of the drafted inputs of passes after the first replaced by the target's "
                         "features (Falcon's glancing; 0 = off)")
+    h.add_argument("--max-offset", type=int, default=None,
+                   help="longspec: anchor-offset indices, each sequence's positions after the sink shifted by a random "
+                        "offset up to this (default 7680; 0 = off)")
     h.add_argument("--align", type=float, default=None,
                    help="eagle kinds: share of the predicted feature's dimensions under the feature regression (FSPAD's "
                         "partial alignment distillation; default fspad 0.5, others 1)")
@@ -244,7 +247,7 @@ def cmd_heads(args) -> int:
                            adversarial=args.adversarial, train_vocab=args.train_vocab, data=args.data,
                            features=args.features or "", unroll=args.unroll, unroll_weight=args.unroll_weight,
                            cls_weight=args.cls_weight, noise=args.noise, block=args.block, glance=args.glance,
-                           align=args.align)
+                           align=args.align, max_offset=args.max_offset)
     cfg.check()
     if args.limit is not None and args.limit < 1:
         raise DraftsmithError("--limit must be >= 1")

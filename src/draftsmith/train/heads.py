@@ -44,6 +44,10 @@
      keys at positions <= i - s, which is what the drafter's s-th draft token reads when the
      drafts before it were accepted (then equal to the data's tokens). The token loss alone;
      the block starts as a copy of the target's layer `glide_layer` (`_init_glide`).
+   - longspec: glide's, its self-attention over the first `sink` and the last `window` tokens
+     only, with anchor-offset indices: each sequence's positions after the sink shifted by a
+     random offset in [0, `max_offset`] (default 7680: a 512-token sequence then spans positions
+     as far as an 8k context), the target's keys rotated at those positions too.
    Token losses (`loss`), p the target's softmax over the training vocabulary (renormalised):
    `kl` KL(p || q), `ce` the data's token, and two aimed at acceptance: `tv` the total variation
    1 - Σ min(p, q) = ½ Σ |p - q| (one sampled draft token is accepted with probability Σ min(p, q);
@@ -106,6 +110,8 @@ class HeadsTrainConfig:
     adversarial: float = 0.0  # KOALA's generator-loss weight (0 = no discriminator)
     glance: float = 0.0  # falcon: share of the drafted inputs of passes > 1 replaced by the target's features (glancing)
     block: int = 0  # falcon: tokens per forward (0 = 2)
+    max_offset: int | None = None  # longspec: anchor-offset indices, positions after the sink shifted by up to this
+    # (None: 7680; 0 = off)
     align: float | None = None  # eagle kinds: share of f̂'s dimensions under the feature regression (None: fspad 0.5,
     # others 1.0; FSPAD's partial alignment distillation)
     max_len: int = 512
@@ -130,6 +136,10 @@ class HeadsTrainConfig:
             self.unroll = DEFAULT_UNROLL.get(self.kind, 1)
         if self.align is None:
             self.align = DEFAULT_ALIGN.get(self.kind, 1.0)
+        if self.max_offset is None:
+            self.max_offset = 7680 if self.kind == "longspec" else 0
+        if not isinstance(self.max_offset, int) or self.max_offset < 0:
+            raise DraftsmithError(f"--max-offset must be an integer >= 0, got {self.max_offset!r}")
         if not 0 < self.align <= 1:
             raise DraftsmithError(f"--align (share of the feature's dimensions regressed) must be in (0, 1], got {self.align}")
         if self.steps < 1 or self.num_heads < 1 or self.batch_tokens < 8 or self.micro_tokens < 1:
@@ -146,8 +156,8 @@ class HeadsTrainConfig:
 
 
 TOKEN_LOSSES = ("kl", "ce", "tv", "accept")
-RECURRENT = ("eagle", "eagle3", "falcon", "fspad", "glide")  # kinds that draft step by step from their own output (eagle_passes)
-DEFAULT_UNROLL = {"eagle3": 3, "falcon": 2, "glide": 3}  # draft steps trained (the training-time test); other kinds 1
+RECURRENT = ("eagle", "eagle3", "falcon", "fspad", "glide", "longspec")  # kinds that draft step by step from their own output (eagle_passes)
+DEFAULT_UNROLL = {"eagle3": 3, "falcon": 2, "glide": 3, "longspec": 3}  # draft steps trained (the training-time test); other kinds 1
 DEFAULT_NOISE = {"eagle": 0.1, "falcon": 0.1, "fspad": 0.1}  # uniform feature noise (EAGLE-1's); eagle3 none, as EAGLE-3
 DEFAULT_ALIGN = {"fspad": 0.5}  # share of f̂'s dimensions under the feature regression; other kinds all
 ACCEPT_EPS = 1e-6  # `accept`: -log(Σ min(p, q) + eps): finite where p and q barely overlap, and its gradient
@@ -250,16 +260,23 @@ def falcon_passes(head, features: torch.Tensor, embeds: torch.Tensor, block: int
     return outs
 
 
-def glide_passes(head, embeds: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rope, passes: int
-                 ) -> list[torch.Tensor]:
+def glide_passes(head, embeds: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, rope, passes: int,
+                 positions: torch.Tensor | None = None, window: int = 0, sink: int = 0) -> list[torch.Tensor]:
     """A GliDe block's outputs at draft steps 1..`passes` for every query of a sequence at once.
-    embeds [B, n, H] (e_i, i = 0..n-1), the target's keys and values [B, Hkv, >= n, D] (positions
-    0..), rope: the target's (cos, sin) at positions 0..n-1 -> `passes` tensors u [B, n, H]; at i,
-    step s predicts token i+1 reading the target's keys <= i - s (the drafter's s-th draft token,
-    with the drafts before it accepted). The self-attention runs once, causal."""
+    embeds [B, n, H] (e_i, i = 0..n-1), the target's keys and values [B, Hkv, >= n, D] (index
+    0..), rope: the target's (cos, sin) at the queries' positions, positions [B, n] (default
+    0..n-1; longspec: anchor-offset) -> `passes` tensors u [B, n, H]; at i, step s predicts token
+    i+1 reading the target's keys at index <= i - s (the drafter's s-th draft token, with the
+    drafts before it accepted). The self-attention runs once: causal, or (`window` > 0, longspec)
+    over the first `sink` tokens and the last `window`."""
     n, dev = embeds.shape[1], embeds.device
-    positions = torch.arange(n, device=dev)[None].expand(embeds.shape[0], -1)
-    r = head.attend(embeds, positions)
+    if positions is None:
+        positions = torch.arange(n, device=dev)[None].expand(embeds.shape[0], -1)
+    allow = None
+    if window:
+        i = torch.arange(n, device=dev)
+        allow = (i[None, :] <= i[:, None]) & ((i[None, :] < sink) | (i[:, None] - i[None, :] < window))  # [n, n]
+    r = head.attend(embeds, positions, allow=allow)
     keys_at = torch.arange(keys.shape[-2], device=dev)
     return [head.finish(r, positions, keys, values, (keys_at[None, :] <= torch.arange(n, device=dev)[:, None] - s)[None], rope)
             for s in range(1, passes + 1)]
@@ -333,7 +350,7 @@ class HeadsLoss:
         over the whole vocabulary [B, T] (-1 unknown), and every (row [M], j [M]) whose prediction,
         token j + offset, is an answer token."""
         device = self.lm_head.weight.device
-        eagle3 = self.cfg.kind in ("eagle3", "glide")  # step 1 reads the aux features
+        eagle3 = self.cfg.kind in ("eagle3", "glide", "longspec")  # step 1 reads the aux features
         if eagle3 and any(it.aux is None for it in items):
             raise DraftsmithError("eagle3 heads train on the inputs of the target's aux layers; these features "
                                   "have none (a feature file made for another head kind?)")
@@ -369,7 +386,7 @@ class HeadsLoss:
         vocabulary (its logits are in the vocabulary's order, = vocab_ids)."""
         if self.cfg.kind == "falcon":
             return self._falcon(items, generator)
-        if self.cfg.kind == "glide":
+        if self.cfg.kind in ("glide", "longspec"):
             return self._glide(items, generator)
         eagle3 = self.cfg.kind == "eagle3"
         # every (sequence, j): f̂_{j+1} predicts token j+2, an answer token
@@ -454,14 +471,19 @@ class HeadsLoss:
                                   "keys and values; these features have none (a feature file made for another kind?)")
         ids, feats, src, top, row, j = self._padded(items, generator, 1)  # src: the layer inputs; j: token j+1
         B, T = ids.shape
+        hc = self.m.cfg
+        positions = torch.arange(T, device=ids.device)[None].expand(B, -1)  # [B, T]
+        if self.cfg.max_offset:  # anchor-offset indices: every position after the sink shifted, per sequence
+            offset = torch.randint(self.cfg.max_offset + 1, (B, 1), generator=generator).to(ids.device)
+            positions = positions + offset * (positions >= hc.sink)
         with torch.no_grad():
             cache = self.kv.new_cache()
-            self.kv.extend(cache, src.to(self.kv.partial.lm.dtype), 0)
+            self.kv.extend(cache, src.to(self.kv.partial.lm.dtype), 0, positions)
             keys, values = (t.clone().float() for t in self.kv.kv(cache))  # [B, Hkv, T, D]
-        positions = torch.arange(T - 1, device=ids.device)[None].expand(B, -1)
         embeds = self.embed(ids[:, :-1]).float()  # [B, T-1, H]
-        rope = tuple(t.clone().float() for t in self.kv.rope(embeds, positions))
-        outs = glide_passes(self.m, embeds, keys, values, rope, min(self.passes, self.m.cfg.num_heads))
+        rope = tuple(t.clone().float() for t in self.kv.rope(embeds, positions[:, :-1]))
+        outs = glide_passes(self.m, embeds, keys, values, rope, min(self.passes, hc.num_heads), positions[:, :-1],
+                            hc.window, hc.sink)
         with torch.no_grad():
             p_logits = self.lm_head(feats[row, j])  # [M, N]: the target's view of token j+1
         labels = self._labels(ids[row, j + 1])
@@ -606,7 +628,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     module = build_heads(hcfg).float().to(device).train()
     aux_layers = tuple(hcfg.aux_layers) if cfg.kind == "eagle3" else None
     kv = None
-    if cfg.kind == "glide":  # the input of its target layer, and that layer's keys and values
+    if cfg.kind in ("glide", "longspec"):  # the input of its target layer, and that layer's keys and values
         from ..drafters.heads.glide import TargetKV
 
         aux_layers, kv = (hcfg.glide_layer,), TargetKV(target, hcfg.glide_layer)
@@ -620,7 +642,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
             lm_head_f32.weight = torch.nn.Parameter(lm_head.weight.detach().float()[vocab_ids], requires_grad=False)
         if not cfg.init:
             _init_eagle3(module, target, lm_head_f32.weight)
-    if cfg.kind == "glide" and not cfg.init:
+    if cfg.kind in ("glide", "longspec") and not cfg.init:
         _init_glide(module, target)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=0.0)
     disc = Discriminator(hcfg.hidden_size).float().to(device).train() if cfg.adversarial > 0 else None
@@ -756,8 +778,9 @@ def _start_from(module: torch.nn.Module, folder: str) -> None:
     mine, theirs = asdict(module.cfg), asdict(trained.cfg)
     free = ("training", "target")
     pair = (mine["kind"], theirs["kind"])
-    if pair in (("falcon", "eagle"), ("fspad", "eagle")):  # falcon: the same weights (block 1 is EAGLE); fspad: EAGLE's
-        free += ("kind", "block")  # with the sampled block of fc zero
+    if pair in (("falcon", "eagle"), ("fspad", "eagle"), ("longspec", "glide")):  # falcon: the same weights (block 1
+        free += ("kind", "block", "window", "sink")  # is EAGLE); fspad: EAGLE's with the sampled block of fc zero;
+        # longspec: GliDe's block, windowed
     shape = [k for k in mine if k not in free and mine[k] != theirs.get(k)]
     if shape:
         raise DraftsmithError(f"--init {folder}: those heads differ from the ones asked for in "

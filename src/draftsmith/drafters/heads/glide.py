@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import torch
 
-from ...cache import remove_last
+from ...cache import keep_path, remove_last
 from ...errors import DraftsmithError, IncompatibleDrafterError
 from ...target import CausalLM, PartialLM
 from ...types import Draft, VerifyResult
@@ -48,10 +48,12 @@ class TargetKV:
     def new_cache(self):
         return self.partial.new_cache()
 
-    def extend(self, cache, hidden_in: torch.Tensor, start: int) -> None:
-        """Append the tokens at positions start.. whose layer input is hidden_in [B, m, H]."""
+    def extend(self, cache, hidden_in: torch.Tensor, start: int, positions: torch.Tensor | None = None) -> None:
+        """Append the tokens at positions start.. (or `positions` [B, m], increasing) whose layer
+        input is hidden_in [B, m, H]."""
         B, m = hidden_in.shape[:2]
-        positions = torch.arange(start, start + m, device=hidden_in.device)[None].expand(B, m)
+        if positions is None:
+            positions = torch.arange(start, start + m, device=hidden_in.device)[None].expand(B, m)
         self.partial.step(None, positions, cache, head=False, hidden_in=hidden_in)
 
     def kv(self, cache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +76,7 @@ class GlideDrafter(HeadsDrafter):
                  vocab: int = 8192):
         super().__init__(heads, k, vocab)
         if not (isinstance(cape, (int, float)) and 0 <= cape <= 1) or not (isinstance(expand, int) and expand >= 1):
-            raise DraftsmithError(f"glide: cape (a probability, 0 = off) must be in [0, 1] and expand an integer >= 1, "
+            raise DraftsmithError(f"{self.name}: cape (a probability, 0 = off) must be in [0, 1] and expand an integer >= 1, "
                                   f"got {cape!r}, {expand!r}")
         self.cape, self.expand = float(cape), expand
         self.feature_layers: tuple[int, ...] | None = None  # known once the heads are loaded
@@ -83,32 +85,33 @@ class GlideDrafter(HeadsDrafter):
         super().bind(target)
         cfg, c = self.module.cfg, target.config
         if not 0 <= cfg.glide_layer < c.num_hidden_layers:
-            raise IncompatibleDrafterError(f"glide: the heads read target layer {cfg.glide_layer}, but the target has "
+            raise IncompatibleDrafterError(f"{self.name}: the heads read target layer {cfg.glide_layer}, but the target has "
                                            f"{c.num_hidden_layers} layers")
         kv_heads = getattr(c, "num_key_value_heads", c.num_attention_heads)
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         if (cfg.num_key_value_heads, cfg.head_dim) != (kv_heads, head_dim):
-            raise IncompatibleDrafterError(f"glide: heads for {cfg.num_key_value_heads} key/value heads of width "
+            raise IncompatibleDrafterError(f"{self.name}: heads for {cfg.num_key_value_heads} key/value heads of width "
                                            f"{cfg.head_dim}, the target has {kv_heads} of width {head_dim}")
         self.feature_layers = (cfg.glide_layer,)
         self.kv = TargetKV(target, cfg.glide_layer)
 
     def prefill(self, prompt_ids: list[int], features: torch.Tensor | None = None) -> None:
         if features is None:
-            raise DraftsmithError("glide needs the target's hidden states (needs_hidden_states)")
+            raise DraftsmithError(f"{self.name} needs the target's hidden states (needs_hidden_states)")
         self.tcache, self.count = self.kv.new_cache(), 0  # the target's keys and values, committed tokens
         self._extend(features)
         self.cache, self.cached = self.module.new_cache(), 0  # the draft's own, committed tokens
+        self.slots: list[int] = []  # the position of each entry of the draft's own cache
 
     def observe(self, result: VerifyResult) -> None:
         if result.hidden is None:
-            raise DraftsmithError("glide needs the target's hidden states (needs_hidden_states)")
+            raise DraftsmithError(f"{self.name} needs the target's hidden states (needs_hidden_states)")
         self._extend(result.hidden)
 
     def _extend(self, hidden: torch.Tensor) -> None:
         """hidden [1, m, H]: the inputs of layer glide_layer of the newly committed tokens."""
         if hidden.shape[-1] != self.module.cfg.hidden_size:
-            raise DraftsmithError(f"glide got features of width {hidden.shape[-1]}, expected {self.module.cfg.hidden_size} "
+            raise DraftsmithError(f"{self.name} got features of width {hidden.shape[-1]}, expected {self.module.cfg.hidden_size} "
                                   "(the loop must honour feature_layers)")
         if hidden.shape[1]:
             self.kv.extend(self.tcache, hidden.to(self.dtype), self.count)
@@ -116,9 +119,32 @@ class GlideDrafter(HeadsDrafter):
 
     def _ready(self, ctx: DraftContext) -> bool:
         if self.count != len(ctx.ids) - 1:
-            raise DraftsmithError(f"glide: the target's keys of {self.count} tokens for {len(ctx.ids)} tokens; the loop "
+            raise DraftsmithError(f"{self.name}: the target's keys of {self.count} tokens for {len(ctx.ids)} tokens; the loop "
                                   "must pass hidden states in prefill and observe")
         return True
+
+    def _trim(self, n: int) -> None:
+        """Drop last step's drafted entries from the draft's own cache; with a window (longspec),
+        also every committed entry no query from position n - 1 on may see (constant size)."""
+        committed = sum(1 for p in self.slots if p < self.cached)
+        remove_last(self.cache, self.cache.get_seq_length() - committed)
+        self.slots = self.slots[:committed]
+        W, S = self.module.cfg.window, self.module.cfg.sink
+        if W:
+            keep = [i for i, p in enumerate(self.slots) if p < S or p >= n - W]
+            if len(keep) < len(self.slots):
+                keep_path(self.cache, 0, keep)
+                self.slots = [self.slots[i] for i in keep]
+
+    def _allow(self, queries: torch.Tensor) -> torch.Tensor | None:
+        """The self-attention mask of new queries at positions `queries` [q] over the cache and
+        themselves, [q, cached + q] (None: causal, no window), and record their slots."""
+        W, S = self.module.cfg.window, self.module.cfg.sink
+        keys = torch.tensor(self.slots + queries.tolist(), device=queries.device)  # [cached + q]
+        self.slots += queries.tolist()
+        if not W:
+            return None
+        return (keys[None] <= queries[:, None]) & ((keys[None] < S) | (queries[:, None] - keys[None] < W))
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft:
@@ -127,16 +153,19 @@ class GlideDrafter(HeadsDrafter):
             return Draft.empty()
         n, m = len(ctx.ids), self.module
         dev = m.norm.weight.device
-        remove_last(self.cache, self.cache.get_seq_length() - self.cached)
+        self._trim(n)
         keys, values = self.kv.kv(self.tcache)
         if keys is None:  # a one-token prompt: nothing cached by the target yet
             shape = (1, m.cfg.num_key_value_heads, 0, m.head_dim)
             keys = values = torch.zeros(shape, dtype=self.dtype, device=dev)
         T = keys.shape[-2]
-        pos = torch.arange(self.cached, n, device=dev)[None]  # [1, q]: committed tokens not yet fed
+        W, S = m.cfg.window, m.cfg.sink
+        feed = [p for p in range(self.cached, n) if not W or p < S or p >= n - W]  # committed, not yet fed (a window:
+        # only those a query from n - 1 on sees; a token's keys and values depend on it alone)
+        pos = torch.tensor([feed], device=dev)  # [1, q]
         see = (torch.arange(T, device=dev)[None, :] <= pos[0][:, None] - 1)[None]  # [1, q, T]
-        e = self.embed(torch.tensor([ctx.ids[self.cached:]], device=dev))
-        u = m(e, pos, keys, values, see, self.cache, rope=self.kv.rope(e, pos))[:, -1:]  # [1, 1, H]
+        e = self.embed(torch.tensor([[ctx.ids[p] for p in feed]], device=dev))
+        u = m(e, pos, keys, values, see, self.cache, self._allow(pos[0]), rope=self.kv.rope(e, pos))[:, -1:]  # [1, 1, H]
         self.cached = n
         every = torch.ones(1, 1, T, dtype=torch.bool, device=dev)
         tokens, qs, parents, chain = [], [], [], -1
@@ -160,7 +189,7 @@ class GlideDrafter(HeadsDrafter):
             if i + 1 < k:
                 e = self.embed(torch.tensor([[tok]], device=dev))
                 p = torch.tensor([[n + i]], device=dev)
-                u = m(e, p, keys, values, every, self.cache, rope=self.kv.rope(e, p))
+                u = m(e, p, keys, values, every, self.cache, self._allow(p[0]), rope=self.kv.rope(e, p))
         if not self.cape:
             return self._draft(tokens, qs)
         ids = torch.tensor([tokens], dtype=torch.long)

@@ -55,6 +55,13 @@ decoding loop already has as the bonus token. Heads predict the tokens after it:
                                 the target's LM head: u_j = Block(e_j; K, V), logits_{j+1} =
                                 lm_head(norm(u_j)). A query at position p sees the target's keys at
                                 positions <= p - 1 that exist (at draft time: every committed one).
+    LongSpec (Yang et al. 2025) GliDe's block (the same weights) with a constant-size cache of its own:
+                                its self-attention sees the first `sink` tokens and the last `window`
+                                (sliding window), the context reaching it through the cross-attention
+                                to the target's keys; trained with anchor-offset indices (every
+                                position after the sink shifted by a random offset, the target's keys
+                                rotated there too), so short training sequences show the distances of
+                                long contexts.
 
 All start out close to the LM head itself (zero-initialised residual branches), as in Medusa;
 Medusa, Hydra, Amphista, KOALA and Chimera heads are exactly the identity on h at init.
@@ -75,7 +82,8 @@ from transformers.models.llama.modeling_llama import (LlamaAttention, LlamaDecod
 
 from ...errors import DraftsmithError
 
-KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera", "glide")
+KINDS = ("medusa", "hydra", "eagle", "amphista", "koala", "eagle3", "falcon", "fspad", "chimera", "glide",
+         "longspec")
 DEFAULT_LAYERS = {"koala": 2}  # blocks per head when num_layers is 0 (all other kinds: 1)
 
 
@@ -103,6 +111,8 @@ class HeadsConfig:
     block: int = 0  # falcon: tokens drafted per forward (k of its semi-autoregressive blocks); 0 = 2 (other kinds: unused)
     glide_layer: int = -1  # glide: the target layer whose keys and values the draft block cross-attends to (-1: the last)
     head_dim: int = 0  # attention head width (0 = hidden_size // num_attention_heads); glide: the target's
+    window: int = 0  # longspec: the self-attention's window (0: 64); glide: unlimited
+    sink: int = 0  # longspec: the leading tokens its self-attention always sees (0: 4)
     target: str = ""  # what it was trained on (informative)
     training: dict = field(default_factory=dict)
 
@@ -114,8 +124,13 @@ class HeadsConfig:
             self.block = self.block or 2
             if not isinstance(self.block, int) or self.block < 1:
                 raise DraftsmithError(f"falcon: block (tokens per forward) must be an integer >= 1, got {self.block!r}")
-        if self.kind == "glide" and not (isinstance(self.glide_layer, int) and self.glide_layer >= -1):
-            raise DraftsmithError(f"glide: glide_layer must be a target layer index (or -1, the last), got {self.glide_layer!r}")
+        if self.kind in ("glide", "longspec") and not (isinstance(self.glide_layer, int) and self.glide_layer >= -1):
+            raise DraftsmithError(f"{self.kind}: glide_layer must be a target layer index (or -1, the last), got "
+                                  f"{self.glide_layer!r}")
+        if self.kind == "longspec":
+            self.window, self.sink = self.window or 64, self.sink or 4
+            if not all(isinstance(v, int) and v >= 1 for v in (self.window, self.sink)):
+                raise DraftsmithError(f"longspec: window and sink must be integers >= 1, got {self.window!r}, {self.sink!r}")
         if self.kind == "eagle3":
             self.aux_layers = [int(i) for i in self.aux_layers]
             self.target_hidden_size = self.target_hidden_size or self.hidden_size
@@ -142,7 +157,7 @@ class HeadsConfig:
         if kind == "eagle3" and not overrides.get("aux_layers"):
             L = c.num_hidden_layers  # vLLM's default (2, L/2, L-3); tiny targets repeat a layer
             overrides["aux_layers"] = [2, L // 2, L - 3] if L >= 6 else [0, L // 2, L - 1]
-        if kind == "glide":  # the target's attention shape (the keys and values read are its own)
+        if kind in ("glide", "longspec"):  # the target's attention shape (the keys and values read are its own)
             overrides.setdefault("glide_layer", c.num_hidden_layers - 1)
             if overrides["glide_layer"] == -1:
                 overrides["glide_layer"] = c.num_hidden_layers - 1
@@ -566,7 +581,7 @@ class Eagle3Head(nn.Module):
 
 MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads,
            "eagle3": Eagle3Head, "falcon": FalconHead, "fspad": FspadHead, "chimera": ChimeraHeads,
-           "glide": GlideHead}
+           "glide": GlideHead, "longspec": GlideHead}
 
 
 def build_heads(cfg: HeadsConfig) -> nn.Module:
