@@ -319,7 +319,7 @@ RECIPES: dict[str, Recipe] = {
     "glide": Recipe(_heads("glide"), "glide", trees=True, heads=True, sampled_q=True, sampling=("t1",)),
     "glide-cape": Recipe(_heads("glide", cape=0.9), "glide", trees=True, heads=True, sampling=("t1",)),
     # LongSpec: GliDe's block with a windowed self-attention (a constant-size cache)
-    "longspec": Recipe(_heads("longspec"), "longspec", heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
+    "longspec": Recipe(_heads("longspec"), "longspec", trees=True, heads=True, sampled_q=True, sampling=("t0.7-topk3",)),
     # an EAGLE-2 dynamic tree: the heads' top-k at each depth, deterministic (q None) even when sampling
     "eagle-tree": Recipe(_heads("eagle", tree_nodes=6, topk=2), "eagle", trees=True, heads=True, sampling=("t1",)),
     # heads drafting over part of the vocabulary: q is zero outside it
