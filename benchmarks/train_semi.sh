@@ -18,3 +18,14 @@ COMMON=(--data sharegpt --limit 3000 --features "$OUT/feats-3000.pt" --batch-tok
 .venv/bin/draftsmith train heads --kind fspad --out "$OUT/fspad" --init "$EAGLE" --steps 150 --lr 5e-4 \
   --unroll 2 --cls-weight 1.0 --align 0.5 "${COMMON[@]}"
 .venv/bin/draftsmith train heads --kind chimera --out "$OUT/chimera" --steps 300 --lr 1e-3 "${COMMON[@]}"
+# GliDe and LongSpec read the input of the target's last layer too (its keys and values): their own
+# feature file (1500 first turns with that layer's input, ~25 min here).
+# - glide: starts as a copy of the target's last layer, 200 steps, 3 draft steps trained;
+# - longspec: the glide head as its start, 100 more steps with a window of 64 (+ 4 sink tokens) and
+#   anchor-offset indices up to 7680; glide-more: the control, 100 more steps as glide.
+AUX=(--data sharegpt --limit 1500 --features "$OUT/feats-aux-1500.pt" --batch-tokens 2048 --save-every 25)
+.venv/bin/draftsmith train heads --kind glide --out "$OUT/glide" --steps 200 --lr 5e-4 "${AUX[@]}"
+.venv/bin/draftsmith train heads --kind longspec --out "$OUT/longspec" --init "$OUT/glide" --steps 100 --lr 3e-4 \
+  "${AUX[@]}"
+.venv/bin/draftsmith train heads --kind glide --out "$OUT/glide-more" --init "$OUT/glide" --steps 100 --lr 3e-4 \
+  "${AUX[@]}"
