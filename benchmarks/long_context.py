@@ -7,7 +7,9 @@ Prompts, built here from data this project has (none trained on), each in the ch
   until the prompt reaches the length asked, then an instruction about the last one (the
   benchmark's own long-input categories, made longer);
 - `sharegpt`: a long ShareGPT conversation (past the first 10,000, which the heads never saw),
-  its turns kept from the end until the length asked, ending with a user turn.
+  its turns kept from the end until the length asked, ending with a user turn; left out when none
+  comes within 60% of it (the packaged conversations are short: the longest fit past the first
+  10,000 is about 2.2k tokens).
 
 Each method answers every prompt greedily in one process (the target loaded once); reported per
 prompt: decode speed (new tokens over the time after the prefill), its ratio to plain decoding on
@@ -44,28 +46,34 @@ def build_prompts(target, questions: str, lengths: list[int], skip: int) -> list
                 if parts and len(target.encode("\n\n".join(parts + [text, ask]))) > n:
                     break
                 parts.append(text)
-            out.append((f"{cat}-{n // 1024}k", target.encode("\n\n".join(parts + [ask]))))
-    convs = []
+            ids = target.encode("\n\n".join(parts + [ask]))
+            out.append((f"{cat}-{round(len(ids) / 1000)}k", ids))
+    convs = []  # the long ones (characters: 4 to 5 a token)
     for i, record in enumerate(read_sharegpt(sharegpt_path())):
-        if i < skip:
-            continue
         conv = [(s, t) for s, t in turns(record) if s in ("human", "gpt") and t.strip()]
-        if len(conv) >= 6 and sum(len(t) for _, t in conv) > 4 * max(lengths):  # characters: ~4 a token
-            convs.append(conv)
-        if len(convs) >= len(lengths):
-            break
-    for n, conv in zip(lengths, convs):
         while conv and conv[-1][0] != "human":
             conv = conv[:-1]
-        kept: list[dict] = []
-        for speaker, text in reversed(conv):
-            message = {"role": "user" if speaker == "human" else "assistant", "content": text}
-            if kept and len(target.encode([message] + kept)) > n:
-                break
-            kept.insert(0, message)
-        while kept and kept[0]["role"] != "user":
-            kept = kept[1:]
-        out.append((f"sharegpt-{n // 1024}k", target.encode(kept)))
+        if i >= skip and len(conv) >= 3 and sum(len(t) for _, t in conv) > 2.5 * min(lengths):
+            convs.append(conv)
+    for n in lengths:  # the conversation whose newest turns come closest to n tokens
+        best: list[int] = []
+        for conv in convs:
+            kept: list[dict] = []
+            for speaker, text in reversed(conv):
+                message = {"role": "user" if speaker == "human" else "assistant", "content": text}
+                if kept and len(target.encode([message] + kept)) > n:
+                    break
+                kept.insert(0, message)
+            while kept and kept[0]["role"] != "user":
+                kept = kept[1:]
+            ids = target.encode(kept) if kept else []
+            if len(best) < len(ids) <= n:
+                best = ids
+        if len(best) >= 0.6 * n:  # the packaged conversations are short: none may come close
+            out.append((f"sharegpt-{round(len(best) / 1000)}k", best))
+        else:
+            print(f"no ShareGPT conversation (past the first {skip}) reaches {0.6 * n:.0f} of {n} tokens: its longest "
+                  f"fit is {len(best)} tokens; left out", flush=True)
     return out
 
 
