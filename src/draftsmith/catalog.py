@@ -104,6 +104,8 @@ SHIPPED_HEADS: dict[tuple[str, str], str] = {
 SHIPPED_HEADS[("smollm2-135m-instruct", "early_exit")] = "smollm2-135m-instruct-early-exit"
 SHIPPED_HEADS[("smollm2-135m-instruct", "eagle3")] = "smollm2-135m-instruct-eagle3"  # benchmarks/train_eagle3.sh
 SHIPPED_HEADS[("smollm2-135m-instruct", "falcon")] = "smollm2-135m-instruct-falcon"  # benchmarks/train_falcon.sh
+for _kind in ("fspad", "chimera", "glide", "longspec"):  # benchmarks/train_semi.sh
+    SHIPPED_HEADS[("smollm2-135m-instruct", _kind)] = f"smollm2-135m-instruct-{_kind}"
 # the head of the `judge` verifier (`draftsmith train judge`, benchmarks/run_judge.sh)
 SHIPPED_HEADS[("smollm2-135m-instruct", "judge")] = "smollm2-135m-instruct-judge"
 

@@ -812,12 +812,19 @@ def _init_eagle3(module, target: CausalLM, lm_weight: torch.Tensor) -> None:
         module.fc.weight[:, -Ht:] = torch.eye(H)
 
 
+GLIDE_NORM_START = 0.05  # _init_glide: the draft block's final norm starts at this share of the target's
+
+
 @torch.no_grad()
 def _init_glide(module, target: CausalLM) -> None:
-    """A GliDe block starts as a copy of the target's layer `glide_layer`: its self-attention,
-    norms and MLP, and for the cross-attention that layer's query and output projections and input
-    norm (so the cross-attention starts as the target's own attention reading its own keys and
-    values), the final norm the target's. Weights of another shape (and biases) are left as they are."""
+    """A GliDe block starts from the target's layer `glide_layer`: its self-attention, norms and
+    MLP, and for the cross-attention that layer's query projection and input norm (queries the
+    target's own keys answer), the final norm the target's; the three residual branches' output
+    projections (self-attention, cross-attention, MLP down) start at zero, so u = e at init, and
+    the final norm at GLIDE_NORM_START times the target's: the target's own norm on a raw
+    embedding makes the tied LM head predict the input token itself with near certainty (measured
+    on SmolLM2: KL 107 nats a draft step at init, against 9.3 for flat logits and 11 at 0.1 of
+    it). Weights of another shape (and biases) are left as they are."""
     from ..target import _decoder_parts
 
     _, layers, _, norm = _decoder_parts(target)
@@ -832,6 +839,9 @@ def _init_glide(module, target: CausalLM) -> None:
         w = getattr(theirs, "weight", None)
         if w is not None and w.shape == mine.weight.shape:
             mine.weight.copy_(w.detach().float())
+    for out in (module.self_attn.o_proj, module.cross_o, module.mlp.down_proj):  # residual branches start at zero
+        out.weight.zero_()
+    module.norm.weight.mul_(GLIDE_NORM_START)  # nearly flat first logits
 
 
 @torch.inference_mode()
