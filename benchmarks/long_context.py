@@ -28,7 +28,8 @@ from pathlib import Path
 
 from draftsmith.bench.report import report_head
 
-DEFAULT_METHODS = ["none", "ngram", "eagle:k=4", "glide:k=4", "longspec:k=4", "draft_model:k=4"]
+DEFAULT_METHODS = ["none", "ngram", "eagle:k=4", "glide:k=4", "longspec:k=4",
+                   "draft_model:model=smollm2-135m-instruct-drafter,k=4"]
 
 
 def build_prompts(target, questions: str, lengths: list[int], skip: int) -> list[tuple[str, list[int]]]:
@@ -93,6 +94,7 @@ def main() -> int:
     import torch
 
     from draftsmith import SamplingParams, SpeculativeDecoder, load_target
+    from draftsmith.errors import DraftsmithError
 
     torch.set_num_threads(args.threads)
     target = load_target(args.model, dtype=args.dtype)
@@ -102,8 +104,13 @@ def main() -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
+    log = (out_dir / "records.jsonl").open("w")  # each record as it is made: a later failure loses nothing
     for spec in methods:
-        dec = SpeculativeDecoder(target, spec)
+        try:
+            dec = SpeculativeDecoder(target, spec)
+        except DraftsmithError as e:
+            print(f"{spec}: not run: {e}", flush=True)
+            continue
         dec.generate(prompts[0][1][:64], SamplingParams(max_new_tokens=8))  # warm-up
         for name, ids in prompts:
             t0 = time.perf_counter()
@@ -114,11 +121,11 @@ def main() -> int:
                    "decode_tok_s": s.new_tokens / decode, "tau": s.tau, "drafter_share": s.drafter_time / decode,
                    "prefill_s": s.prefill_time, "wall_s": time.perf_counter() - t0, "token_ids": r.token_ids}
             records.append(rec)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
             print(f"{spec:24s} {name:18s} {len(ids):5d} tokens: {rec['decode_tok_s']:6.1f} tok/s, τ {s.tau:.2f}, "
                   f"drafter {rec['drafter_share']:.0%}, prefill {s.prefill_time:.1f} s", flush=True)
-    with (out_dir / "records.jsonl").open("w") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
+    log.close()
     plain = {r["prompt"]: r for r in records if r["method"] == "none"}
     lines = [*report_head("Long prompts (4k-8k tokens): decode speed, τ and the drafter's share",
                           "benchmarks/long_context.py",
