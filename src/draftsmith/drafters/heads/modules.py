@@ -291,6 +291,19 @@ class KoalaHeads(HydraHeads):
     block = DecoderBlock
 
 
+def head_mask(x: torch.Tensor, cache: DynamicCache | None, allow: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The additive attention mask [1, 1, n, past + n] of n new positions x [B, n, .] over a head's
+    cache and themselves: `allow` [n, past + n] (True = may attend; draft trees, relaxed masks), or
+    causal within the new positions with all of the cache visible; None where that is no mask at all
+    (one new position)."""
+    n, past = x.shape[1], cache.get_seq_length() if cache is not None else 0
+    if allow is None:
+        if n == 1:
+            return None
+        allow = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
+    return torch.zeros(allow.shape, dtype=x.dtype, device=x.device).masked_fill(~allow, torch.finfo(x.dtype).min)[None, None]
+
+
 class EagleHead(nn.Module):
     """fc([next-token embedding; feature]) -> one Llama decoder layer -> predicted next feature.
     The layout of the EAGLE(-1) checkpoints that vLLM and SGLang read: weights `fc.weight` (no
@@ -315,13 +328,7 @@ class EagleHead(nn.Module):
         predicted features f̂_{t+1} [B, n, H]. Attention: causal over the cache and the n new
         pairs, or `allow` [n, past + n] (True = may attend; draft trees)."""
         x = self.fc(torch.cat([embeds, features], dim=-1))
-        n, past = x.shape[1], cache.get_seq_length() if cache is not None else 0
-        mask = None
-        if allow is None and n > 1:  # causal within the new tokens; all of the cache is visible
-            allow = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
-        if allow is not None:
-            mask = torch.zeros(allow.shape, dtype=x.dtype, device=x.device).masked_fill(~allow, torch.finfo(x.dtype).min)
-            mask = mask[None, None]
+        mask = head_mask(x, cache, allow)
         cos_sin = self.rotary(x, positions)
         out = self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=cache is not None,
                              position_embeddings=cos_sin)
@@ -395,13 +402,7 @@ class ChimeraHeads(nn.Module):
         """features [B, n, H] (f_j), trigrams [B, n, 3H] ([e_{j-1}; e_j; e_{j+1}]), positions [B, n]
         (j) -> c_j [B, n, H], causal over the cache and the n new pairs."""
         x = self.fc(torch.cat([self.trigram(trigrams), features], dim=-1))
-        n, past = x.shape[1], cache.get_seq_length() if cache is not None else 0
-        mask = None
-        if n > 1:
-            allow = torch.ones(n, past + n, dtype=torch.bool, device=x.device).tril(past)
-            mask = torch.zeros(allow.shape, dtype=x.dtype, device=x.device).masked_fill(~allow, torch.finfo(x.dtype).min)
-            mask = mask[None, None]
-        out = self.layers[0](x, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = self.layers[0](x, attention_mask=head_mask(x, cache), position_ids=positions, past_key_values=cache,
                              use_cache=cache is not None, position_embeddings=self.rotary(x, positions))
         return out[0] if isinstance(out, tuple) else out
 
@@ -446,15 +447,8 @@ class GlideHead(nn.Module):
                allow: torch.Tensor | None = None) -> torch.Tensor:
         """The self-attention half: embeds [B, n, H] (e_j), positions [B, n] -> the residual stream
         [B, n, H]. Causal over the cache and the n new tokens, or `allow` [n, past + n]."""
-        n, past = embeds.shape[1], cache.get_seq_length() if cache is not None else 0
-        if allow is None and n > 1:
-            allow = torch.ones(n, past + n, dtype=torch.bool, device=embeds.device).tril(past)
-        mask = None
-        if allow is not None:
-            mask = torch.zeros(allow.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(
-                ~allow, torch.finfo(embeds.dtype).min)[None, None]
         a = self.self_attn(self.input_layernorm(embeds), position_embeddings=self.rotary(embeds, positions),
-                           attention_mask=mask, past_key_values=cache, position_ids=positions,
+                           attention_mask=head_mask(embeds, cache, allow), past_key_values=cache, position_ids=positions,
                            use_cache=cache is not None)[0]
         return embeds + a
 
@@ -569,14 +563,7 @@ class Eagle3Head(nn.Module):
         """g [B, n, H] (fc of the target's features at t, or u_t from the previous draft step),
         embeds [B, n, H] (e_{t+1}), positions [B, n] (t) -> u_{t+1} [B, n, H]. Attention as
         EagleHead's: causal over the cache and the n new pairs, or `allow` [n, past + n]."""
-        n, past = g.shape[1], cache.get_seq_length() if cache is not None else 0
-        if allow is None and n > 1:
-            allow = torch.ones(n, past + n, dtype=torch.bool, device=g.device).tril(past)
-        mask = None
-        if allow is not None:
-            mask = torch.zeros(allow.shape, dtype=g.dtype, device=g.device).masked_fill(~allow, torch.finfo(g.dtype).min)
-            mask = mask[None, None]
-        return self.midlayer(g, embeds, positions, self.rotary(g, positions), mask, cache)
+        return self.midlayer(g, embeds, positions, self.rotary(g, positions), head_mask(g, cache, allow), cache)
 
 
 MODULES = {"medusa": MedusaHeads, "hydra": HydraHeads, "eagle": EagleHead, "amphista": AmphistaHeads, "koala": KoalaHeads,
