@@ -194,3 +194,60 @@ def test_distill_from_a_feature_file_over_a_training_vocabulary(workdir):
         assert isinstance(drafter.draft.model.get_output_embeddings(), SubsetLMHead) == subset
     with pytest.raises(Exception, match="has none beside it"):
         SpeculativeDecoder(tgt, build_drafter("draft_model", model=str(target), vocab=8)).generate("the", params)
+
+
+def test_fastdraft_text_completions_and_alignment(workdir):
+    """FastDraft (`train data --text-prefix`, `train align`): the target continues plain-text
+    prefixes of whole conversations (no chat template: the prompt is the prefix's own tokens), and
+    alignment trains on the target's tokens with cross-entropy and no target forward per step.
+    Guards: a prefix fed through the chat template (the rollout would answer, not continue), and
+    alignment batches taken in file order (a file of answers, then completions, would train on
+    one kind first)."""
+    import draftsmith.train.pipeline as pipeline
+    from draftsmith.data.sharegpt import sharegpt_texts
+    from draftsmith.train.pipeline import align
+    from draftsmith.train.trainer import TrainConfig
+
+    target, sharegpt = _chat_target(workdir), str(workdir / "sharegpt.json")
+    tgt = load_target(str(target), dtype="float32")
+    data = workdir / "completions.jsonl"
+    run("train", "data", "--target", str(target), "--sharegpt", sharegpt, "--out", str(data), "--text-prefix", "5",
+        "--limit", "6", "--batch-size", "3", "--max-new-tokens", "6", "--temperature", "0")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["id"].startswith("text-") and len(r["prompt_ids"]) == 5 for r in rows)
+    texts = list(sharegpt_texts(sharegpt, limit=1))
+    assert rows[0]["prompt_ids"] == tgt.tokenizer.encode(texts[0], add_special_tokens=False)[:5]  # plain text, no template
+    # the continuation is the target's own greedy one
+    want = SpeculativeDecoder(tgt, NoDrafter()).generate(rows[0]["prompt_ids"], SamplingParams(max_new_tokens=6)).token_ids
+    assert rows[0]["response_ids"] == want
+
+    pre = workdir / "fd-pre"
+    run("train", "pretrain", "--target", str(target), "--sharegpt", sharegpt, "--out", str(pre), "--steps", "2",
+        "--batch-size", "2", "--seq-len", "16")
+    out = workdir / "fd-align"
+    run("train", "align", "--target", str(target), "--drafter", str(pre), "--data", str(data), "--out", str(out),
+        "--steps", "3", "--batch-size", "2")
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["stage"] == "align" and record["config"]["loss"] == "ce"
+    assert record["config"]["extra"]["held_out"]["tokens"] > 0
+    cfg = TrainConfig(stage="align", out=str(workdir / "x"), steps=1, loss="fkl")
+    with pytest.raises(Exception, match="cross-entropy"):
+        cfg.check()
+
+    # the batches mix the file's kinds: rows are shuffled before the held-out split and the batches
+    seen = []
+    real = pipeline.train
+    try:
+        def spy(drafter, get_batch, cfg, **kw):
+            seen.extend(tuple(p) for i in range(4) for p in get_batch(i).prompts)
+            return {}
+        pipeline.train = spy
+        lines = data.read_text().splitlines()
+        answers = [json.dumps({"id": f"a{i}", "prompt_ids": [1, 2, 3, 4, 5, 6, 7, i], "response_ids": [5, 6]})
+                   for i in range(6)]
+        mixed = workdir / "mixed.jsonl"
+        mixed.write_text("\n".join(answers + lines) + "\n")
+        align(tgt, str(pre), str(mixed), TrainConfig(stage="align", out=str(workdir / "fd-spy"), steps=4, batch_size=2))
+    finally:
+        pipeline.train = real
+    assert {len(p) for p in seen[:4]} == {5, 8}  # the first two batches already hold both kinds

@@ -28,14 +28,16 @@ def _common(p: argparse.ArgumentParser, *, steps: int, lr: float, batch: int) ->
     _device(p)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--no-bf16", action="store_true", help="train the drafter's forward in fp32")
+    p.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                   help="autocast the drafter's forward to bf16 (default: where it is faster than fp32, measured at start)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train the drafter's forward in fp32")
     p.add_argument("--train-vocab", type=int, default=8192,
                    help="train over the N most frequent tokens of the data, the vocabulary the drafter then drafts "
                         "over (0 = all; distill keeps the starting drafter's when it has one)")
 
 
 def add_train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a drafter for a target: data, pretrain, distill")
+    t = sub.add_parser("train", help="train a drafter for a target: data, pretrain, align or distill")
     stages = t.add_subparsers(dest="stage", required=True)
 
     d = stages.add_parser("data", help="the target answers ShareGPT instructions (distillation data)")
@@ -53,6 +55,9 @@ def add_train_parser(sub) -> None:
     d.add_argument("--temperature", type=float, default=0.8)
     d.add_argument("--top-p", type=float, default=1.0)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--text-prefix", type=int, metavar="TOKENS",
+                   help="FastDraft's text completion: the target continues the first TOKENS tokens of whole ShareGPT "
+                        "conversations as plain text (no chat template) instead of answering first turns")
     d.add_argument("--drafter", default="none",
                    help="drafter spec for the generation (e.g. ngram): speculative and lossless, so the answers are "
                         "still the target's samples (default none: plain decoding)")
@@ -68,6 +73,15 @@ def add_train_parser(sub) -> None:
     p.add_argument("--init", default="target", choices=["target", "random"],
                    help="target: start from the target's embeddings (and layers at equal width)")
     p.set_defaults(func=cmd_pretrain)
+
+    a = stages.add_parser("align", help="FastDraft: cross-entropy on the target's rollouts (answers and text continuations)")
+    _common(a, steps=400, lr=5e-4, batch=8)
+    a.add_argument("--drafter", required=True, help="drafter folder to start from (e.g. the pretrain output)")
+    a.add_argument("--data", required=True,
+                   help="rollouts JSONL from `draftsmith train data` (with or without --text-prefix; cat them together)")
+    a.add_argument("--limit", type=int, help="use at most this many training rows")
+    a.add_argument("--max-len", type=int, default=512)
+    a.set_defaults(func=cmd_align)
 
     k = stages.add_parser("distill", help="knowledge distillation on target rollouts")
     _common(k, steps=400, lr=5e-4, batch=8)
@@ -174,7 +188,7 @@ def _config(args, stage: str, loss: str):
 
     cfg = TrainConfig(stage=stage, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       loss=loss, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-                      bf16=not args.no_bf16, train_vocab=args.train_vocab)
+                      bf16=args.bf16, train_vocab=args.train_vocab)
     if stage == "distill":
         cfg.on_policy, cfg.on_policy_temperature = args.on_policy, args.on_policy_temperature
         cfg.adaspec_ref, cfg.adaspec_keep = args.adaspec_ref, args.adaspec_keep
@@ -183,9 +197,12 @@ def _config(args, stage: str, loss: str):
 
 
 def _target(name: str, device: str = "cpu"):
-    from ..target import load_target
+    """The target for a training stage: bf16 where bf16 is the faster (a GPU, a CPU with bf16
+    units), else fp32 (an AVX2-only CPU, where a bf16 forward over a batch is several times slower)."""
+    from ..target import load_target, resolve_device
+    from .trainer import bf16_pays
 
-    return load_target(name, dtype="bfloat16", device=device)
+    return load_target(name, dtype="bfloat16" if bf16_pays(resolve_device(device)) else "float32", device=device)
 
 
 def cmd_data(args) -> int:
@@ -195,7 +212,14 @@ def cmd_data(args) -> int:
     if args.limit < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         raise DraftsmithError("--limit, --batch-size and --max-new-tokens must be >= 1")
     target = _target(args.target, args.device)
-    instructions = list(sharegpt_instructions(sharegpt_path(args.sharegpt), skip=args.skip, limit=args.limit))
+    if args.text_prefix is not None:
+        from ..data.sharegpt import sharegpt_texts
+        from .rollouts import text_prefixes
+
+        texts = sharegpt_texts(sharegpt_path(args.sharegpt), skip=args.skip, limit=args.limit)
+        instructions = list(text_prefixes(target, texts, prefix_tokens=args.text_prefix, skip=args.skip))
+    else:
+        instructions = list(sharegpt_instructions(sharegpt_path(args.sharegpt), skip=args.skip, limit=args.limit))
     summary = generate_rollouts(target, instructions, args.out, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
                                 batch_size=args.batch_size, seed=args.seed, drafter=args.drafter)
@@ -210,6 +234,16 @@ def cmd_pretrain(args) -> int:
     out = pretrain(_target(args.target, args.device), cfg, sharegpt=args.sharegpt, seq_len=args.seq_len, layers=args.layers,
                    hidden=args.hidden, init=args.init)
     print(out)
+    return 0
+
+
+def cmd_align(args) -> int:
+    from .pipeline import align
+
+    cfg = _config(args, "align", "ce")
+    if args.limit is not None and args.limit < 1:
+        raise DraftsmithError("--limit must be >= 1")
+    print(align(_target(args.target, args.device), args.drafter, args.data, cfg, max_len=args.max_len, limit=args.limit))
     return 0
 
 

@@ -67,7 +67,7 @@ class EarlyExitTrainConfig:
     data: str = ""  # where the sequences came from (for the card)
     features: str = ""  # keep the target's states of the sequences in this file (reruns read it back)
     train_vocab: int = 8192  # train over the N most frequent answer tokens (the draft vocabulary); 0 = all
-    bf16: bool = True  # autocast the adapters' forward to bf16
+    bf16: bool | None = None  # autocast the adapters' forward to bf16 (None: where it is faster, trainer.bf16_pays)
 
     def check(self) -> None:
         if not self.exits or any((not isinstance(e, int)) or e < 1 for e in self.exits):
@@ -291,6 +291,10 @@ def train_early_exit(target: CausalLM, sequences: list[tuple[list[int], int]], c
             print(f"resumed from {ckpt} at step {step}", flush=True)
     train_items = cached_exit_features(target, train_seqs, exits, cfg.max_len, cfg.features, progress)
     held_items = exit_features(target, held_seqs, exits, cfg.max_len)
+    if cfg.bf16 is None:
+        from .trainer import bf16_pays
+
+        cfg.bf16 = bf16_pays(next(module.parameters()).device)
     loss_fn = ExitLoss(module, head_weight, vocab_ids, cfg.hidden_weight, cfg.bf16)
     naive = None
     if step == 0:  # the naive exit (step 0): the target's LM head on x_L through its final norm
@@ -433,7 +437,8 @@ def add_parser(stages, default_model: str, add_device) -> None:
     e.add_argument("--max-len", type=int, default=512)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--save-every", type=int, default=25)
-    e.add_argument("--no-bf16", action="store_true", help="train the adapters' forward in fp32 (default: bf16 autocast)")
+    e.add_argument("--no-bf16", dest="bf16", action="store_false", default=None,
+                   help="train the adapters' forward in fp32 (default: bf16 autocast where it is faster, measured at start)")
     add_device(e)
     e.set_defaults(func=cmd_early_exit)
 
@@ -451,7 +456,7 @@ def cmd_early_exit(args) -> int:
     cfg = EarlyExitTrainConfig(out=args.out, exits=exits, steps=args.steps, batch_tokens=args.batch_tokens, lr=args.lr,
                                hidden_weight=args.hidden_weight, intermediate_size=args.intermediate_size,
                                max_len=args.max_len, seed=args.seed, save_every=args.save_every, data=args.data,
-                               features=args.features or "", train_vocab=args.train_vocab, bf16=not args.no_bf16)
+                               features=args.features or "", train_vocab=args.train_vocab, bf16=args.bf16)
     cfg.check()
     target = _target(args.target, args.device)
     print(train_early_exit(target, load_sequences(target, args.data, limit=args.limit), cfg))

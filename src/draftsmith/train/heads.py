@@ -682,6 +682,9 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", disable=not progress)
     run_start, run_tokens = time.perf_counter(), 0  # this run's throughput (a resumed run counts its own steps)
     window = {"loss": 0.0, "adv": torch.zeros(2), "tokens": 0, "stats": torch.zeros(cfg.num_heads, 2), "t": time.perf_counter()}
+    from .trainer import bf16_pays
+
+    bf16 = bf16_pays(device)  # autocast where bf16 is the faster (not on an AVX2-only CPU)
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, floor=0.0)
@@ -696,7 +699,7 @@ def train_heads(target: CausalLM, sequences: list[tuple[list[int], int]], cfg: H
         items = ([stored[k] for k in picked] if stored else
                  extract_features(target, [train[k] for k in picked], cfg.max_len, aux_layers=aux_layers))
         for group in micro_batches(items, cfg.micro_tokens):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss, n, s, a = loss_fn.batch(group, generator)
             total, tokens, stats, adv = total + loss, tokens + n, stats + s, adv + a
         loss = total / max(tokens, 1)

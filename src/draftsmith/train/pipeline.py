@@ -2,6 +2,9 @@
 
 1. pretrain  a new drafter (drafter_model.py) on chat-formatted ShareGPT conversations,
 2. data      the target answers ShareGPT instructions (rollouts.py),
+3. align     (FastDraft, Zafrir et al. 2024, instead of distill) next-token cross-entropy on the
+             target's own sequences: its answers to instructions and its continuations of text
+             prefixes (`train data --text-prefix`); no target forward per step.
 3. distill   the drafter on those answers with a distillation loss (losses.py), optionally with
              DistillSpec on-policy batches and AdaSPEC token selection (trainer.py). With a
              feature file (`features`, the one `train heads --features` makes from the same
@@ -119,6 +122,35 @@ def distill(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *,
     metrics = train(drafter, get_batch, cfg, target=target.model, reference=reference, resample=resample,
                     vocab_ids=_ids(vocab, cfg), progress=progress, device=target.device)
     if not _main_process():  # one process writes the folder
+        return Path(cfg.out)
+    cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(eval_rows[i:i + 8], pad, max_len)
+                                                             for i in range(0, len(eval_rows), 8)], _ids(vocab, cfg))
+    return save_drafter(drafter, target, cfg, metrics, vocab)
+
+
+def align(target: CausalLM, drafter_path: str, data: str, cfg: TrainConfig, *, max_len: int = 512,
+          limit: int | None = None, progress: bool = True) -> Path:
+    """FastDraft's alignment stage: the drafter learns the target's generated tokens (rollouts of
+    `train data`, answers and text continuations alike) with cross-entropy, as labels. The target
+    is needed only for the held-out agreement of the model card."""
+    rows = training_rows(target, data, limit=limit)
+    if len(rows) < 2:
+        raise DraftsmithError(f"{data} holds {len(rows)} training rows; alignment needs at least 2 (one is held out)")
+    held = max(1, len(rows) // 50)
+    order = list(range(len(rows)))
+    random.Random(cfg.seed).shuffle(order)  # held-out rows from every kind the file holds
+    eval_rows, train_rows = [rows[k] for k in order[:held]], [rows[k] for k in order[held:]]
+    drafter = load_causal_lm(drafter_path, dtype="float32", progress=progress).model.train()
+    vocab = _drafter_vocab(drafter_path, target, [r["response_ids"] for r in train_rows], cfg)
+    pad = target.tokenizer.pad_token_id if target.tokenizer is not None and target.tokenizer.pad_token_id is not None else 0
+
+    def get_batch(i: int) -> Batch:
+        return rollout_batch([train_rows[(i * cfg.batch_size + j) % len(train_rows)] for j in range(cfg.batch_size)],
+                             pad, max_len)
+
+    cfg.extra.update(stage_data=f"{len(train_rows)} target rollouts ({data})", init_from=str(drafter_path), max_len=max_len)
+    metrics = train(drafter, get_batch, cfg, vocab_ids=_ids(vocab, cfg), progress=progress, device=target.device)
+    if not _main_process():
         return Path(cfg.out)
     cfg.extra["held_out"] = evaluate(drafter, target.model, [rollout_batch(eval_rows[i:i + 8], pad, max_len)
                                                              for i in range(0, len(eval_rows), 8)], _ids(vocab, cfg))

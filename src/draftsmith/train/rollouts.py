@@ -85,12 +85,14 @@ def rollout_generator(seed: int, pid: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + hash_ids([pid]))
 
 
-def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str]], out: str | Path, *,
+def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str | list[int]]], out: str | Path, *,
                       temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
                       max_prompt_tokens: int = 256, batch_size: int = 16, seed: int = 0,
                       drafter: str = "none", progress: bool = True) -> dict:
     """The target answers each instruction (chat template); appends to `out`, skipping ids it
-    already holds. Prompts longer than `max_prompt_tokens` are skipped.
+    already holds. Prompts longer than `max_prompt_tokens` are skipped. An instruction given as
+    token ids (a text prefix, `text_prefixes`) is continued as it is, with no chat template:
+    FastDraft's text-completion data.
 
     Runs on the batched engine (BatchDecoder) with continuous refill: up to `batch_size` rows
     decode together, and the next prompt joins as soon as a row finishes, so no row idles until
@@ -112,7 +114,7 @@ def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str]], out
         if pid in seen:  # in the file already (or a duplicate id: answered once)
             continue
         seen.add(pid)
-        ids = target.encode([{"role": "user", "content": text}])
+        ids = list(text) if isinstance(text, list) else target.encode([{"role": "user", "content": text}])
         if len(ids) <= max_prompt_tokens and len(ids) < target.max_length:
             todo.append((pid, ids))
         else:
@@ -158,6 +160,21 @@ def generate_rollouts(target: CausalLM, instructions: list[tuple[str, str]], out
             "tok_s": tokens / seconds if seconds > 0 else 0.0, "drafter": drafter,
             "tau": tokens / steps if steps else 0.0,  # tokens per row step, bonus included
             "drafted": drafted, "accepted": accepted}
+
+
+def text_prefixes(target: CausalLM, texts, *, prefix_tokens: int = 64, skip: int = 0):
+    """(id, token ids) of the first `prefix_tokens` tokens of each text (plain, no chat template),
+    for the target to continue (FastDraft's text-completion data); texts no longer than that are
+    skipped. Ids are `text-<skip + i>` (i counts the texts), so a rerun skips the prefixes its file
+    already holds."""
+    if target.tokenizer is None:
+        raise DraftsmithError("text prefixes need the target's tokenizer")
+    if prefix_tokens < 1:
+        raise DraftsmithError(f"prefix_tokens must be >= 1, got {prefix_tokens}")
+    for i, text in enumerate(texts):
+        tokens = target.tokenizer.encode(text, add_special_tokens=False)
+        if len(tokens) > prefix_tokens:
+            yield f"text-{skip + i}", tokens[:prefix_tokens]
 
 
 def hash_ids(ids: list[str]) -> int:
