@@ -1,4 +1,4 @@
-"""The lossy rules (typical, relaxed, bild): exact acceptance decisions on hand-made target
+"""The lossy rules (typical, relaxed, bild, arbitrage): exact acceptance decisions on hand-made target
 distributions, chains and trees, and `lossless = False` wherever a run reports it."""
 
 import math
@@ -9,7 +9,7 @@ import torch
 
 from draftsmith import Draft, SamplingParams, SpeculativeDecoder
 from draftsmith.errors import DraftsmithError
-from draftsmith.verify import BildVerifier, RelaxedVerifier, TypicalVerifier, build_verifier
+from draftsmith.verify import ArbitrageVerifier, BildVerifier, RelaxedVerifier, TypicalVerifier, build_verifier
 from draftsmith.verify.lossy import LossyRuleWarning, LossyVerifier
 from tests.conftest import tiny_model
 
@@ -203,8 +203,43 @@ def test_relaxed_needs_embeddings_and_binds_to_a_target():
         rule.neighbours(V + 1)
 
 
+# ----- arbitrage ------------------------------------------------------------------------------
+# GRADED's advantages over its argmax (token 0): token 1 0.511, token 2 1.204, token 3 2.303 nats
+@pytest.mark.parametrize("draft, rows, budget, accepted", [
+    ([0, 0, 0], [GRADED] * 4, 0.0, 3),  # the target's own choices cost nothing
+    ([1, 0, 0], [GRADED] * 4, 0.0, 0),  # budget 0: greedy verification
+    ([1, 0, 1], [GRADED] * 4, 1.0, 2),  # 0.511 + 0 + 0.511 = 1.02 > 1: the budget is spent over the step
+    ([1, 0, 1], [GRADED] * 4, 1.1, 3),
+    ([2, 0], [GRADED] * 3, 1.0, 0),  # one token alone past the budget
+    ([1, 3], [GRADED] * 3, 3.0, 2),  # 0.511 + 2.303
+    ([4], [GRADED] * 2, 50.0, 0),  # a token the target gives no mass: never kept
+])
+def test_arbitrage_chain_spends_the_budget_along_the_step(draft, rows, budget, accepted):
+    """Guards a per-token test in place of the step's budget (the third case would keep all three)."""
+    r = run(ArbitrageVerifier(budget=budget), chain(draft), rows)
+    assert r.num_accepted == accepted
+    assert r.tokens[0].tolist() == draft[:accepted] + [0]  # the bonus is the target's own token
+
+
+def test_arbitrage_tree_budget_is_per_root_path():
+    """A node pays for its own ancestors only, not for a sibling branch's departures."""
+    # nodes: 0 (token 1) and 1 (token 0) under the root; 2 (token 1) under 0; 3 (token 1) under 1
+    ids, parents = [1, 0, 1, 1], [-1, -1, 0, 1]
+    r = run(ArbitrageVerifier(budget=0.6), tree(ids, parents), [GRADED] * 5)
+    assert r.path == [1, 3]  # [0, 2] spends 1.02; [1, 3] spends 0.511
+    r = run(ArbitrageVerifier(budget=1.1), tree(ids, parents), [GRADED] * 5)
+    assert r.path == [1, 3]  # both fit: the likelier (sum log p -1.90 against -2.41)
+
+
+def test_arbitrage_reads_the_requests_p_when_sampling():
+    """At temperature 0.5 p is sharper: token 1's advantage doubles (1.02 nats) and budget 1 refuses it."""
+    assert run(ArbitrageVerifier(budget=1.0), chain([1]), [GRADED] * 2).num_accepted == 1
+    half = SamplingParams(temperature=0.5)
+    assert run(ArbitrageVerifier(budget=1.0), chain([1]), [GRADED] * 2, params=half).num_accepted == 0
+
+
 # ----- every rule: lossy wherever it shows ------------------------------------------------------
-RULES = ["typical", "relaxed", "bild"]
+RULES = ["typical", "relaxed", "bild", "arbitrage"]
 
 
 @pytest.mark.parametrize("name", RULES)
@@ -226,9 +261,9 @@ def test_rules_are_lossy_in_every_output(name):
     assert m.run([5, 17, 3, 42, 5, 17, 3], SamplingParams(max_new_tokens=8))["lossless"] is False
 
 
-@pytest.mark.parametrize("spec", ["bild:rollback=0", "relaxed:delta=0"])
+@pytest.mark.parametrize("spec", ["bild:rollback=0", "relaxed:delta=0", "arbitrage:budget=0"])
 def test_rules_at_zero_slack_equal_plain_decoding(spec):
-    """With no slack (bild rollback 0, relaxed delta 0) a lossy rule keeps only the target's argmax:
+    """With no slack (bild rollback 0, relaxed delta 0, arbitrage budget 0) a lossy rule keeps only the target's argmax:
     its output through the loop equals plain decoding, chains and trees."""
     target = tiny_model("llama", vocab=96, seed=0)
     for drafter in ("ngram:k=4", "recycling:topk=3,branching=3-2-1"):
@@ -258,7 +293,8 @@ def test_quality_note_warns_once(monkeypatch):
 @pytest.mark.parametrize("spec, message", [
     ("typical:epsilon=2", "epsilon"), ("typical:delta=-1", "delta"), ("relaxed:k=-1", "k must"),
     ("relaxed:delta=3", "delta"), ("bild:rollback=-1", "rollback"), ("bild:fallback=2", "fallback"),
-    ("bild:distance=kl", "distance"), ("typical:alpha=1", "no option"),
+    ("bild:distance=kl", "distance"), ("typical:alpha=1", "no option"), ("arbitrage:budget=-1", "budget"),
+    ("arbitrage:budget=inf", "budget"), ("arbitrage:budget=x", "budget"),
 ])
 def test_bad_options(spec, message):
     with pytest.raises(DraftsmithError, match=message):

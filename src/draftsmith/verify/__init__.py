@@ -13,6 +13,7 @@ from .typical import TypicalVerifier
 from .relaxed import RelaxedVerifier
 from .bild import BildVerifier
 from .judge import JudgeVerifier
+from .arbitrage import ArbitrageVerifier
 
-__all__ = ["AUTO", "VERIFIERS", "bind_verifier", "BildVerifier", "GreedyVerifier", "JudgeVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
+__all__ = ["AUTO", "VERIFIERS", "ArbitrageVerifier", "bind_verifier", "BildVerifier", "GreedyVerifier", "JudgeVerifier", "RecursiveVerifier", "RejectionVerifier", "SpecTrVerifier", "RelaxedVerifier",
            "TypicalVerifier", "Verifier", "VerifierBase", "build_verifier", "default_verifier", "register_verifier"]

@@ -59,6 +59,7 @@ class LossyVerifier(VerifierBase):
     lossless: ClassVar[bool] = False
     trees: ClassVar[bool] = True
     quality_note: ClassVar[str | None] = None  # a measured quality loss, said whenever the rule is built
+    reads_paths: ClassVar[bool] = False  # accept() also gets parents= [N] (-1: the root) to judge root paths
 
     def __init__(self) -> None:
         if self.quality_note and self.name not in _WARNED:  # once per rule and process
@@ -72,7 +73,8 @@ class LossyVerifier(VerifierBase):
     def accept(self, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None, params: SamplingParams,
                generator: torch.Generator | None) -> torch.Tensor:
         """x [N] draft tokens, p [N, V] the target's distribution before each (criterion_probs),
-        q [N, V] the drafter's or None -> [N] bool: node i passes the rule."""
+        q [N, V] the drafter's or None -> [N] bool: node i passes the rule. A rule with
+        `reads_paths` also gets parents= (node i's parent, -1 for the root)."""
         raise NotImplementedError
 
     def bonus(self, p: torch.Tensor, logits: torch.Tensor, rejected: int | None, q: torch.Tensor | None,
@@ -103,6 +105,8 @@ class LossyVerifier(VerifierBase):
         p_before = p_all[rows]  # [N, V]
         q = None if draft.q is None else draft.q[0].float()  # [N, V]
         states = {} if hidden is None else {"hidden": hidden[0, 1:n_draft + 1]}  # [N, H] the nodes' own
+        if self.reads_paths:
+            states["parents"] = parents
         ok = self.accept(tokens, p_before, q, params, generator, **states).tolist()  # [N] bool
         if tree is None:
             n = next((i for i, a in enumerate(ok) if not a), n_draft)
