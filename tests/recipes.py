@@ -33,7 +33,7 @@ import torch
 from draftsmith import CausalLM, Draft, DrafterBase, VerifierBase, VerifyResult, build_drafter
 from draftsmith.sampling import probs
 from draftsmith.verify import GreedyVerifier, RecursiveVerifier, RejectionVerifier, SpecTrVerifier
-from draftsmith.verify import BildVerifier, JudgeVerifier, RelaxedVerifier, TypicalVerifier
+from draftsmith.verify import ArbitrageVerifier, BildVerifier, JudgeVerifier, RelaxedVerifier, TypicalVerifier
 from tests.conftest import WrongDrafter, random_heads, tiny_model
 
 
@@ -416,6 +416,7 @@ VERIFIER_RECIPES: dict[str, VerifierRecipe] = {
     "typical": VerifierRecipe(TypicalVerifier, "typical", lossless=False, greedy=False, sampling=False),
     "relaxed": VerifierRecipe(RelaxedVerifier, "relaxed", lossless=False, greedy=False, sampling=False),
     "bild": VerifierRecipe(BildVerifier, "bild", lossless=False, greedy=False, sampling=False),
+    "arbitrage": VerifierRecipe(ArbitrageVerifier, "arbitrage", lossless=False, greedy=False, sampling=False),
     # needs a trained head; tests/unit/test_judge.py runs it through the loop with heads made there
     "judge": VerifierRecipe(JudgeVerifier, "judge", lossless=False, greedy=False, sampling=False),
     # multi-draft rules: their distribution tests run with the multi drafter's recipes (verifier=)
