@@ -23,7 +23,7 @@ step. The bonus is the target's own next token. `budget=0` is greedy verificatio
 drafter's text. Unlike `typical` (a test on each token alone) the budget is spent over the step.
 
 Lossy (`lossless = False`): every output that used it says so. Its quality is measured as GSM8K
-accuracy beside lossless decoding (benchmarks/qwen-coder-1.5b-gsm8k-arbitrage).
+accuracy beside lossless decoding (benchmarks/qwen-coder-0.5b-gsm8k-arbitrage).
 """
 
 from __future__ import annotations
